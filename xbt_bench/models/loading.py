@@ -1,0 +1,273 @@
+"""The one model loader: a model reference in, an eval-mode open_clip model out.
+
+Every kind of weight source (built-in tag, local file, hub repo, local folder, toy zoo) ends
+in the same ``open_clip.create_model_and_transforms`` call, so toy and real models share
+every code path after this point.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import torch
+
+from ..atomic import write_json
+from ..errors import NotFoundError, XbtError
+from ..paths import home
+from .refs import ModelRef, parse_model_ref
+
+ZOO_MODEL_CONFIGS = Path(__file__).resolve().parent.parent / "model_zoo" / "models"
+HUB_PROBE_SECONDS = 3.0
+
+
+@dataclass
+class LoadedModel:
+    """An open_clip model ready to embed, with what it needs around it."""
+
+    ref: str
+    model: torch.nn.Module = field(repr=False)
+    preprocess: Callable[[Any], torch.Tensor] = field(repr=False)
+    tokenizer: Callable[..., torch.Tensor] = field(repr=False)
+    embed_dim: int
+    identity: str
+    weights_path: Path | None = None
+
+    @property
+    def preprocess_signature(self) -> str:
+        """A string that changes whenever the image transform changes (for cache keys)."""
+        return repr(self.preprocess)
+
+    @property
+    def tokenizer_signature(self) -> str:
+        """A string that changes whenever the tokenizer changes (for cache keys)."""
+        context = getattr(self.tokenizer, "context_length", None)
+        return f"{type(self.tokenizer).__name__}(context_length={context})"
+
+
+def _register_zoo_configs() -> None:
+    import open_clip
+
+    if ZOO_MODEL_CONFIGS.is_dir():
+        open_clip.add_model_config(ZOO_MODEL_CONFIGS)
+
+
+def weights_sha256(path: Path) -> str:
+    """SHA-256 of a weights file, remembered per (path, size, mtime) so big files hash once."""
+    path = path.resolve()
+    stat = path.stat()
+    key = f"{path}|{stat.st_size}|{stat.st_mtime_ns}"
+    index_path = home() / "weights-sha256.json"
+    try:
+        index = json.loads(index_path.read_text())
+    except (OSError, ValueError):
+        index = {}
+    if key in index:
+        return index[key]
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    index[key] = digest.hexdigest()
+    write_json(index_path, index)
+    return index[key]
+
+
+def hub_reachable(timeout: float = HUB_PROBE_SECONDS) -> bool:
+    """Whether the Hugging Face hub answers within ``timeout`` s (False when HF_HUB_OFFLINE)."""
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        return False
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, 443), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def _hub_cached_file(repo_id: str, filenames: list[str]) -> Path | None:
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in filenames:
+        cached = try_to_load_from_cache(repo_id, filename)
+        if isinstance(cached, str) and os.path.isfile(cached):
+            return Path(cached)
+    return None
+
+
+def _missing_weights(ref: ModelRef, what: str, fetch_hint: str) -> XbtError:
+    return XbtError(
+        f"weights for {ref.text} are not available offline: {what}. "
+        f"Pre-download them where there is internet ({fetch_hint}) and copy the Hugging Face "
+        f"cache (~/.cache/huggingface/hub) here, or pass a local file: "
+        f"{ref.name}:/path/to/weights.safetensors"
+    )
+
+
+def _resolve_tag(ref: ModelRef) -> tuple[str, Path, dict[str, Any]]:
+    """A built-in tag's weights file (from the local cache, or downloaded when online)."""
+    import open_clip
+    from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    if ref.name not in open_clip.list_models():
+        raise NotFoundError(
+            f"model {ref.name!r} (in {ref.text!r}) is not an open_clip model; "
+            "see `python -c 'import open_clip; print(open_clip.list_models())'`"
+        )
+    cfg = open_clip.get_pretrained_cfg(ref.name, ref.source)
+    if not cfg:
+        tags = [tag for name, tag in open_clip.list_pretrained() if name == ref.name]
+        raise NotFoundError(
+            f"pretrained tag {ref.source!r} not known for {ref.name}; known tags: "
+            f"{', '.join(tags) or '(none)'}"
+        )
+    hub = cfg.get("hf_hub", "")
+    if hub:
+        repo_id, filename = os.path.split(hub)  # "org/repo/" means the default file
+        candidates = [filename] if filename else [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME]
+        if filename.endswith((".bin", ".pth")):
+            candidates.insert(0, filename[:-4] + ".safetensors")
+        cached = _hub_cached_file(repo_id, candidates)
+        if cached is None:
+            if not hub_reachable():
+                raise _missing_weights(
+                    ref,
+                    f"no {' or '.join(candidates)} of hub repo {repo_id} in the local cache",
+                    f"`hf download {repo_id}`",
+                )
+            cached = Path(open_clip.download_pretrained(cfg))
+    else:
+        url = cfg["url"]
+        cached = Path(os.path.expanduser("~/.cache/clip")) / os.path.basename(url)
+        if not cached.is_file():
+            if not hub_reachable():
+                raise _missing_weights(ref, f"{cached} is missing", f"download {url}")
+            cached = Path(open_clip.download_pretrained(cfg, prefer_hf_hub=False))
+    return ref.name, cached, cfg
+
+
+def _resolve_hub_repo(ref: ModelRef) -> Path:
+    """A local folder (the cache snapshot) holding an hf-hub repo's config and weights."""
+    from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
+
+    config = _hub_cached_file(ref.source, ["open_clip_config.json"])
+    weights = _hub_cached_file(ref.source, [HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME])
+    if config is None or weights is None:
+        if not hub_reachable():
+            missing = "open_clip_config.json" if config is None else "the weights file"
+            raise _missing_weights(
+                ref, f"{missing} of hub repo {ref.source} is not in the local cache",
+                f"`hf download {ref.source}`",
+            )
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(ref.source, allow_patterns=["open_clip_*"]))
+    return config.parent
+
+
+def _weights_in_dir(folder: Path) -> Path:
+    for name in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+        if (folder / name).is_file():
+            return folder / name
+    found = sorted(p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pt"))
+    if not found:
+        raise NotFoundError(
+            f"no weights file (open_clip_model.safetensors or open_clip_pytorch_model.bin) "
+            f"in {folder}"
+        )
+    return found[0]
+
+
+def load_model(ref: str, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load the model named by ``ref`` (see :mod:`xbt_bench.models.refs`) in eval mode.
+
+    Offline, a reference whose weights are not cached fails within seconds with a message
+    saying which file is missing and how to provide it.
+    """
+    import open_clip
+
+    parsed = parse_model_ref(ref)
+    _register_zoo_configs()
+    kwargs: dict[str, Any] = {}
+    if parsed.kind == "zoo":
+        from .toy_zoo import ensure_checkpoint
+
+        model_name, weights = parsed.name, ensure_checkpoint(parsed.name)
+    elif parsed.kind == "tag":
+        model_name, weights, cfg = _resolve_tag(parsed)
+        kwargs = {
+            "force_quick_gelu": bool(cfg.get("quick_gelu", False)),
+            "image_mean": cfg.get("mean"),
+            "image_std": cfg.get("std"),
+            "image_interpolation": cfg.get("interpolation"),
+            "image_resize_mode": cfg.get("resize_mode"),
+        }
+    elif parsed.kind == "file":
+        weights = Path(parsed.source).expanduser()
+        if not weights.is_file():
+            raise NotFoundError(f"weights file {weights} (in {ref!r}) does not exist")
+        if parsed.name not in open_clip.list_models():
+            raise NotFoundError(
+                f"model {parsed.name!r} (in {ref!r}) is not an open_clip model config; use "
+                "a name from open_clip.list_models() or local-dir:/path with its own config"
+            )
+        model_name = parsed.name
+    else:
+        folder = (
+            _resolve_hub_repo(parsed)
+            if parsed.kind == "hf-hub"
+            else Path(parsed.source).expanduser()
+        )
+        if not (folder / "open_clip_config.json").is_file():
+            raise NotFoundError(
+                f"{ref!r}: {folder / 'open_clip_config.json'} does not exist; a local-dir "
+                "needs open_clip_config.json and open_clip_model.safetensors"
+            )
+        weights = _weights_in_dir(folder)
+        model_name = f"local-dir:{folder}"
+
+    pretrained = None if model_name.startswith("local-dir:") else str(weights)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            model_name, pretrained=pretrained, device=device, weights_only=True, **kwargs
+        )
+    except (RuntimeError, ValueError, OSError) as error:
+        raise XbtError(f"could not load {ref!r} from {weights}: {error}") from error
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(model_name)
+    embed_dim = _embed_dim(model)
+    identity = f"{parsed.name}@{weights_sha256(weights)[:16]}"
+    return LoadedModel(
+        ref=ref,
+        model=model,
+        preprocess=preprocess,
+        tokenizer=tokenizer,
+        embed_dim=embed_dim,
+        identity=identity,
+        weights_path=weights,
+    )
+
+
+def _embed_dim(model: torch.nn.Module) -> int:
+    visual = getattr(model, "visual", None)
+    dim = getattr(visual, "output_dim", None)
+    if dim is None:
+        text_projection = getattr(model, "text_projection", None)
+        dim = text_projection.shape[-1]
+    return int(dim)

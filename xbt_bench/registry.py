@@ -1,0 +1,93 @@
+"""One small registry type for pairs, methods and datasets (after lm-eval's registry).
+
+Entries are registered with a decorator or as lazy ``"module:attr"`` strings that are
+imported on first use, so listing names never imports heavy code.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from .errors import NotFoundError, XbtError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Named entries of one kind (``kind`` names them in errors, ``hint`` says how to list)."""
+
+    def __init__(self, kind: str, hint: str = "") -> None:
+        self.kind = kind
+        self.hint = hint
+        self._entries: dict[str, T | str] = {}
+        self._aliases: dict[str, str] = {}
+
+    def register(
+        self, name: str, obj: T | str | None = None, *, aliases: tuple[str, ...] = ()
+    ) -> Callable[[T], T] | T | str:
+        """Register ``obj`` (or a lazy ``"module:attr"`` string) under ``name``.
+
+        Without ``obj`` this returns a decorator.
+        """
+        if obj is None:
+
+            def decorator(target: T) -> T:
+                self._add(name, target, aliases)
+                return target
+
+            return decorator
+        self._add(name, obj, aliases)
+        return obj
+
+    def _add(self, name: str, obj: T | str, aliases: tuple[str, ...]) -> None:
+        if name in self._entries or name in self._aliases:
+            existing = self._entries.get(name)
+            if existing is obj:
+                return
+            raise XbtError(f"{self.kind} {name!r} is registered twice")
+        self._entries[name] = obj
+        for alias in aliases:
+            self._aliases[alias] = name
+
+    def canonical(self, name: str) -> str:
+        """The registered name for ``name`` or an alias of it; NotFoundError otherwise."""
+        if name in self._entries:
+            return name
+        if name in self._aliases:
+            return self._aliases[name]
+        choices = [*self._entries, *self._aliases]
+        close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+        message = f"{self.kind} {name!r} not found"
+        if close:
+            message += f"; did you mean {close[0]!r}?"
+        else:
+            message += f"; known: {', '.join(sorted(self._entries)) or '(none)'}"
+        if self.hint:
+            message += f" (see `{self.hint}`)"
+        raise NotFoundError(message)
+
+    def get(self, name: str) -> T:
+        """The entry for ``name``, importing it if it was registered lazily."""
+        key = self.canonical(name)
+        entry = self._entries[key]
+        if isinstance(entry, str) and ":" in entry:
+            module_name, attr = entry.split(":", 1)
+            entry = getattr(importlib.import_module(module_name), attr)
+            self._entries[key] = entry
+        return entry  # type: ignore[return-value]
+
+    def names(self) -> list[str]:
+        """Registered names (not aliases), in registration order."""
+        return list(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries or name in self._aliases
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
