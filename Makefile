@@ -15,6 +15,7 @@ $(BIN)/.installed: pyproject.toml
 
 demo: $(BIN)/.installed
 	$(BIN)/xbt-bench run --pair toy-s-to-m
+	$(BIN)/xbt-bench publish
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q

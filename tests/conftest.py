@@ -58,3 +58,139 @@ def tiny_weights(tiny_model_name: str, tmp_path_factory: pytest.TempPathFactory)
         json.dumps({"model_cfg": TINY_CONFIG, "preprocess_cfg": {}})
     )
     return {"pt": folder / "tiny.pt", "safetensors": folder / "tiny.safetensors", "dir": local}
+
+
+@pytest.fixture(scope="session")
+def tiny_weights_seed1(tiny_model_name: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny architecture with other random weights (seed 1), as .safetensors."""
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    torch.manual_seed(1)
+    model = open_clip.create_model(tiny_model_name)
+    path = tmp_path_factory.mktemp("tiny-seed1") / "tiny-seed1.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return path
+
+
+def _recalls(t2i: tuple[float, float, float], i2t: tuple[float, float, float]) -> dict[str, float]:
+    keys = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10")
+    values = dict(zip(keys, (*t2i, *i2t), strict=True))
+    return values | {"rsum": round(sum(values.values()), 2)}
+
+
+# Hand-made toy-like numbers (percent). Against OLD: xbt holds 5/6 (not T2I R@1), slerp 6/6,
+# procrustes 0/6; identity is not applicable.
+SYNTHETIC_OLD = _recalls((31.2, 60.4, 72.0), (40.6, 70.2, 80.8))
+SYNTHETIC_NEW = _recalls((45.1, 75.3, 84.9), (55.0, 82.6, 90.1))
+SYNTHETIC_METHODS = {
+    "xbt": _recalls((30.8, 61.0, 73.1), (44.2, 74.0, 83.5)),
+    "slerp": _recalls((33.0, 62.0, 74.0), (42.0, 71.0, 81.0)),
+    "procrustes": _recalls((25.0, 52.3, 65.0), (38.9, 67.0, 79.9)),
+}
+
+
+@pytest.fixture(scope="session")
+def synthetic_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A results folder of hand-made RunResults: toy-s-to-m (exact and one approximate run,
+    a sweep, training curves, identity not applicable) and the chain toy-s-m-l."""
+    import numpy as np
+
+    from xbt_bench.report.result import ChainMatrix, Cost, RunResult, SplitResult, SweepPoint
+
+    root = tmp_path_factory.mktemp("results")
+    common = {
+        "pair": "toy-s-to-m",
+        "old": "zoo:toy-s",
+        "new": "zoo:toy-m",
+        "dataset": "toy-shapes",
+        "split": "test",
+        "seed": 0,
+    }
+
+    def splits(method: dict[str, float] | None) -> dict[str, SplitResult]:
+        out = {}
+        for name, scale in (("test", 1.0), ("test-hard", 0.8)):
+            metrics = {
+                "old->old": {k: round(v * scale, 2) for k, v in SYNTHETIC_OLD.items()},
+                "new->new": {k: round(v * scale, 2) for k, v in SYNTHETIC_NEW.items()},
+            }
+            if method is not None:
+                metrics["method->old"] = {k: round(v * scale, 2) for k, v in method.items()}
+            flips = {"t2i_nfr": 6.5, "t2i_pfr": 7.1, "i2t_nfr": 5.0, "i2t_pfr": 8.6}
+            out[name] = SplitResult(metrics=metrics, flips=flips if method else None)
+        return out
+
+    curve = [
+        {"step": s, "loss": 4.0 / (1 + s / 50), "loss_cos": 0.5 / (1 + s / 50), "lr": 1e-3}
+        for s in range(0, 400, 20)
+    ]
+    costs = {
+        "xbt": Cost(
+            wall_time_s=95.0,
+            fit_time_s=80.2,
+            trainable_params=41_000,
+            trainable_share=0.021,
+            peak_memory_mb=900.0,
+            forward_passes={"new": 3000},
+        ),
+        "slerp": Cost(wall_time_s=4.1, fit_time_s=0.9, forward_passes={"old": 500, "new": 500}),
+        "procrustes": Cost(wall_time_s=3.0, fit_time_s=0.05),
+    }
+    for method, values in SYNTHETIC_METHODS.items():
+        extra = {}
+        if method == "xbt":
+            extra = {
+                "training_curves": {"stage1": curve, "stage2": curve[:10]},
+                "sweep": [
+                    SweepPoint(
+                        n_pairs=n, metrics=_recalls((28 + n / 1000, 58, 70), (41 + n / 800, 72, 82))
+                    )
+                    for n in (0, 500, 2000, 8000)
+                ],
+                "info": {"alpha": np.float32(0.5)},
+            }
+        RunResult(
+            **common,
+            method=method,
+            splits=splits(values),
+            cost=costs[method],
+            config={"lr": 1e-3},
+            **extra,
+        ).save(root)
+    RunResult(
+        **common,
+        method="identity",
+        splits=splits(None),
+        applicable=False,
+        not_applicable_reason="embedding dims differ (64 vs 96)",
+        cost=Cost(wall_time_s=0.1),
+    ).save(root)
+    RunResult(
+        **common, method="new", setting="new->new", splits=splits(None), cost=Cost(wall_time_s=1.0)
+    ).save(root)
+    RunResult(
+        **common,
+        method="xbt",
+        splits=splits(SYNTHETIC_OLD | {"t2i_r1": 20.0, "rsum": 342.2}),
+        approximate_index="IVF64,Flat",
+        cost=Cost(wall_time_s=90.0),
+    ).save(root)
+    chain = ChainMatrix.from_arrays(
+        ["zoo:toy-s", "zoo:toy-m", "zoo:toy-l"],
+        {
+            "rsum": np.array(
+                [[355.2, np.nan, np.nan], [362.0, 433.0, np.nan], [350.1, 440.2, 450.3]]
+            )
+        },
+    )
+    chain_splits = splits(SYNTHETIC_METHODS["xbt"])
+    chain_splits["test"] = chain_splits["test"].model_copy(update={"chain_matrix": chain})
+    RunResult(
+        **common | {"pair": "toy-s-m-l", "new": "zoo:toy-l"},
+        method="xbt",
+        splits=chain_splits,
+        cost=costs["xbt"],
+    ).save(root)
+    return root

@@ -1,23 +1,131 @@
 """The dataset registry: a name maps to a loader ``(split, root) -> ImageTextSet``.
 
 Loaders are registered lazily (``"module:attr"``) so listing datasets imports nothing heavy.
-Data references in pair files are ``NAME:SPLIT``; a text corpus may also be a path to a
-text file with one caption per line.
+Two name patterns are resolved before the registry lookup: ``folder:PATH`` (images plus a CSV
+or JSONL of image,caption rows) and ``wds/<name>`` (a webdataset in CLIP_benchmark's layout).
+Data references in pair files are ``NAME:SPLIT`` (the split after the last colon, so
+``folder:/data/coco:train`` works); a text corpus may also be a path to a text file with one
+caption per line.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
-from ..errors import ConfigError, NotFoundError
+from ..errors import ConfigError, NotFoundError, XbtError
 from ..registry import Registry
 from .base import ImageTextSet, TextCorpus
 
-DatasetLoader = Callable[[str, "Path | None"], ImageTextSet]
+DatasetLoader = Callable[[str, "Path | str | None"], ImageTextSet]
+
+FOLDER_PREFIX = "folder:"
+WDS_PREFIX = "wds/"
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What ``xbt-bench datasets list`` shows about a dataset (or a name pattern)."""
+
+    name: str
+    kind: str
+    splits: tuple[str, ...]
+    needs: str
+    loader: str = ""  # "module:attr" of the loader; empty for name patterns
+
+    @property
+    def default_split(self) -> str:
+        """The split used when none is named: a single named split, else ``test``."""
+        return self.splits[0] if len(self.splits) == 1 and self.splits[0] != "any" else "test"
+
+
+_CB = "xbt_bench.data.clip_benchmark"
+_KARPATHY = ("train", "val", "test")
+DATASET_INFOS: tuple[DatasetInfo, ...] = (
+    DatasetInfo(
+        "toy-shapes", "toy world", ("pretrain", "text", "pairs", "support", "test", "test-hard"),
+        "nothing (generated and cached)", "xbt_bench.data.toy:load_toy_dataset",
+    ),
+    DatasetInfo(
+        "flickr30k", "CLIP_benchmark", _KARPATHY,
+        "*.jpg images + flickr30k_{split}_karpathy.txt", f"{_CB}:load_flickr30k",
+    ),
+    DatasetInfo(
+        "flickr8k", "CLIP_benchmark", _KARPATHY,
+        "*.jpg images + flickr8k_{split}_karpathy.txt", f"{_CB}:load_flickr8k",
+    ),
+    DatasetInfo(
+        "mscoco_captions", "CLIP_benchmark", _KARPATHY,
+        "val2014/ (train: train2014/) + coco_{split}_karpathy.json",
+        f"{_CB}:load_mscoco_captions",
+    ),
+    DatasetInfo(
+        "flickr30k-all", "large-scale protocol", ("all",),
+        "Flickr30k *.jpg images + dataset_flickr30k.json (Karpathy)", f"{_CB}:load_flickr30k_all",
+    ),
+    DatasetInfo(
+        "coco-karpathy-val-restval", "large-scale protocol", ("val+restval",),
+        "val2014/ + dataset_coco.json (Karpathy)", f"{_CB}:load_coco_karpathy_val_restval",
+    ),
+    DatasetInfo(
+        "nocaps-val", "large-scale protocol", ("val",),
+        "val/ (Open Images) + nocaps_val_4500_captions.json", f"{_CB}:load_nocaps_val",
+    ),
+)
+PATTERN_INFOS: tuple[DatasetInfo, ...] = (
+    DatasetInfo(
+        f"{WDS_PREFIX}<name>", "webdataset", ("any",),
+        "{split}/nshards.txt + {split}/0.tar.. (CLIP_benchmark layout)",
+    ),
+    DatasetInfo(
+        f"{FOLDER_PREFIX}PATH", "folder", ("any",),
+        "images + {split}.csv or {split}.jsonl of image,caption rows (or PATH = that file)",
+    ),
+)
+# Published sizes (images, captions), shown by `datasets check` next to what was found.
+EXPECTED_SIZES: dict[tuple[str, str], tuple[int, int]] = {
+    ("flickr30k", "test"): (1_000, 5_000),
+    ("flickr8k", "test"): (1_000, 5_000),
+    ("mscoco_captions", "test"): (5_000, 25_010),
+    ("flickr30k-all", "all"): (31_014, 155_070),
+    ("coco-karpathy-val-restval", "val+restval"): (35_504, 177_644),
+    ("nocaps-val", "val"): (4_500, 45_000),
+}
 
 datasets: Registry[DatasetLoader] = Registry("dataset", hint="xbt-bench datasets list")
-datasets.register("toy-shapes", "xbt_bench.data.toy:load_toy_dataset")
+for _info in DATASET_INFOS:
+    datasets.register(_info.name, _info.loader)
+
+
+def dataset_info(name: str) -> DatasetInfo:
+    """The listing entry of a registered name, ``wds/<name>`` or ``folder:PATH``."""
+    if name.startswith(FOLDER_PREFIX):
+        return PATTERN_INFOS[1]
+    if name.startswith(WDS_PREFIX):
+        return PATTERN_INFOS[0]
+    canonical = datasets.canonical(name)
+    return next(info for info in DATASET_INFOS if info.name == canonical)
+
+
+def resolve_dataset(name: str) -> DatasetLoader:
+    """The loader for ``name``: ``folder:PATH`` and ``wds/<name>`` first, then the registry."""
+    if name.startswith(FOLDER_PREFIX):
+        path = name[len(FOLDER_PREFIX):]
+        if not path:
+            raise ConfigError("folder dataset needs a path: folder:PATH")
+        from .folder import load_folder_dataset
+
+        return partial(load_folder_dataset, path)
+    if name.startswith(WDS_PREFIX):
+        wds_name = name[len(WDS_PREFIX):]
+        if not wds_name:
+            raise ConfigError("webdataset needs a name: wds/<name>")
+        from .wds import load_wds_dataset
+
+        return partial(load_wds_dataset, wds_name)
+    return datasets.get(name)
 
 
 def split_data_ref(ref: str) -> tuple[str, str]:
@@ -30,21 +138,84 @@ def split_data_ref(ref: str) -> tuple[str, str]:
     return name, split
 
 
-def load_dataset(name: str, split: str, root: Path | None = None) -> ImageTextSet:
+def load_dataset(name: str, split: str, root: Path | str | None = None) -> ImageTextSet:
     """The ``split`` of dataset ``name`` (found under ``root`` for datasets on disk)."""
-    return datasets.get(name)(split, root)
+    return resolve_dataset(name)(split, root)
 
 
-def load_text_corpus(ref: str, root: Path | None = None) -> TextCorpus:
-    """A deduplicated caption corpus: a text file (one caption a line) or ``NAME:SPLIT``."""
+@dataclass(frozen=True)
+class DatasetCheck:
+    """What ``xbt-bench datasets check`` found for one dataset split."""
+
+    key: str
+    n_images: int
+    n_captions: int
+    captions_per_image: tuple[int, int]  # min, max
+    fingerprint: str
+    sources: dict[str, str]
+    expected: tuple[int, int] | None  # published (images, captions), when known
+
+    @property
+    def matches_expected(self) -> bool | None:
+        """Whether the counts equal the published ones (None when there are none)."""
+        return None if self.expected is None else self.expected == (self.n_images, self.n_captions)
+
+
+def check_dataset(name: str, split: str, root: Path | str | None = None) -> DatasetCheck:
+    """Load ``name:split`` (every file checked), decode its first and last image, and count."""
+    import numpy as np
+
+    data = load_dataset(name, split, root)
+    for index in sorted({0, data.n_images - 1}):
+        try:
+            data.load_image(index)
+        except (OSError, ValueError) as error:
+            raise XbtError(f"{data.key}: image {index} cannot be decoded: {error}") from None
+    counts = np.bincount(data.caption_image, minlength=data.n_images)
+    describe = getattr(data.load_image, "describe", None)
+    sources = describe() if callable(describe) else {"source": "generated"}
+    return DatasetCheck(
+        key=data.key,
+        n_images=data.n_images,
+        n_captions=len(data.captions),
+        captions_per_image=(int(counts.min()), int(counts.max())),
+        fingerprint=data.fingerprint,
+        sources=sources,
+        expected=EXPECTED_SIZES.get((name, split)),
+    )
+
+
+def load_text_corpus(ref: str, root: Path | str | None = None) -> TextCorpus:
+    """A deduplicated caption corpus: a text file (one caption a line) or ``NAME:SPLIT``.
+
+    ``source`` records where it came from and how many captions it had before deduplication;
+    ``len(texts)`` is its size after.
+    """
     path = Path(ref).expanduser()
     if path.suffix in (".txt", ".text") or path.is_file():
         if not path.is_file():
             raise NotFoundError(f"text corpus file {path} does not exist")
-        lines = path.read_text(encoding="utf-8").splitlines()
-        return TextCorpus.from_texts(path.name, lines, source=f"file {path} ({len(lines)} lines)")
+        try:
+            lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except UnicodeDecodeError as error:
+            raise XbtError(f"text corpus file {path} is not UTF-8 text: {error}") from None
+        if not lines:
+            raise XbtError(f"text corpus file {path} has no captions; write one caption per line")
+        return TextCorpus.from_texts(
+            path.name, lines, source=f"file {path} ({len(lines)} non-empty lines)"
+        )
     name, split = split_data_ref(ref)
     data = load_dataset(name, split, root)
     return TextCorpus.from_texts(
         f"{name}:{split}", data.captions, source=f"captions of {data.key} ({len(data.captions)})"
     )
+
+
+def corpus_summary(corpus: TextCorpus) -> dict[str, object]:
+    """What a result records about a text corpus: name, size (unique captions), source, hash."""
+    return {
+        "name": corpus.name,
+        "size": len(corpus.texts),
+        "source": corpus.source,
+        "fingerprint": corpus.fingerprint,
+    }

@@ -1,0 +1,279 @@
+"""RunResult files, leaderboards, plots and the runner's summary, on hand-made results
+(the ``synthetic_results`` fixture in conftest.py: realistic toy-like numbers)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from datetime import datetime
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import SYNTHETIC_METHODS, SYNTHETIC_NEW, SYNTHETIC_OLD
+from pydantic import ValidationError
+from rich.console import Console
+from test_cli import run_cli
+
+from xbt_bench.errors import ConfigError, NotFoundError
+from xbt_bench.report import (
+    ChainMatrix,
+    Cost,
+    RunResult,
+    SplitResult,
+    build_leaderboards,
+    collect_versions,
+    git_revision,
+    load_results,
+    make_plots,
+    print_summary,
+)
+
+ISSUE_KEYS = [
+    "pair",
+    "old",
+    "new",
+    "method",
+    "dataset",
+    "split",
+    "metrics",
+    "compatibility",
+    "cost",
+    "config",
+    "seed",
+    "versions",
+    "git_revision",
+    "date",
+]
+METRICS = ["t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "rsum"]
+# xbt on `test`: (366.6 - 355.2) / (433.0 - 355.2) of the full-backfill rsum gain.
+XBT_GAIN_SHARE = (366.6 - 355.2) / (433.0 - 355.2)
+
+
+def _result(**changes: object) -> RunResult:
+    metrics = {
+        "old->old": SYNTHETIC_OLD,
+        "new->new": SYNTHETIC_NEW,
+        "method->old": SYNTHETIC_METHODS["xbt"],
+    }
+    fields = {
+        "pair": "toy-s-to-m",
+        "old": "zoo:toy-s",
+        "new": "zoo:toy-m",
+        "method": "xbt",
+        "dataset": "toy-shapes",
+        "split": "test",
+        "seed": 0,
+        "cost": Cost(wall_time_s=1.0),
+        "splits": {"test": SplitResult(metrics=metrics)},
+    }
+    return RunResult(**fields | changes)
+
+
+def test_result_json_round_trip_has_the_issue_keys(synthetic_results: Path, tmp_path: Path):
+    path = synthetic_results / "toy-s-to-m" / "toy-shapes" / "xbt.json"
+    data = json.loads(path.read_text())
+    assert [k for k in ISSUE_KEYS if k not in data] == []
+    assert set(data["metrics"]) == {"old->old", "new->new", "method->old"}
+    assert all(list(values) == METRICS for values in data["metrics"].values())
+    assert data["metrics"]["method->old"] == SYNTHETIC_METHODS["xbt"]
+    assert set(data["splits"]) == {"test", "test-hard"}
+    assert data["splits"]["test"]["metrics"] == data["metrics"]
+    compat = data["compatibility"]
+    assert compat["cells_held"] == 5 and compat["cells_total"] == 6
+    assert compat["held"]["t2i_r1"] is False and compat["held"]["i2t_r1"] is True
+    assert compat["margin"]["i2t_r1"] == pytest.approx(44.2 - 40.6)
+    assert compat["gain_share"]["rsum"] == pytest.approx(XBT_GAIN_SHARE)
+    assert data["flips"]["t2i_nfr"] == 6.5
+    assert data["info"]["alpha"] == 0.5  # a numpy float32 written as plain JSON
+    assert data["cost"]["trainable_params"] == 41_000
+    assert set(data["versions"]) >= {"python", "torch", "open_clip", "faiss", "xbt_bench"}
+    assert datetime.fromisoformat(data["date"]).tzinfo is not None
+
+    result = RunResult.from_json(path)
+    assert result.path_in(synthetic_results) == path
+    assert result.training_curves["stage1"][0] == {
+        "step": 0,
+        "loss": 4.0,
+        "loss_cos": 0.5,
+        "lr": 1e-3,
+    }
+    again = result.to_json(tmp_path / "again.json")
+    assert json.loads(again.read_text()) == data
+
+
+def test_minimal_file_without_splits_loads(tmp_path: Path):
+    data = _result().to_dict()
+    del data["splits"]
+    path = tmp_path / "hand-written.json"
+    path.write_text(json.dumps(data))
+    result = RunResult.from_json(path)
+    assert list(result.splits) == ["test"]
+    assert result.compatibility.cells_held == 5
+
+
+def test_paths_and_provenance(tmp_path: Path):
+    assert _result().relative_path() == Path("toy-s-to-m/toy-shapes/xbt.json")
+    approx = _result(approximate_index="IVF64,Flat", dataset="wds/cars")
+    assert approx.relative_path() == Path("toy-s-to-m/wds_cars/xbt.approx-IVF64_Flat.json")
+    assert git_revision(tmp_path) is None  # not a git checkout: no crash, no revision
+    assert collect_versions()["faiss"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("{not json", "is not valid JSON"),
+        ('["a list"]', "must hold a JSON object"),
+        ('{"pair": "p"}', "lacks the keys ['old', 'new'"),
+    ],
+)
+def test_malformed_file_is_named(tmp_path: Path, text: str, message: str):
+    bad = tmp_path / "toy-s-to-m" / "toy-shapes" / "broken.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(message)) as error:
+        load_results(tmp_path)
+    assert str(bad) in str(error.value)
+
+
+def test_invalid_values_are_named(tmp_path: Path):
+    data = _result().to_dict()
+    del data["splits"]
+    del data["metrics"]["method->old"]["rsum"]
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"r\.json is malformed at splits.*lacks \['rsum'\]"):
+        RunResult.from_json(path)
+    with pytest.raises(NotFoundError, match="does not exist"):
+        load_results(tmp_path / "nowhere")
+    with pytest.raises(NotFoundError, match="no result files"):
+        load_results(tmp_path)
+
+
+def test_result_validation():
+    without_method = SplitResult(metrics={"old->old": SYNTHETIC_OLD, "new->new": SYNTHETIC_NEW})
+    with pytest.raises(ValidationError, match=r"lacks settings \['method->old'\]"):
+        _result(splits={"test": without_method})
+    with pytest.raises(ValidationError, match="needs not_applicable_reason"):
+        _result(splits={"test": without_method}, applicable=False)
+    with pytest.raises(ValidationError, match="ASCII '->'"):
+        SplitResult(metrics={"method→old": SYNTHETIC_OLD})
+    with pytest.raises(ValidationError, match="primary split 'test-hard'"):
+        _result(split="test-hard")
+    with pytest.raises(ValidationError, match="above diagonal"):
+        ChainMatrix(models=["a", "b"], matrices={"rsum": [[1.0, 2.0], [3.0, 4.0]]})
+    assert (
+        _result(
+            splits={"test": without_method}, applicable=False, not_applicable_reason="dims differ"
+        ).compatibility
+        is None
+    )
+
+
+def test_leaderboard_lists_every_method_with_marks(synthetic_results: Path, tmp_path: Path):
+    boards = build_leaderboards(synthetic_results, tmp_path)
+    names = sorted(p.name for p in boards.files)
+    assert names == [
+        "chains.csv",
+        "leaderboard-approximate.csv",
+        "leaderboard.csv",
+        "leaderboard.md",
+        "reported.csv",
+    ]
+    table = pd.read_csv(tmp_path / "leaderboard.csv")
+    assert set(table["search"]) == {"exact"}  # approximate rows never mixed in
+    pair = table[(table["pair"] == "toy-s-to-m") & (table["split"] == "test")]
+    assert pair["method"].tolist() == ["old", "new", "xbt", "slerp", "procrustes", "identity"]
+    assert pair["row"].tolist() == ["reference"] + ["method"] * 5
+    rows = pair.set_index("method")
+    assert rows.loc["xbt", "cells_held"] == 5 and not rows.loc["xbt", "held_t2i_r1"]
+    assert rows.loc["slerp", "cells_held"] == 6 and rows.loc["procrustes", "cells_held"] == 0
+    assert rows.loc["xbt", "gain_share"] == pytest.approx(XBT_GAIN_SHARE)
+    assert rows.loc["xbt", "trainable_params"] == 41_000
+    assert not rows.loc["identity", "applicable"]
+    assert rows.loc["old", "rsum"] == SYNTHETIC_OLD["rsum"]
+    assert rows.loc["new", "setting"] == "new->new"  # from the `new` result, not duplicated
+    hard = table[(table["pair"] == "toy-s-to-m") & (table["split"] == "test-hard")]
+    assert hard.set_index("method").loc["old", "t2i_r1"] == pytest.approx(31.2 * 0.8)
+
+    approximate = pd.read_csv(tmp_path / "leaderboard-approximate.csv")
+    assert set(approximate["search"]) == {"IVF64,Flat"}
+    assert approximate[approximate["row"] == "method"]["method"].tolist() == ["xbt", "xbt"]
+    chains = pd.read_csv(tmp_path / "chains.csv")
+    assert chains["AC rsum"].tolist() == [pytest.approx(2 / 3)]
+
+    markdown = (tmp_path / "leaderboard.md").read_text()
+    xbt_line = next(line for line in markdown.splitlines() if line.startswith("| xbt "))
+    assert "30.80 ✗" in xbt_line and "61.00 ✓" in xbt_line and "5/6" in xbt_line
+    assert "not applicable: embedding dims differ" in markdown
+    exact_at = markdown.index("## toy-s-to-m · toy-shapes · split test\n")
+    approx_at = markdown.index("## Approximate search")
+    reported_at = markdown.index("## Published numbers (reported, not re-run)")
+    assert exact_at < approx_at < reported_at
+    assert "ricci2026spherical" in markdown[reported_at:]
+    assert "jang2025xbt: Y. K. Jang" in markdown[reported_at:]
+
+
+def test_plots_are_written_and_stale_ones_removed(synthetic_results: Path, tmp_path: Path):
+    stale = tmp_path / "plots" / "recall-gone-pair-test.png"
+    stale.parent.mkdir(parents=True)
+    stale.write_bytes(b"old")
+    files = make_plots(synthetic_results, tmp_path)
+    stems = {p.stem for p in files}
+    assert {
+        "recall-toy-s-to-m-toy-shapes-test",
+        "recall-toy-s-to-m-toy-shapes-test-hard",
+        "gain-vs-cost-toy-s-to-m-toy-shapes-test",
+        "chain-toy-s-m-l-toy-shapes-test-xbt",
+        "curves-toy-s-to-m-toy-shapes-xbt",
+        "sweep-toy-s-to-m-toy-shapes",
+    } <= stems
+    assert len(files) == 2 * len(stems)
+    for path in files:
+        head = path.read_bytes()[:200]
+        assert path.stat().st_size > 5_000, path
+        assert head.startswith(b"\x89PNG") if path.suffix == ".png" else b"<svg" in head
+    assert not stale.exists()
+
+
+def test_summary_marks_each_cell(synthetic_results: Path):
+    results = [
+        r
+        for r in load_results(synthetic_results)
+        if r.pair == "toy-s-to-m" and r.approximate_index is None
+    ]
+    console = Console(record=True, width=220, color_system="truecolor")
+    print_summary(results, console)
+    text = console.export_text(clear=False)
+    assert text.count("toy-s-to-m · toy-shapes · split") == 2
+    rows: dict[str, str] = {}  # first table (split test): method -> its line
+    for line in text.splitlines():
+        if line.startswith("  ") and line.strip():
+            rows.setdefault(line.split()[0], line)
+    assert "30.80 ✗" in rows["xbt"] and "44.20 ✓" in rows["xbt"] and "5/6" in rows["xbt"]
+    assert "6/6" in rows["slerp"] and "0/6" in rows["procrustes"]
+    assert text.index("  xbt ") < text.index("  slerp ") < text.index("  procrustes ")
+    assert "identity: not applicable: embedding dims differ" in text
+    styled = console.export_html(inline_styles=True)
+    assert "color: #008000" in styled and "color: #800000" in styled  # green ✓, red ✗
+
+
+def test_cli_commands(synthetic_results: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
+    args = ["--results-dir", str(synthetic_results), "--output-dir", str(tmp_path)]
+    code, out, _ = run_cli(["leaderboard", *args], capsys)
+    assert code == 0 and "7 results" in out
+    assert (tmp_path / "leaderboard.md").exists()
+    code, out, _ = run_cli(["plot", *args], capsys)
+    assert code == 0 and "wrote 22 plot files" in out
+    code, _, err = run_cli(["publish", "--results-dir", str(tmp_path / "missing")], capsys)
+    assert code == 1 and "results folder" in err and "Traceback" not in err
+
+
+def test_leaderboard_reads_copied_results(synthetic_results: Path, tmp_path: Path):
+    """Only result files matter: a copied folder gives the same table."""
+    copy = shutil.copytree(synthetic_results, tmp_path / "copy")
+    first = build_leaderboards(synthetic_results, tmp_path / "a").exact.drop(columns="file")
+    second = build_leaderboards(copy, tmp_path / "b").exact.drop(columns="file")
+    pd.testing.assert_frame_equal(first, second)

@@ -1,0 +1,371 @@
+"""Batched embedding extraction for any encoder, cached on disk.
+
+An *encoder* is a :class:`~xbt_bench.models.loading.LoadedModel` or any object with
+``encode_image(images)``, ``encode_text(tokens)``, ``preprocess``, ``tokenizer`` and an
+``identity`` string that changes whenever its weights do (a method's query encoder, e.g.
+NEW + LoRA + ψ, with ``identity`` built from :func:`state_fingerprint`). Outputs are
+L2-normalised float32 rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from ..data.base import ImageTextSet, TextCorpus
+from ..errors import XbtError
+from ..eval.retrieval import Embeddings
+from .cache import SIDES, EmbeddingCache, EmbeddingKey, EmbedRecord, EmbedStats, console
+
+DEFAULT_IMAGE_BATCH = 256
+DEFAULT_TEXT_BATCH = 1024
+
+
+@dataclass(frozen=True)
+class Encoder:
+    """What extraction needs from a model, whatever built it."""
+
+    identity: str
+    encode_image: Callable[[torch.Tensor], torch.Tensor]
+    encode_text: Callable[[torch.Tensor], torch.Tensor]
+    preprocess: Callable[[Image.Image], torch.Tensor]
+    tokenizer: Callable[[list[str]], torch.Tensor]
+    preprocess_signature: str
+    tokenizer_signature: str
+    device: torch.device
+    module: torch.nn.Module | None = None  # put in eval mode while embedding
+
+    def precision(self, amp: bool) -> str:
+        """The compute precision extraction will use: bf16 autocast only on CUDA."""
+        return "bf16-autocast" if amp and self.device.type == "cuda" else "fp32"
+
+
+def _tokenizer_signature(tokenizer: Any) -> str:
+    context = getattr(tokenizer, "context_length", None)
+    return f"{type(tokenizer).__name__}(context_length={context})"
+
+
+def as_encoder(model: Any) -> Encoder:
+    """``model`` (an Encoder, a LoadedModel, or any object with encode_image, encode_text,
+    preprocess, tokenizer and identity) as an :class:`Encoder`."""
+    if isinstance(model, Encoder):
+        return model
+    # A LoadedModel keeps the open_clip module in ``.model``; a method's encoder is the module.
+    target = model if hasattr(model, "encode_image") else getattr(model, "model", None)
+    needs = {"identity": model, "preprocess": model, "tokenizer": model}
+    needs |= {"encode_image": target, "encode_text": target}
+    missing = [name for name, owner in needs.items() if not hasattr(owner, name)]
+    if missing:
+        raise XbtError(
+            f"{type(model).__name__} cannot be embedded with: it lacks {', '.join(missing)}; "
+            "pass a LoadedModel or an object with encode_image, encode_text, preprocess, "
+            "tokenizer and identity"
+        )
+    module = target if isinstance(target, torch.nn.Module) else None
+    device = getattr(model, "device", None)
+    if device is None and module is not None:
+        first = next(module.parameters(), None)
+        device = first.device if first is not None else None
+    return Encoder(
+        identity=str(model.identity),
+        encode_image=target.encode_image,
+        encode_text=target.encode_text,
+        preprocess=model.preprocess,
+        tokenizer=model.tokenizer,
+        preprocess_signature=getattr(model, "preprocess_signature", None) or repr(model.preprocess),
+        tokenizer_signature=getattr(model, "tokenizer_signature", None)
+        or _tokenizer_signature(model.tokenizer),
+        device=torch.device(device or "cpu"),
+        module=module,
+    )
+
+
+def state_fingerprint(module: torch.nn.Module) -> str:
+    """A short hash of ``module``'s state dict (names, dtypes, shapes, values): build a trained
+    encoder's ``identity`` from it so that new weights never reuse old embeddings."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}|{flat.dtype}|{tuple(tensor.shape)}".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def default_num_workers() -> int:
+    """Image-loading workers: min(4, CPU count)."""
+    return min(4, os.cpu_count() or 1)
+
+
+class _ImageRows(torch.utils.data.Dataset):
+    def __init__(self, data: ImageTextSet, preprocess: Callable, rows: range):
+        self.load_image = data.load_image
+        self.preprocess = preprocess
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return self.preprocess(self.load_image(self.rows[i]))
+
+
+def _check_rows(rows: range | None, n: int, what: str) -> range:
+    if rows is None:
+        return range(n)
+    if rows.step != 1 or not 0 <= rows.start <= rows.stop <= n:
+        raise XbtError(f"rows {rows} of {what} must be a contiguous range inside [0, {n})")
+    return rows
+
+
+def _encode(
+    encoder: Encoder, encode: Callable[[torch.Tensor], torch.Tensor], batch: torch.Tensor, amp: bool
+) -> np.ndarray:
+    """One batch in eval and inference mode (bf16 autocast on CUDA), as float32 unit rows.
+
+    Modes are entered per batch so that nothing leaks into the caller between batches."""
+    module = encoder.module
+    was_training = module.training if module is not None else False
+    autocast = (
+        torch.autocast("cuda", dtype=torch.bfloat16)
+        if encoder.precision(amp) == "bf16-autocast"
+        else nullcontext()
+    )
+    try:
+        if module is not None:
+            module.eval()
+        with torch.inference_mode(), autocast:
+            out = encode(batch.to(encoder.device, non_blocking=True))
+            return F.normalize(out.float(), dim=-1).cpu().numpy()
+    finally:
+        if module is not None and was_training:
+            module.train()
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not (console.is_terminal or console.is_jupyter),  # no bar lines in logs
+    )
+
+
+def iter_image_embeddings(
+    model: Any,
+    data: ImageTextSet,
+    *,
+    rows: range | None = None,
+    batch_size: int = DEFAULT_IMAGE_BATCH,
+    num_workers: int | None = None,
+    amp: bool = True,
+) -> Iterator[np.ndarray]:
+    """Embeddings of ``data``'s images (``rows``, default all) in batches, as float32
+    L2-normalised [batch, dim] arrays; images are loaded and preprocessed by DataLoader workers."""
+    encoder = as_encoder(model)
+    rows = _check_rows(rows, data.n_images, f"{data.key} images")
+    workers = default_num_workers() if num_workers is None else num_workers
+    loader = torch.utils.data.DataLoader(
+        _ImageRows(data, encoder.preprocess, rows),
+        batch_size=batch_size,
+        num_workers=workers,
+        pin_memory=encoder.device.type == "cuda",
+    )
+    with _progress() as progress:
+        task = progress.add_task(f"embed {data.key} images", total=len(rows))
+        for images in loader:
+            yield _encode(encoder, encoder.encode_image, images, amp)
+            progress.advance(task, len(images))
+
+
+def iter_text_embeddings(
+    model: Any,
+    texts: Sequence[str],
+    *,
+    rows: range | None = None,
+    batch_size: int = DEFAULT_TEXT_BATCH,
+    amp: bool = True,
+    desc: str = "texts",
+) -> Iterator[np.ndarray]:
+    """Embeddings of ``texts`` (``rows``, default all), tokenised and encoded in batches, as
+    float32 L2-normalised [batch, dim] arrays."""
+    encoder = as_encoder(model)
+    rows = _check_rows(rows, len(texts), desc)
+    with _progress() as progress:
+        task = progress.add_task(f"embed {desc}", total=len(rows))
+        for start in range(rows.start, rows.stop, batch_size):
+            batch = [texts[i] for i in range(start, min(start + batch_size, rows.stop))]
+            yield _encode(encoder, encoder.encode_text, encoder.tokenizer(batch), amp)
+            progress.advance(task, len(batch))
+
+
+def embed_images(model: Any, data: ImageTextSet, **options: Any) -> np.ndarray:
+    """All of ``data``'s images embedded, [n_images, dim] float32 L2-normalised (no cache).
+    ``options`` as for :func:`iter_image_embeddings`."""
+    return np.concatenate(list(iter_image_embeddings(model, data, **options)))
+
+
+def embed_texts(model: Any, texts: Sequence[str], **options: Any) -> np.ndarray:
+    """All ``texts`` embedded, [len(texts), dim] float32 L2-normalised (no cache).
+    ``options`` as for :func:`iter_text_embeddings`."""
+    return np.concatenate(list(iter_text_embeddings(model, texts, **options)))
+
+
+def split_key(
+    model: Any, data: ImageTextSet, side: str, *, dtype: str = "float32", amp: bool = True
+) -> EmbeddingKey:
+    """The cache key of ``data``'s ``side`` ("image" or "text") embedded by ``model``."""
+    if side not in SIDES:
+        raise XbtError(f"embedding side {side!r} is not one of {', '.join(SIDES)}")
+    encoder = as_encoder(model)
+    return EmbeddingKey(
+        model=encoder.identity,
+        dataset=data.fingerprint,
+        split=data.key,
+        side=side,
+        transform=encoder.preprocess_signature if side == "image" else encoder.tokenizer_signature,
+        dtype=dtype,
+        precision=encoder.precision(amp),
+    )
+
+
+def corpus_key(
+    model: Any, corpus: TextCorpus, *, dtype: str = "float32", amp: bool = True
+) -> EmbeddingKey:
+    """The cache key of ``corpus`` embedded by ``model``'s text side."""
+    encoder = as_encoder(model)
+    return EmbeddingKey(
+        model=encoder.identity,
+        dataset=corpus.fingerprint,
+        split=f"corpus:{corpus.name}",
+        side="text",
+        transform=encoder.tokenizer_signature,
+        dtype=dtype,
+        precision=encoder.precision(amp),
+    )
+
+
+def _cached(
+    key: EmbeddingKey,
+    compute: Callable[[], Iterator[np.ndarray]],
+    cache: EmbeddingCache | None,
+    stats: EmbedStats | None,
+    mmap: bool,
+) -> np.ndarray:
+    cache = cache if cache is not None else EmbeddingCache()
+    started = time.perf_counter()
+    array, computed = cache.get_or_compute(key, compute, mmap=mmap)
+    if stats is not None:
+        stats.add(
+            EmbedRecord(
+                model=key.model,
+                split=key.split,
+                side=key.side,
+                rows=len(array),
+                computed=computed,
+                seconds=round(time.perf_counter() - started, 3),
+                path=str(cache.entry_dir(key)),
+            )
+        )
+    return array
+
+
+def embed_split(
+    model: Any,
+    data: ImageTextSet,
+    side: str,
+    *,
+    cache: EmbeddingCache | None = None,
+    stats: EmbedStats | None = None,
+    dtype: str = "float32",
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    amp: bool = True,
+    mmap: bool = True,
+) -> np.ndarray:
+    """``data``'s images (``side="image"``, [n_images, dim]) or captions (``"text"``,
+    [n_captions, dim]) embedded by ``model``, L2-normalised, from ``cache`` (default
+    ``EmbeddingCache()``) when present, else computed and cached.
+
+    Returned in the storage ``dtype``, memory-mapped read-only when ``mmap``; ``stats``, when
+    given, counts the forward passes done and the rows reused.
+    """
+    encoder = as_encoder(model)  # once: an identity may be costly to compute
+    key = split_key(encoder, data, side, dtype=dtype, amp=amp)
+    if side == "image":
+
+        def compute() -> Iterator[np.ndarray]:
+            return iter_image_embeddings(
+                encoder,
+                data,
+                batch_size=batch_size or DEFAULT_IMAGE_BATCH,
+                num_workers=num_workers,
+                amp=amp,
+            )
+
+    else:
+
+        def compute() -> Iterator[np.ndarray]:
+            return iter_text_embeddings(
+                encoder,
+                data.captions,
+                batch_size=batch_size or DEFAULT_TEXT_BATCH,
+                amp=amp,
+                desc=f"{data.key} captions",
+            )
+
+    return _cached(key, compute, cache, stats, mmap)
+
+
+def embed_corpus(
+    model: Any,
+    corpus: TextCorpus,
+    *,
+    cache: EmbeddingCache | None = None,
+    stats: EmbedStats | None = None,
+    dtype: str = "float32",
+    batch_size: int = DEFAULT_TEXT_BATCH,
+    amp: bool = True,
+    mmap: bool = True,
+) -> np.ndarray:
+    """``corpus``'s texts embedded by ``model``'s text side, [len(texts), dim], cached as in
+    :func:`embed_split`."""
+    encoder = as_encoder(model)
+    key = corpus_key(encoder, corpus, dtype=dtype, amp=amp)
+
+    def compute() -> Iterator[np.ndarray]:
+        return iter_text_embeddings(
+            encoder, corpus.texts, batch_size=batch_size, amp=amp, desc=f"corpus {corpus.name}"
+        )
+
+    return _cached(key, compute, cache, stats, mmap)
+
+
+def embed_set(model: Any, data: ImageTextSet, **options: Any) -> Embeddings:
+    """Both sides of ``data`` embedded by ``model`` (cached), as the evaluator's
+    :class:`~xbt_bench.eval.retrieval.Embeddings`; ``options`` as for :func:`embed_split`."""
+    return Embeddings(
+        images=embed_split(model, data, "image", **options),
+        texts=embed_split(model, data, "text", **options),
+    )

@@ -1,0 +1,378 @@
+"""Leaderboards built from result files only: a tidy pandas table, CSV and Markdown.
+
+Rows: one per (result, split), plus the ``old->old`` and ``new->new`` reference rows of each
+(pair, dataset, split) group, taken from its newest result unless a result of a reference
+method (``setting`` old->old / new->new) already gives them. Exact and approximate-search rows
+go to separate tables and are never ranked together. Published numbers appear only in their own
+"reported, not re-run" table.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from xbt_bench.atomic import write_text
+from xbt_bench.data.reported import CITATIONS, PROTOCOLS, REPORTED_LABEL, load_reported
+from xbt_bench.eval.retrieval import METRIC_KEYS
+from xbt_bench.report.result import (
+    METHOD_OLD,
+    NEW_NEW,
+    OLD_OLD,
+    ChainMatrix,
+    RunResult,
+    load_results,
+    result_files,
+)
+
+GROUP_KEYS = ["pair", "dataset", "split", "search"]
+FLIP_KEYS = ("t2i_nfr", "t2i_pfr", "i2t_nfr", "i2t_pfr")
+EXACT = "exact"
+HELD, NOT_HELD = "✓", "✗"
+METRIC_LABELS = {
+    "t2i_r1": "T2I R@1",
+    "t2i_r5": "T2I R@5",
+    "t2i_r10": "T2I R@10",
+    "i2t_r1": "I2T R@1",
+    "i2t_r5": "I2T R@5",
+    "i2t_r10": "I2T R@10",
+    "rsum": "rsum",
+}
+LEGEND = (
+    "Recall@K in percent; a setting reads query encoder → gallery encoder. "
+    f"{HELD} / {NOT_HELD}: method→old beats / does not beat old→old on that metric (the "
+    "compatibility criterion); held counts the recall cells that hold. Gain share = "
+    "(method→old − old→old) / (new→new − old→old) on rsum. NFR: negative flip rate at R@1 "
+    "(percent of queries right under old→old, wrong under method→old)."
+)
+
+
+def setting_label(setting: str) -> str:
+    """``method->old`` as ``method→old`` for tables and plots."""
+    return setting.replace("->", "→")
+
+
+def _row(result: RunResult, split: str, setting: str, row: str, path: Path | None) -> dict:
+    data = result.splits[split]
+    values = data.metrics.get(setting, {}) if result.applicable or row == "reference" else {}
+    compat = data.compatibility if setting == METHOD_OLD and row == "method" else None
+    flips = (data.flips or {}) if compat else {}
+    cost = result.cost
+    record = {
+        "pair": result.pair,
+        "dataset": result.dataset,
+        "split": split,
+        "search": result.approximate_index or EXACT,
+        "row": row,
+        "method": {OLD_OLD: "old", NEW_NEW: "new"}[setting]
+        if row == "reference"
+        else result.method,
+        "setting": setting,
+        "applicable": result.applicable or row == "reference",
+        "not_applicable_reason": None if row == "reference" else result.not_applicable_reason,
+        **{k: values.get(k, math.nan) for k in METRIC_KEYS},
+        **{f"held_{k}": (compat.held[k] if compat else None) for k in METRIC_KEYS},
+        "cells_held": compat.cells_held if compat else None,
+        "cells_total": compat.cells_total if compat else None,
+        "gain_share": compat.gain_share.get("rsum") if compat else None,
+        **{k: flips.get(k, math.nan) for k in FLIP_KEYS},
+        "old": result.old,
+        "new": result.new,
+        "seed": result.seed,
+        "date": result.date.isoformat(),
+        "git_revision": result.git_revision,
+    }
+    if row == "method":
+        record |= {
+            "trainable_params": cost.trainable_params,
+            "trainable_share": cost.trainable_share,
+            "fit_time_s": cost.fit_time_s,
+            "wall_time_s": cost.wall_time_s,
+            "peak_memory_mb": cost.peak_memory_mb,
+            "device": cost.device,
+            "file": str(path) if path else None,
+        }
+    return record
+
+
+def leaderboard_frame(
+    results: Sequence[RunResult], paths: Sequence[Path] | None = None
+) -> pd.DataFrame:
+    """The tidy leaderboard: one row per (result, split) plus each group's reference rows,
+    references first, then methods by rsum (best first), not-applicable rows last."""
+    paths = list(paths) if paths is not None else [None] * len(results)
+    rows = [
+        _row(result, split, result.setting, "method", path)
+        for result, path in zip(results, paths, strict=True)
+        for split in result.splits
+    ]
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return frame
+    references = []
+    for key, group in frame.groupby(GROUP_KEYS, sort=False):
+        present = set(group["setting"])
+        newest = max((r for r in results if _group_key(r, key[2]) == key), key=lambda r: r.date)
+        references += [
+            _row(newest, key[2], setting, "reference", None)
+            for setting in (OLD_OLD, NEW_NEW)
+            if setting not in present
+        ]
+    frame = pd.concat([pd.DataFrame(references), frame], ignore_index=True)
+    split_order = {s: i for i, s in enumerate(dict.fromkeys(frame["split"]))}
+    frame["_split"] = frame["split"].map(split_order)
+    frame["_rank"] = [
+        (0 if row == "reference" else 1 if ok else 2)
+        for row, ok in zip(frame["row"], frame["applicable"], strict=True)
+    ]
+    frame["_setting"] = frame["setting"].map({OLD_OLD: 0, NEW_NEW: 1}).fillna(2)
+    frame = frame.sort_values(
+        ["pair", "dataset", "_split", "search", "_rank", "_setting", "rsum", "method"],
+        ascending=[True, True, True, True, True, True, False, True],
+        na_position="last",
+        kind="stable",
+    )
+    return frame.drop(columns=["_split", "_rank", "_setting"]).reset_index(drop=True)
+
+
+def _group_key(result: RunResult, split: str) -> tuple[str, str, str, str]:
+    return (result.pair, result.dataset, split, result.approximate_index or EXACT)
+
+
+def _number(value: object, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}"
+
+
+def _params(count: object, share: object) -> str:
+    if count is None or (isinstance(count, float) and math.isnan(count)):
+        return "–"
+    count = int(count)
+    if count == 0:
+        return "0"
+    if count >= 1e6:
+        text = f"{count / 1e6:.2f}M"
+    else:
+        text = f"{count / 1e3:.1f}k" if count >= 1e3 else str(count)
+    return f"{text} ({100 * float(share):.1f}%)"
+
+
+def display_frame(
+    group: pd.DataFrame,
+    mark: Callable[[bool], str] = lambda held: HELD if held else NOT_HELD,
+    escape: Callable[[str], str] = str,
+) -> pd.DataFrame:
+    """Human columns for one (pair, dataset, split) group: recalls with the criterion marked
+    per cell, cells held, gain share, NFR and cost; ``mark`` renders a held flag."""
+    out = []
+    for _, r in group.iterrows():
+        row = {"method": escape(str(r["method"])), "setting": escape(setting_label(r["setting"]))}
+        if not r["applicable"]:
+            row |= {METRIC_LABELS[k]: "n/a" for k in METRIC_KEYS}
+            row["held"] = "n/a"
+        else:
+            for key in METRIC_KEYS:
+                held = r[f"held_{key}"]
+                cell = _number(r[key])
+                row[METRIC_LABELS[key]] = cell if pd.isna(held) else f"{cell} {mark(bool(held))}"
+            if r["setting"] != METHOD_OLD:
+                row["held"] = "reference"
+            else:
+                row["held"] = f"{int(r['cells_held'])}/{int(r['cells_total'])}"
+        share = r["gain_share"]
+        row["gain share"] = "–" if share is None or pd.isna(share) else f"{100 * share:.0f}%"
+        row["NFR T2I/I2T"] = (
+            "–" if pd.isna(r["t2i_nfr"]) else f"{r['t2i_nfr']:.1f}/{r['i2t_nfr']:.1f}"
+        )
+        is_method = r["row"] == "method"
+        row["trainable"] = _params(r["trainable_params"], r["trainable_share"]) if is_method else ""
+        row["fit time"] = f"{r['fit_time_s']:.1f} s" if is_method else ""
+        row["device"] = escape(str(r["device"])) if is_method else ""
+        row["note"] = (
+            "" if r["applicable"] else escape(f"not applicable: {r['not_applicable_reason']}")
+        )
+        out.append(row)
+    return pd.DataFrame(out)
+
+
+def group_title(key: tuple) -> str:
+    """``pair · dataset · split`` (plus the index when the search is approximate)."""
+    pair, dataset, split, search = key
+    title = f"{pair} · {dataset} · split {split}"
+    return title if search == EXACT else f"{title} · approximate index {search}"
+
+
+def chain_frame(results: Sequence[RunResult]) -> pd.DataFrame:
+    """Average compatibility per chain result and split, one column per metric."""
+    rows = []
+    for result in results:
+        for split, data in result.splits.items():
+            if data.chain_matrix is None:
+                continue
+            rows.append(
+                {
+                    "pair": result.pair,
+                    "dataset": result.dataset,
+                    "split": split,
+                    "search": result.approximate_index or EXACT,
+                    "method": result.method,
+                    "models": " → ".join(data.chain_matrix.models),
+                    **{f"AC {k}": v for k, v in data.chain_matrix.average_compatibility.items()},
+                }
+            )
+    return pd.DataFrame(rows)
+
+
+def chain_metric(matrix: ChainMatrix) -> str:
+    """The metric shown for a chain: rsum when recorded, else the first one."""
+    return "rsum" if "rsum" in matrix.matrices else next(iter(matrix.matrices))
+
+
+def matrix_frame(matrix: ChainMatrix, metric: str) -> pd.DataFrame:
+    """M[i][j] as a table: rows are query models, columns gallery models (blank above i = j)."""
+    values = matrix.array(metric)
+    return pd.DataFrame(
+        [["" if math.isnan(v) else f"{v:.2f}" for v in row] for row in values],
+        index=[f"query {m}" for m in matrix.models],
+        columns=[f"gallery {m}" for m in matrix.models],
+    )
+
+
+REPORTED_TITLE = f"Published numbers ({REPORTED_LABEL})"
+REPORTED_NOTE = (
+    "Recalls (percent) as the papers print them, with their source and protocol. They were "
+    "not produced by this suite and are not comparable with the leaderboards above."
+)
+APPROXIMATE_TITLE = "Approximate search (not comparable with the exact tables)"
+
+
+def reported_display(reported: pd.DataFrame) -> pd.DataFrame:
+    """The published rows with human column names; recalls as text, missing values as –."""
+    columns = ["source", "protocol", "old", "new", "dataset", "setting", "support"]
+    frame = reported[columns].astype(object).where(reported[columns].notna(), "–")
+    for key in METRIC_KEYS:
+        frame[METRIC_LABELS[key]] = [_number(v) for v in reported[key]]
+    return frame
+
+
+def reported_notes(reported: pd.DataFrame) -> list[str]:
+    """The citation of every paper the published rows name, and their protocols' descriptions."""
+    sources = " ".join(reported["source"])
+    notes = [f"{key}: {text}" for key, text in CITATIONS.items() if key in sources]
+    notes += [f"protocol {name}: {PROTOCOLS[name]}" for name in dict.fromkeys(reported["protocol"])]
+    return notes
+
+
+@dataclass
+class Leaderboards:
+    """The tables of a leaderboard build and the files written."""
+
+    exact: pd.DataFrame
+    approximate: pd.DataFrame
+    chains: pd.DataFrame
+    reported: pd.DataFrame
+    results: list[RunResult] = field(repr=False)
+    files: list[Path] = field(default_factory=list)
+
+    @staticmethod
+    def groups(frame: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
+        """``frame`` split into (pair, dataset, split, search) groups in table order."""
+        return list(frame.groupby(GROUP_KEYS, sort=False)) if not frame.empty else []
+
+    def chain_matrices(self) -> list[tuple[str, pd.DataFrame]]:
+        """(title, matrix table) of every chain result and split, for its headline metric."""
+        out = []
+        for result in self.results:
+            for split, data in result.splits.items():
+                if data.chain_matrix is not None:
+                    metric = chain_metric(data.chain_matrix)
+                    title = f"{result.pair} · {result.dataset} · split {split} · {result.method}"
+                    out.append((f"{title}: {metric}", matrix_frame(data.chain_matrix, metric)))
+        return out
+
+
+def leaderboards(results_dir: str | Path) -> Leaderboards:
+    """Read every result under ``results_dir`` and build the leaderboard tables."""
+    results = load_results(results_dir)
+    frame = leaderboard_frame(results, result_files(results_dir))
+    return Leaderboards(
+        exact=frame[frame["search"] == EXACT].reset_index(drop=True),
+        approximate=frame[frame["search"] != EXACT].reset_index(drop=True),
+        chains=chain_frame(results),
+        reported=load_reported(),
+        results=results,
+    )
+
+
+def _markdown(boards: Leaderboards, results_dir: Path) -> str:
+    lines = [
+        "# xbt-bench leaderboard",
+        "",
+        f"Built from {len(boards.results)} result files in `{results_dir}` (exact FAISS search "
+        "unless a section says otherwise).",
+        "",
+        LEGEND,
+        "",
+    ]
+    for frame, level in ((boards.exact, "##"), (boards.approximate, "###")):
+        if frame is boards.approximate and not frame.empty:
+            lines += [f"## {APPROXIMATE_TITLE}", ""]
+        for key, group in boards.groups(frame):
+            first = group.iloc[0]
+            lines += [
+                f"{level} {group_title(key)}",
+                "",
+                f"old `{first['old']}` → new `{first['new']}`",
+                "",
+                display_frame(group).to_markdown(index=False, disable_numparse=True),
+                "",
+            ]
+    if not boards.chains.empty:
+        lines += [
+            "## Chains: average compatibility",
+            "",
+            boards.chains.to_markdown(index=False, floatfmt=".2f"),
+            "",
+        ]
+        for title, matrix in boards.chain_matrices():
+            lines += [f"### {title}", "", matrix.to_markdown(disable_numparse=True), ""]
+    lines += [
+        f"## {REPORTED_TITLE}",
+        "",
+        REPORTED_NOTE,
+        "",
+        reported_display(boards.reported).to_markdown(index=False, floatfmt=".2f", missingval="–"),
+        "",
+        *[f"- {note}" for note in reported_notes(boards.reported)],
+    ]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def build_leaderboards(results_dir: str | Path, output_dir: str | Path) -> Leaderboards:
+    """Build the leaderboards from ``results_dir`` and write ``leaderboard.csv``/``.md``,
+    ``leaderboard-approximate.csv``, ``chains.csv`` (when there are rows) and ``reported.csv``
+    to ``output_dir`` atomically."""
+    results_dir, output_dir = Path(results_dir), Path(output_dir)
+    boards = leaderboards(results_dir)
+    tables = {
+        "leaderboard.csv": boards.exact,
+        "leaderboard-approximate.csv": boards.approximate,
+        "chains.csv": boards.chains,
+        "reported.csv": boards.reported,
+    }
+    for name, frame in tables.items():
+        path = output_dir / name
+        if frame.empty:
+            path.unlink(missing_ok=True)  # a stale table from an earlier build would mislead
+            continue
+        write_text(path, frame.to_csv(index=False))
+        boards.files.append(path)
+    path = output_dir / "leaderboard.md"
+    write_text(path, _markdown(boards, results_dir))
+    boards.files.append(path)
+    return boards

@@ -1,0 +1,462 @@
+"""Run results: one typed JSON file per (pair, dataset, method), the only input of the reports.
+
+Layout: ``<results_dir>/<pair>/<dataset>/<method>.json``; a run with an approximate FAISS index
+writes ``<method>.approx-<index>.json`` beside it, so it never replaces the exact one.
+
+A result holds every evaluated split in ``splits`` (metrics per setting, flips, an optional
+chain matrix); ``split`` names the primary split, whose ``metrics``, ``compatibility``,
+``flips`` and ``chain_matrix`` are repeated at the top level of the JSON for readers that want
+one number. ``compatibility`` is derived from ``metrics`` (never stored separately), so the two
+cannot disagree.
+
+A sweep over the number of image-text pairs (``recall vs n_pairs`` plot) is recorded in
+``sweep``: one ``SweepPoint(n_pairs, metrics)`` per fit, ``metrics`` being that fit's
+``method->old`` metrics on the primary split.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import platform
+import re
+import subprocess
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    computed_field,
+    field_validator,
+    model_validator,
+)
+
+from xbt_bench import __version__
+from xbt_bench.atomic import write_json
+from xbt_bench.errors import ConfigError, NotFoundError
+from xbt_bench.eval.compat import average_compatibility, compatibility, gain_share
+from xbt_bench.eval.retrieval import METRIC_KEYS
+
+OLD_OLD, NEW_NEW, METHOD_OLD = "old->old", "new->new", "method->old"
+SETTINGS = (OLD_OLD, NEW_NEW, METHOD_OLD)
+Setting = Literal["old->old", "new->new", "method->old"]
+SETTING_PATTERN = re.compile(r"^[^\s>]+->[^\s>]+$")
+# Keys a result file must carry (issue 6.2); derived keys are written but rebuilt on load.
+REQUIRED_KEYS = (
+    "pair",
+    "old",
+    "new",
+    "method",
+    "dataset",
+    "split",
+    "metrics",
+    "compatibility",
+    "cost",
+    "config",
+    "seed",
+    "versions",
+    "git_revision",
+    "date",
+)
+DERIVED_KEYS = ("metrics", "compatibility", "flips", "chain_matrix")
+
+
+def _jsonable(value: Any) -> Any:
+    """``value`` with numpy scalars/arrays, tuples and paths turned into plain JSON types."""
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    return value
+
+
+def collect_versions() -> dict[str, str]:
+    """Versions of Python, the platform and the packages a result depends on."""
+    versions = {"python": platform.python_version(), "platform": platform.platform()}
+    distributions = {
+        "torch": ("torch",),
+        "open_clip": ("open_clip_torch",),
+        "faiss": ("faiss-cpu", "faiss-gpu", "faiss"),
+        "numpy": ("numpy",),
+    }
+    for key, names in distributions.items():
+        for name in names:
+            try:
+                versions[key] = metadata.version(name)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    versions["xbt_bench"] = __version__
+    return versions
+
+
+def git_revision(path: Path | None = None) -> str | None:
+    """The commit of the git checkout holding ``path`` (default: this package), with ``+dirty``
+    when tracked files under ``path`` changed (the code, not results written beside it); None
+    outside a git repository or before the first commit."""
+    where = str(path or Path(__file__).resolve().parents[1])
+
+    def git(*args: str) -> str:
+        done = subprocess.run(
+            ["git", "-C", where, *args], capture_output=True, text=True, timeout=10, check=True
+        )
+        return done.stdout.strip()
+
+    try:
+        revision = git("rev-parse", "--verify", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no", "--", "."))
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return revision + ("+dirty" if dirty else "")
+
+
+def _check_metrics(metrics: Mapping[str, Mapping[str, float]]) -> None:
+    for setting, values in metrics.items():
+        if not SETTING_PATTERN.match(setting):
+            raise ValueError(
+                f"setting {setting!r} must read QUERY->GALLERY with an ASCII '->', "
+                f"e.g. {METHOD_OLD!r}"
+            )
+        missing = [k for k in METRIC_KEYS if k not in values]
+        if missing:
+            raise ValueError(f"metrics[{setting!r}] lacks {missing} (needs {list(METRIC_KEYS)})")
+        bad = [k for k, v in values.items() if not math.isfinite(v)]
+        if bad:
+            raise ValueError(f"metrics[{setting!r}] has non-finite values for {bad}")
+
+
+class Compatibility(BaseModel):
+    """The compatibility criterion on one split: per metric, does method->old beat old->old?"""
+
+    model_config = ConfigDict(extra="forbid")
+
+    held: dict[str, bool]
+    margin: dict[str, float]
+    cells_held: int = Field(ge=0)
+    cells_total: int = Field(gt=0)
+    gain_share: dict[str, float | None]
+
+    @classmethod
+    def from_metrics(
+        cls, method: Mapping[str, float], old: Mapping[str, float], new: Mapping[str, float]
+    ) -> Compatibility:
+        """The criterion and gain shares of ``method`` (method->old) against old and new."""
+        return cls(**compatibility(method, old), gain_share=gain_share(method, old, new))
+
+
+class ChainMatrix(BaseModel):
+    """A chain's compatibility matrices: ``matrices[metric][i][j]`` with query model i and
+    gallery model j (i >= j; None above the diagonal), and average compatibility per metric."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[str] = Field(min_length=2)
+    matrices: dict[str, list[list[float | None]]] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _lower_triangular(self) -> ChainMatrix:
+        n = len(self.models)
+        for metric, rows in self.matrices.items():
+            if len(rows) != n or any(len(row) != n for row in rows):
+                raise ValueError(f"matrices[{metric!r}] must be {n}x{n} (one row per model)")
+            for i, row in enumerate(rows):
+                for j, value in enumerate(row):
+                    if j <= i and (value is None or not math.isfinite(value)):
+                        raise ValueError(f"matrices[{metric!r}][{i}][{j}] must be a number")
+                    if j > i and value is not None:
+                        raise ValueError(
+                            f"matrices[{metric!r}][{i}][{j}] (above diagonal) must be null"
+                        )
+        return self
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def average_compatibility(self) -> dict[str, float]:
+        """AC per metric: share of pairs i > j with M[i][j] > M[j][j]."""
+        return {metric: average_compatibility(self.array(metric)) for metric in self.matrices}
+
+    def array(self, metric: str) -> np.ndarray:
+        """``matrices[metric]`` as a float array with NaN above the diagonal."""
+        if metric not in self.matrices:
+            raise NotFoundError(
+                f"chain matrix has no metric {metric!r} (has {sorted(self.matrices)})"
+            )
+        rows = self.matrices[metric]
+        return np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float)
+
+    @classmethod
+    def from_arrays(cls, models: Sequence[str], matrices: Mapping[str, np.ndarray]) -> ChainMatrix:
+        """Build from ``compatibility_matrix`` arrays (NaN above the diagonal)."""
+        return cls(
+            models=list(models),
+            matrices={
+                metric: [
+                    [None if j > i else float(v) for j, v in enumerate(row)]
+                    for i, row in enumerate(np.asarray(array, dtype=float))
+                ]
+                for metric, array in matrices.items()
+            },
+        )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_derived(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if k != "average_compatibility"}
+        return data
+
+
+class SplitResult(BaseModel):
+    """One split's numbers: metrics per setting (``old->old``, ``new->new``, ``method->old``,
+    or ``vI->vJ`` for chains), R@1 flip rates, and a chain's matrices."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metrics: dict[str, dict[str, float]] = Field(min_length=1)
+    flips: dict[str, float] | None = None
+    chain_matrix: ChainMatrix | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_derived(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if k != "compatibility"}
+        return data
+
+    @field_validator("metrics")
+    @classmethod
+    def _valid_metrics(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        _check_metrics(value)
+        return value
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def compatibility(self) -> Compatibility | None:
+        """The criterion for ``method->old`` (None when the split has no method->old)."""
+        if not all(s in self.metrics for s in SETTINGS):
+            return None
+        return Compatibility.from_metrics(
+            self.metrics[METHOD_OLD], self.metrics[OLD_OLD], self.metrics[NEW_NEW]
+        )
+
+
+class Cost(BaseModel):
+    """What a method cost: time, forward passes, trainable parameters, memory, device."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    wall_time_s: float = Field(ge=0, description="the whole run of this method, embedding included")
+    fit_time_s: float = Field(0.0, ge=0, description="fitting or training the method alone")
+    forward_passes: dict[str, int] = Field(
+        default_factory=dict, description="embeddings computed per model (cache hits excluded)"
+    )
+    trainable_params: int = Field(0, ge=0)
+    trainable_share: float = Field(0.0, ge=0, description="trainable_params / NEW's parameters")
+    peak_memory_mb: float | None = Field(None, ge=0)
+    device: str = "cpu"
+
+
+class SweepPoint(BaseModel):
+    """The method fitted on ``n_pairs`` image-text pairs: its method->old metrics."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_pairs: int = Field(ge=0)
+    metrics: dict[str, float]
+
+    @field_validator("metrics")
+    @classmethod
+    def _valid_metrics(cls, value: dict[str, float]) -> dict[str, float]:
+        _check_metrics({METHOD_OLD: value})
+        return value
+
+
+def path_component(value: str) -> str:
+    """``value`` as one safe path component (``wds/cars`` -> ``wds_cars``)."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", value).strip(".")
+    return safe or "_"
+
+
+class RunResult(BaseModel):
+    """One (pair, dataset, method) run: metrics of every split and setting, compatibility,
+    flips, cost, config, provenance. Reads and writes itself as JSON (atomic)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    pair: str = Field(min_length=1)
+    old: str
+    new: str
+    method: str = Field(min_length=1)
+    dataset: str = Field(min_length=1)
+    split: str = Field(min_length=1, description="the primary split, mirrored at the top level")
+    setting: Setting = Field(
+        METHOD_OLD,
+        description="the setting the method deploys: method->old, or old->old / new->new for "
+        "the reference methods old and new",
+    )
+    splits: dict[str, SplitResult] = Field(min_length=1)
+    applicable: bool = True
+    not_applicable_reason: str | None = None
+    cost: Cost
+    config: dict[str, Any] = Field(default_factory=dict)
+    info: dict[str, Any] = Field(default_factory=dict)
+    training_curves: dict[str, list[dict[str, float]]] = Field(
+        default_factory=dict, description="per training stage, {step, loss, lr, ...} points"
+    )
+    sweep: list[SweepPoint] = Field(default_factory=list)
+    seed: int
+    approximate_index: str | None = Field(
+        None, description="FAISS factory string of an approximate index; None for exact search"
+    )
+    artifacts: dict[str, str] = Field(default_factory=dict, description="cached artifacts by path")
+    versions: dict[str, str] = Field(default_factory=collect_versions)
+    git_revision: str | None = Field(default_factory=git_revision)
+    date: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_top_level(cls, data: Any) -> Any:
+        """Accept a file with only the top-level primary split (no ``splits``); drop the
+        derived mirror keys otherwise."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        mirror = {k: data.pop(k) for k in DERIVED_KEYS if k in data}
+        if "splits" not in data and "metrics" in mirror and "split" in data:
+            data["splits"] = {data["split"]: mirror}
+        return data
+
+    @field_validator("config", "info", mode="before")
+    @classmethod
+    def _plain_json(cls, value: Any) -> Any:
+        return _jsonable(value)
+
+    @field_validator("training_curves")
+    @classmethod
+    def _curves_have_loss(
+        cls, value: dict[str, list[dict[str, float]]]
+    ) -> dict[str, list[dict[str, float]]]:
+        for stage, points in value.items():
+            if any("step" not in p or "loss" not in p for p in points):
+                raise ValueError(f"training_curves[{stage!r}] points need 'step' and 'loss'")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunResult:
+        if self.split not in self.splits:
+            raise ValueError(f"primary split {self.split!r} is not in splits {list(self.splits)}")
+        if not self.applicable and not self.not_applicable_reason:
+            raise ValueError("a result with applicable=false needs not_applicable_reason")
+        needed = (OLD_OLD, NEW_NEW) + ((self.setting,) if self.applicable else ())
+        for name, split in self.splits.items():
+            missing = [s for s in needed if s not in split.metrics]
+            if missing:
+                raise ValueError(f"splits[{name!r}].metrics lacks settings {missing}")
+        return self
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def metrics(self) -> dict[str, dict[str, float]]:
+        """The primary split's metrics per setting."""
+        return self.splits[self.split].metrics
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def compatibility(self) -> Compatibility | None:
+        """The primary split's compatibility criterion (None without method->old)."""
+        return self.splits[self.split].compatibility
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def flips(self) -> dict[str, float] | None:
+        """The primary split's R@1 flip rates."""
+        return self.splits[self.split].flips
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def chain_matrix(self) -> ChainMatrix | None:
+        """The primary split's chain matrices (chains only)."""
+        return self.splits[self.split].chain_matrix
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object, identity and headline numbers first."""
+        data = self.model_dump(mode="json")
+        first = ["pair", "old", "new", "method", "dataset", "split", "setting", *DERIVED_KEYS]
+        return {**{k: data[k] for k in first}, **data}
+
+    def relative_path(self) -> Path:
+        """``<pair>/<dataset>/<method>.json`` (``.approx-<index>.json`` for approximate search)."""
+        name = path_component(self.method)
+        if self.approximate_index is not None:
+            name += f".approx-{path_component(self.approximate_index)}"
+        return Path(path_component(self.pair)) / path_component(self.dataset) / f"{name}.json"
+
+    def path_in(self, results_dir: str | Path) -> Path:
+        """Where this result lives under ``results_dir``."""
+        return Path(results_dir) / self.relative_path()
+
+    def to_json(self, path: str | Path) -> Path:
+        """Write the result atomically to ``path`` and return it."""
+        write_json(path, self.to_dict())
+        return Path(path)
+
+    def save(self, results_dir: str | Path) -> Path:
+        """Write the result atomically to its place under ``results_dir``."""
+        return self.to_json(self.path_in(results_dir))
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> RunResult:
+        """Read a result file; ConfigError naming the file and the problem if it is malformed."""
+        path = Path(path)
+        fix = "rerun the run that wrote it, or delete it"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as error:
+            raise NotFoundError(f"result file {path} does not exist") from error
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ConfigError(f"result file {path} is not valid JSON ({error}); {fix}") from error
+        if not isinstance(data, dict):
+            raise ConfigError(f"result file {path} must hold a JSON object; {fix}")
+        missing = [k for k in REQUIRED_KEYS if k not in data]
+        if missing:
+            raise ConfigError(f"result file {path} lacks the keys {missing}; {fix}")
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+            raise ConfigError(
+                f"result file {path} is malformed at {where}: {first['msg']}; {fix}"
+            ) from error
+
+
+def result_files(results_dir: str | Path) -> list[Path]:
+    """Every ``<pair>/<dataset>/<method>.json`` under ``results_dir`` (temp files skipped)."""
+    root = Path(results_dir)
+    return sorted(p for p in root.glob("*/*/*.json") if not p.name.startswith("."))
+
+
+def load_results(results_dir: str | Path) -> list[RunResult]:
+    """All results under ``results_dir``; NotFoundError when there are none, ConfigError naming
+    the first malformed file."""
+    root = Path(results_dir)
+    hint = "run `xbt-bench run --pair NAME` first, or pass --results-dir"
+    if not root.is_dir():
+        raise NotFoundError(f"results folder {root} does not exist; {hint}")
+    files = result_files(root)
+    if not files:
+        raise NotFoundError(f"no result files (<pair>/<dataset>/<method>.json) in {root}; {hint}")
+    return [RunResult.from_json(path) for path in files]
