@@ -153,6 +153,8 @@ def test_positive_ranks_without_positive_and_small_gallery():
     labels = np.arange(5)
     # k_max beyond the gallery size: the window is the whole gallery.
     assert positive_ranks(queries, gallery, np.array([3, 9]), labels, 10).tolist() == [0, 10]
+    with pytest.raises(ValueError, match=r"one label per query \(2\) .* shapes \(1,\) and \(5,\)"):
+        positive_ranks(queries, gallery, np.array([3]), labels, 10)
 
 
 def _clip_benchmark_metrics(images: np.ndarray, texts: np.ndarray, caption_image, batch: int):

@@ -16,3 +16,7 @@ class NotFoundError(XbtError, KeyError):
 
 class ConfigError(XbtError, ValueError):
     """A config file or value is malformed."""
+
+
+class InputError(XbtError, ValueError):
+    """Data handed to a function is malformed (wrong shape, NaN, ids out of range)."""

@@ -10,12 +10,13 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from xbt_bench.eval.retrieval import METRIC_KEYS, RECALL_KEYS, RetrievalResult
+from ..errors import InputError
+from .retrieval import METRIC_KEYS, RECALL_KEYS, RetrievalResult
 
 
 def _value(metrics: Mapping[str, float], key: str, setting: str) -> float:
     if key not in metrics:
-        raise ValueError(f"{setting} metrics have no '{key}' (they have {sorted(metrics)})")
+        raise InputError(f"{setting} metrics have no '{key}' (they have {sorted(metrics)})")
     return float(metrics[key])
 
 
@@ -55,11 +56,11 @@ def flip_rates(old_hits: np.ndarray, method_hits: np.ndarray) -> dict[str, float
     method->old (negative flips), ``pfr`` wrong then right (positive flips)."""
     old_hits, method_hits = np.asarray(old_hits), np.asarray(method_hits)
     if old_hits.dtype != bool or method_hits.dtype != bool:
-        raise ValueError(
+        raise InputError(
             f"hits must be boolean arrays, got {old_hits.dtype} and {method_hits.dtype}"
         )
     if old_hits.ndim != 1 or old_hits.shape != method_hits.shape or old_hits.size == 0:
-        raise ValueError(
+        raise InputError(
             "old_hits and method_hits must be non-empty 1-D arrays over the same queries, got "
             f"shapes {old_hits.shape} and {method_hits.shape}"
         )
@@ -86,7 +87,7 @@ def compatibility_matrix(
     n = 1 + max((i for i, _ in results), default=-1)
     missing = [(i, j) for i in range(n) for j in range(i + 1) if (i, j) not in results]
     if n == 0 or missing:
-        raise ValueError(f"chain results lack the (query, gallery) pairs {missing or [(0, 0)]}")
+        raise InputError(f"chain results lack the (query, gallery) pairs {missing or [(0, 0)]}")
     matrix = np.full((n, n), np.nan)
     for (i, j), result in results.items():
         matrix[i, j] = _value(result.metrics, metric, f"chain ({i}, {j})")
@@ -98,12 +99,12 @@ def average_compatibility(matrix: np.ndarray) -> float:
     own queries on model j's gallery (``matrix`` from ``compatibility_matrix``)."""
     matrix = np.asarray(matrix, dtype=np.float64)
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1] or matrix.shape[0] < 2:
-        raise ValueError(
+        raise InputError(
             f"average compatibility needs a square [n, n] matrix of a chain of n >= 2 models, "
             f"got shape {matrix.shape}"
         )
     rows, cols = np.tril_indices(len(matrix), k=-1)
     below, diagonal = matrix[rows, cols], np.diag(matrix)
     if not (np.isfinite(below).all() and np.isfinite(diagonal).all()):
-        raise ValueError("M[i, j] must be finite for every i >= j")
+        raise InputError("M[i, j] must be finite for every i >= j")
     return float(np.mean(below > diagonal[cols]))

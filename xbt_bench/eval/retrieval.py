@@ -19,6 +19,8 @@ from typing import NamedTuple
 import faiss
 import numpy as np
 
+from ..errors import InputError
+
 DEFAULT_KS = (1, 5, 10)
 RECALL_KEYS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10")
 METRIC_KEYS = (*RECALL_KEYS, "rsum")
@@ -46,9 +48,9 @@ def _as_matrix(name: str, x: np.ndarray) -> np.ndarray:
     """``x`` as a non-empty C-contiguous float32 [n, d] array (no copy when it already is one)."""
     x = np.asarray(x)
     if x.ndim != 2:
-        raise ValueError(f"{name} must be a 2-D array [n, dim], got shape {x.shape}")
+        raise InputError(f"{name} must be a 2-D array [n, dim], got shape {x.shape}")
     if x.size == 0:
-        raise ValueError(f"{name} is empty (shape {x.shape}); retrieval needs at least one vector")
+        raise InputError(f"{name} is empty (shape {x.shape}); retrieval needs at least one vector")
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
@@ -61,11 +63,11 @@ def validate_embeddings(name: str, x: np.ndarray) -> np.ndarray:
     x = _as_matrix(name, x)
     bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
     if bad.size:
-        raise ValueError(f"{name} has NaN or inf values in {_first(bad, 'rows')}")
+        raise InputError(f"{name} has NaN or inf values in {_first(bad, 'rows')}")
     norms = np.linalg.norm(x, axis=1)
     zero = np.flatnonzero(norms == 0)
     if zero.size:
-        raise ValueError(f"{name} has all-zero vectors (no direction) in {_first(zero, 'rows')}")
+        raise InputError(f"{name} has all-zero vectors (no direction) in {_first(zero, 'rows')}")
     return x / norms[:, None]
 
 
@@ -101,22 +103,22 @@ def search_topk(
     queries = _as_matrix("queries", queries)
     if index is None:
         if gallery is None:
-            raise ValueError("search_topk needs a gallery array or a prebuilt index")
+            raise InputError("search_topk needs a gallery array or a prebuilt index")
         index = build_index(gallery)
     elif gallery is not None and (gallery.shape[0] != index.ntotal or gallery.shape[1] != index.d):
-        raise ValueError(
+        raise InputError(
             f"index holds {index.ntotal} vectors of dimension {index.d} but the gallery has "
             f"shape {tuple(gallery.shape)}; build the index from this gallery"
         )
     if queries.shape[1] != index.d:
-        raise ValueError(
+        raise InputError(
             f"queries have dimension {queries.shape[1]} but the gallery has dimension {index.d}; "
             "queries must be embedded into the gallery's space"
         )
     if not 1 <= k <= index.ntotal:
-        raise ValueError(f"k={k} must be between 1 and the gallery size {index.ntotal}")
+        raise InputError(f"k={k} must be between 1 and the gallery size {index.ntotal}")
     if chunk_size < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+        raise InputError(f"chunk_size must be positive, got {chunk_size}")
     scores = np.empty((len(queries), k), dtype=np.float32)
     ids = np.empty((len(queries), k), dtype=np.int64)
     for start in range(0, len(queries), chunk_size):
@@ -142,6 +144,13 @@ def positive_ranks(
     Vectors are used as given (pass normalised ones); ``index_factory`` selects an approximate
     FAISS index (see ``build_index``), exact search otherwise.
     """
+    queries = _as_matrix("queries", queries)
+    query_labels, gallery_labels = np.asarray(query_labels), np.asarray(gallery_labels)
+    if query_labels.shape != (len(queries),) or gallery_labels.shape != (len(gallery),):
+        raise InputError(
+            f"need one label per query ({len(queries)}) and per gallery item ({len(gallery)}), "
+            f"got shapes {query_labels.shape} and {gallery_labels.shape}"
+        )
     index = build_index(gallery, index_factory)
     n_gallery = index.ntotal
     ranks = np.full(len(queries), k_max, dtype=np.int64)
@@ -168,7 +177,7 @@ def positive_ranks(
 def _check_ks(ks: Sequence[int]) -> tuple[int, ...]:
     ks = tuple(sorted(set(ks)))
     if not ks or any(not isinstance(k, int | np.integer) or k < 1 for k in ks):
-        raise ValueError(f"ks must be positive integers, got {ks}")
+        raise InputError(f"ks must be positive integers, got {ks}")
     return ks
 
 
@@ -176,7 +185,7 @@ def _check_same_dim(
     query_name: str, queries: np.ndarray, gallery_name: str, gallery: np.ndarray
 ) -> None:
     if queries.shape[1] != gallery.shape[1]:
-        raise ValueError(
+        raise InputError(
             f"{query_name} have dimension {queries.shape[1]} but {gallery_name} have dimension "
             f"{gallery.shape[1]}; queries must be embedded into the gallery's space"
         )
@@ -185,21 +194,21 @@ def _check_same_dim(
 def _check_caption_image(caption_image: np.ndarray, n_captions: int, n_images: int) -> np.ndarray:
     caption_image = np.asarray(caption_image)
     if caption_image.shape != (n_captions,):
-        raise ValueError(
+        raise InputError(
             f"caption_image must hold one image index per caption ({n_captions}), "
             f"got shape {caption_image.shape}"
         )
     if not np.issubdtype(caption_image.dtype, np.integer):
-        raise ValueError(f"caption_image must hold integer indices, got {caption_image.dtype}")
+        raise InputError(f"caption_image must hold integer indices, got {caption_image.dtype}")
     outside = np.flatnonzero((caption_image < 0) | (caption_image >= n_images))
     if outside.size:
-        raise ValueError(
+        raise InputError(
             f"caption_image has image indices outside [0, {n_images}) at "
             f"{_first(outside, 'captions')}, values {caption_image[outside[:5]].tolist()}"
         )
     orphans = np.flatnonzero(np.bincount(caption_image, minlength=n_images) == 0)
     if orphans.size:
-        raise ValueError(
+        raise InputError(
             f"caption_image gives no caption to {_first(orphans, 'images')}; "
             "image-to-text retrieval needs at least one caption per image"
         )
@@ -230,12 +239,12 @@ def evaluate_retrieval(
     _check_same_dim("text_queries", text_queries, "image_gallery", image_gallery)
     _check_same_dim("image_queries", image_queries, "text_gallery", text_gallery)
     if len(text_queries) != len(text_gallery):
-        raise ValueError(
+        raise InputError(
             f"text_queries has {len(text_queries)} captions but text_gallery has "
             f"{len(text_gallery)}; both must embed the same captions"
         )
     if len(image_queries) != len(image_gallery):
-        raise ValueError(
+        raise InputError(
             f"image_queries has {len(image_queries)} images but image_gallery has "
             f"{len(image_gallery)}; both must embed the same images"
         )
@@ -267,7 +276,7 @@ def retrieval_matrix(
     n = len(gallery_sets)
     expected = {(i, j) for i in range(n) for j in range(i + 1)}
     if n == 0 or set(query_sets) != expected:
-        raise ValueError(
+        raise InputError(
             f"a chain of {n} models needs query sets for exactly the pairs (i, j), i >= j: "
             f"missing {sorted(expected - set(query_sets))}, "
             f"unexpected {sorted(set(query_sets) - expected)}"
