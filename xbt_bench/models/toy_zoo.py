@@ -1,0 +1,467 @@
+"""The toy model zoo: tiny open_clip models trained from scratch on the toy world.
+
+Each toy model is two files in ``model_zoo/models/``: ``NAME.json`` (an open_clip model config,
+registered with ``open_clip.add_model_config``) and ``NAME.train.json`` (how it is trained:
+steps, batch size, learning rate, the contrastive temperature and whether it is learned, and
+the toy data config). :func:`ensure_checkpoint` trains a model with open_clip's ``ClipLoss``
+through the shared training loop on the toy ``pretrain`` split and stores it under
+``cache_dir("zoo") / f"{NAME}-{HASH}"`` in open_clip's own layout (``open_clip_model.safetensors``
+plus ``open_clip_config.json``), with ``card.json`` beside it: test retrieval, the embedding
+geometry (matched-pair cosine, modality gap, intra-modal cosines) and the training curve.
+``HASH`` covers the model config, the training settings and the toy data config, so changing
+any of them builds a new model.
+
+*Quick* builds (``quick=True`` or ``XBT_BENCH_ZOO_QUICK=1``) train the same architectures for
+150 steps at batch 64 and tau >= 0.02 on a small toy world: weak but trained models (a few
+seconds each on a quiet CPU) for tests, stored under their own hash so they never mix with
+the real ones.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..atomic import write_json, write_npy, write_with
+from ..data.base import fingerprint_of
+from ..data.toy import ToyConfig, toy_images, toy_split
+from ..errors import ConfigError, NotFoundError
+from ..paths import cache_dir
+from ..train import TrainConfig, TrainLog, train
+from .loading import ZOO_MODEL_CONFIGS
+
+WEIGHTS_NAME = "open_clip_model.safetensors"
+CONFIG_NAME = "open_clip_config.json"
+CARD_NAME = "card.json"
+TRAIN_SUFFIX = ".train.json"
+QUICK_ENV = "XBT_BENCH_ZOO_QUICK"
+# Bump when the training code changes in a way that changes the weights it produces.
+RECIPE_VERSION = 1
+# Quick builds: the same architectures on a small toy world, for far fewer steps.
+QUICK_TOY_CONFIG = ToyConfig(
+    n_pretrain=4000, n_text=2000, n_pairs=1000, n_support=200, n_test=200, n_test_hard=200
+)
+QUICK_MAX_STEPS = 150
+QUICK_BATCH_SIZE = 64
+QUICK_MAX_WARMUP = 15
+# The low-temperature recipe needs hundreds of steps to leave its initial plateau; a quick
+# build at tau = 0.005 stays at chance, at 0.02 it learns within its few steps.
+QUICK_MIN_TEMPERATURE = 0.02
+EVAL_SPLIT = "test"
+
+
+@dataclass(frozen=True)
+class ZooSettings:
+    """How one toy model is trained (``NAME.train.json``); all but ``description`` is hashed."""
+
+    steps: int
+    batch_size: int
+    lr: float
+    temperature: float
+    learn_temperature: bool = False
+    weight_decay: float = 0.1
+    warmup_steps: int = 50
+    seed: int = 0
+    data: ToyConfig = field(default_factory=ToyConfig)
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 2:
+            raise ConfigError(
+                f"batch_size must be >= 2 for a contrastive loss, got {self.batch_size}"
+            )
+        if not 0 < self.temperature < 1:
+            raise ConfigError(f"temperature must be in (0, 1), got {self.temperature}")
+        self.train_config()  # validates steps, lr, warmup and weight decay
+
+    def train_config(self, checkpoint_every: int = 100) -> TrainConfig:
+        """The shared loop's config for these settings."""
+        return TrainConfig(
+            steps=self.steps,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            warmup_steps=min(self.warmup_steps, self.steps),
+            seed=self.seed,
+            checkpoint_every=checkpoint_every,
+            log_every=max(1, min(25, self.steps // 20)),
+        )
+
+    def quick(self) -> ZooSettings:
+        """The recipe shrunk for tests: small toy world, small batch, few steps, warmer tau."""
+        steps = min(self.steps, QUICK_MAX_STEPS)
+        return replace(
+            self,
+            steps=steps,
+            batch_size=min(self.batch_size, QUICK_BATCH_SIZE),
+            warmup_steps=min(self.warmup_steps, QUICK_MAX_WARMUP, steps),
+            temperature=max(self.temperature, QUICK_MIN_TEMPERATURE),
+            data=QUICK_TOY_CONFIG,
+            description=f"{self.description} (quick build)",
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain JSON values."""
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    """One toy model: its configs, its settings, and where its checkpoint lives."""
+
+    name: str
+    model_config: dict[str, Any]
+    settings: ZooSettings
+
+    @property
+    def content_hash(self) -> str:
+        """A hash of the model config, training settings, toy data and recipe version."""
+        settings = self.settings.to_dict()
+        del settings["description"], settings["data"]
+        return fingerprint_of(
+            [
+                RECIPE_VERSION,
+                json.dumps(self.model_config, sort_keys=True),
+                json.dumps(settings, sort_keys=True),
+                self.settings.data.fingerprint(),
+            ]
+        )[:12]
+
+    @property
+    def folder(self) -> Path:
+        """The checkpoint folder (open_clip layout) of this model."""
+        return cache_dir("zoo") / f"{self.name}-{self.content_hash}"
+
+    @property
+    def weights_path(self) -> Path:
+        """The state_dict file that ``open_clip.create_model_and_transforms`` loads."""
+        return self.folder / WEIGHTS_NAME
+
+    @property
+    def is_built(self) -> bool:
+        """Whether the weights and the card exist."""
+        return self.weights_path.is_file() and (self.folder / CARD_NAME).is_file()
+
+    def card(self) -> dict[str, Any] | None:
+        """The built model's card (retrieval, geometry, build time), or None if not built."""
+        path = self.folder / CARD_NAME
+        return json.loads(path.read_text()) if path.is_file() else None
+
+
+def zoo_names() -> list[str]:
+    """Names of the toy models (each ``*.train.json`` with its config), smallest first."""
+    dims = {}
+    for path in ZOO_MODEL_CONFIGS.glob(f"*{TRAIN_SUFFIX}"):
+        name = path.name[: -len(TRAIN_SUFFIX)]
+        config = ZOO_MODEL_CONFIGS / f"{name}.json"
+        if config.is_file():
+            dims[name] = json.loads(config.read_text()).get("embed_dim", 0)
+    return sorted(dims, key=lambda name: (dims[name], name))
+
+
+def quick_by_default() -> bool:
+    """Whether ``XBT_BENCH_ZOO_QUICK`` asks for quick toy models (tests set it)."""
+    return os.environ.get(QUICK_ENV, "").lower() in ("1", "true", "yes", "on")
+
+
+def zoo_entry(name: str, quick: bool | None = None) -> ZooEntry:
+    """The toy model ``name`` as configured (quick-built if ``quick``, default from the env)."""
+    names = zoo_names()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise NotFoundError(
+            f"toy model {name!r} not found; {hint}known toy models: {', '.join(names)} "
+            f"(configs in {ZOO_MODEL_CONFIGS}; see `xbt-bench zoo list`)"
+        )
+    model_config = json.loads((ZOO_MODEL_CONFIGS / f"{name}.json").read_text())
+    raw = json.loads((ZOO_MODEL_CONFIGS / f"{name}{TRAIN_SUFFIX}").read_text())
+    try:
+        data = ToyConfig(**raw.pop("data", {}))
+        settings = ZooSettings(**raw, data=data)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f"{name}{TRAIN_SUFFIX}: {error}") from error
+    if quick_by_default() if quick is None else quick:
+        settings = settings.quick()
+    return ZooEntry(name, model_config, settings)
+
+
+# --- data --------------------------------------------------------------------------------
+
+
+def cached_tokens(tokenizer: Any, captions: list[str], captions_key: str) -> np.ndarray:
+    """``tokenizer(captions)`` as int32 [n, context], cached as .npy by tokenizer and captions."""
+    context = getattr(tokenizer, "context_length", None)
+    signature = f"{type(tokenizer).__name__}(context_length={context})"
+    path = cache_dir("tokens") / f"{fingerprint_of([signature, captions_key])}.npy"
+    if path.is_file():
+        return np.load(path)
+    chunks = [tokenizer(captions[i : i + 8192]).numpy() for i in range(0, len(captions), 8192)]
+    tokens = np.concatenate(chunks).astype(np.int32)
+    write_npy(path, tokens)
+    return tokens
+
+
+def image_tensor(images: np.ndarray, mean: Any, std: Any) -> torch.Tensor:
+    """uint8 [N, H, W, 3] images as the float [N, 3, H, W] batch ``preprocess`` would make."""
+    x = torch.from_numpy(np.array(images, dtype=np.uint8)).permute(0, 3, 1, 2)
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+    # The same ops as torchvision's ToTensor then Normalize, so the values are identical.
+    return x.float().div(255).sub(mean_t).div(std_t)
+
+
+@dataclass
+class _PretrainBatches:
+    """Deterministic contrastive batches of the toy ``pretrain`` split, one per step.
+
+    Batches walk through a fresh random order of the images each epoch (a batch may span two
+    epochs); each image comes with one of its captions, drawn per step.
+    """
+
+    images: np.ndarray  # uint8 [N, H, W, 3], in memory
+    tokens: torch.Tensor  # int64 [N * captions_per_image, context]
+    captions_per_image: int
+    batch_size: int
+    seed: int
+    mean: Any
+    std: Any
+    _orders: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if epoch not in self._orders:
+            if len(self._orders) > 2:
+                self._orders.pop(min(self._orders))
+            rng = np.random.default_rng([self.seed, epoch])
+            self._orders[epoch] = rng.permutation(len(self.images))
+        return self._orders[epoch]
+
+    def __call__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        n = len(self.images)
+        epochs, offsets = np.divmod(step * self.batch_size + np.arange(self.batch_size), n)
+        index = np.empty(self.batch_size, dtype=np.int64)
+        for epoch in np.unique(epochs):
+            index[epochs == epoch] = self._order(int(epoch))[offsets[epochs == epoch]]
+        caption = np.random.default_rng([self.seed, n, step]).integers(
+            self.captions_per_image, size=self.batch_size
+        )
+        images = image_tensor(self.images[index], self.mean, self.std)
+        return images, self.tokens[index * self.captions_per_image + caption]
+
+
+def _check_context(
+    entry: ZooEntry, tokens: np.ndarray, captions: list[str], tokenizer: Any
+) -> None:
+    """Refuse captions that the tokenizer truncated (only rows that fill the context can be)."""
+    context = tokens.shape[1]
+    for row in np.flatnonzero(tokens[:, -1] != 0):
+        n_tokens = len(tokenizer.encode(captions[row])) + 2  # with start and end tokens
+        if n_tokens > context:
+            raise ConfigError(
+                f"{entry.name}: toy caption {captions[row]!r} needs {n_tokens} tokens but the "
+                f"text context length is {context}; raise text_cfg.context_length in "
+                f"{entry.name}.json"
+            )
+
+
+# --- building ----------------------------------------------------------------------------
+
+
+def _register_configs() -> None:
+    import open_clip
+
+    if not set(zoo_names()) <= set(open_clip.list_models()):
+        open_clip.add_model_config(ZOO_MODEL_CONFIGS)
+
+
+def _create_model(entry: ZooEntry) -> tuple[torch.nn.Module, Any]:
+    """A freshly initialised model (seeded) with the configured temperature, and its tokenizer."""
+    import open_clip
+
+    _register_configs()
+    torch.manual_seed(entry.settings.seed)
+    config = {**entry.model_config, "init_logit_scale": math.log(1.0 / entry.settings.temperature)}
+    logging.disable(logging.WARNING)  # open_clip warns that the model is randomly initialised
+    try:
+        model = open_clip.create_model(entry.name, **config)
+    finally:
+        logging.disable(logging.NOTSET)
+    model.logit_scale.requires_grad_(entry.settings.learn_temperature)
+    context_length = entry.model_config["text_cfg"]["context_length"]
+    return model, open_clip.get_tokenizer(entry.name, context_length=context_length)
+
+
+def _pretrain_batches(entry: ZooEntry, model: torch.nn.Module, tokenizer: Any) -> _PretrainBatches:
+    import open_clip
+
+    data = entry.settings.data
+    size = model.visual.image_size
+    if tuple(np.broadcast_to(size, 2)) != (data.image_size, data.image_size):
+        raise ConfigError(
+            f"{entry.name}: vision_cfg.image_size {size} differs from the toy data's image_size "
+            f"{data.image_size}; set them equal in {entry.name}.json / {entry.name}{TRAIN_SUFFIX}"
+        )
+    split = toy_split("pretrain", data)
+    captions = list(split.captions)
+    tokens = cached_tokens(tokenizer, captions, split.fingerprint)
+    _check_context(entry, tokens, captions, tokenizer)
+    preprocess_cfg = open_clip.get_model_preprocess_cfg(model)
+    return _PretrainBatches(
+        images=np.array(toy_images("pretrain", data)),
+        tokens=torch.from_numpy(tokens).long(),
+        captions_per_image=data.captions_per_image,
+        batch_size=entry.settings.batch_size,
+        seed=entry.settings.seed,
+        mean=preprocess_cfg["mean"],
+        std=preprocess_cfg["std"],
+    )
+
+
+@torch.no_grad()
+def _embed_split(
+    model: torch.nn.Module, tokenizer: Any, split: str, data: ToyConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Normalised image and caption embeddings of a toy split, and ``caption_image``."""
+    import open_clip
+
+    model.eval()
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    dataset = toy_split(split, data)
+    tokens = torch.from_numpy(cached_tokens(tokenizer, list(dataset.captions), dataset.fingerprint))
+    images = toy_images(split, data)
+    image_emb = torch.cat(
+        [
+            model.encode_image(image_tensor(images[i : i + 512], cfg["mean"], cfg["std"]), True)
+            for i in range(0, len(images), 512)
+        ]
+    )
+    text_emb = torch.cat(
+        [model.encode_text(tokens[i : i + 1024].long(), True) for i in range(0, len(tokens), 1024)]
+    )
+    return image_emb.numpy(), text_emb.numpy(), dataset.caption_image
+
+
+def embedding_geometry(
+    images: np.ndarray, texts: np.ndarray, caption_image: np.ndarray
+) -> dict[str, float]:
+    """Matched-pair cosine, modality gap ‖mean(img) − mean(txt)‖ and intra-modal mean cosines.
+
+    Inputs are L2-normalised rows; intra-modal cosines average over distinct pairs.
+    """
+
+    def mean_pair_cosine(x: np.ndarray) -> float:
+        total = x.sum(axis=0)
+        n = len(x)
+        return float((total @ total - n) / (n * (n - 1)))
+
+    return {
+        "matched_cosine": float(np.einsum("ij,ij->i", texts, images[caption_image]).mean()),
+        "modality_gap": float(np.linalg.norm(images.mean(axis=0) - texts.mean(axis=0))),
+        "image_intra_cosine": mean_pair_cosine(images.astype(np.float64)),
+        "text_intra_cosine": mean_pair_cosine(texts.astype(np.float64)),
+    }
+
+
+def evaluate_toy_model(
+    model: torch.nn.Module, tokenizer: Any, data: ToyConfig, split: str = EVAL_SPLIT
+) -> dict[str, Any]:
+    """Retrieval (R@1/5/10 both ways, rsum) and embedding geometry of ``model`` on a toy split."""
+    from ..eval.retrieval import evaluate_retrieval
+
+    images, texts, caption_image = _embed_split(model, tokenizer, split, data)
+    result = evaluate_retrieval(
+        text_queries=texts,
+        image_gallery=images,
+        image_queries=images,
+        text_gallery=texts,
+        caption_image=caption_image,
+    )
+    return {
+        "split": split,
+        "retrieval": {k: round(float(v), 2) for k, v in result.metrics.items()},
+        "geometry": {
+            k: round(v, 4) for k, v in embedding_geometry(images, texts, caption_image).items()
+        },
+    }
+
+
+def _save_open_clip_layout(entry: ZooEntry, model: torch.nn.Module) -> None:
+    import open_clip
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    write_with(entry.weights_path, lambda tmp: save_file(state, str(tmp)))
+    preprocess_cfg = open_clip.get_model_preprocess_cfg(model)
+    write_json(
+        entry.folder / CONFIG_NAME,
+        {"model_cfg": entry.model_config, "preprocess_cfg": preprocess_cfg},
+    )
+
+
+def build(entry: ZooEntry) -> dict[str, Any]:
+    """Train ``entry`` (resuming an interrupted build), save it and write its card."""
+    from open_clip.loss import ClipLoss
+
+    started = time.perf_counter()
+    model, tokenizer = _create_model(entry)
+    batches = _pretrain_batches(entry, model, tokenizer)
+    clip_loss = ClipLoss()
+
+    def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        image_features, text_features, logit_scale = model(*batch)
+        return {
+            "loss": clip_loss(image_features, text_features, logit_scale),
+            "temperature": 1.0 / logit_scale.detach(),
+        }
+
+    train_dir = entry.folder / "training"
+    log: TrainLog = train(
+        model, loss_fn, batches, entry.settings.train_config(), train_dir, desc=entry.name
+    )
+    evaluation = evaluate_toy_model(model, tokenizer, entry.settings.data)
+    _save_open_clip_layout(entry, model)
+    params = sum(p.numel() for p in model.parameters())
+    card = {
+        "name": entry.name,
+        "content_hash": entry.content_hash,
+        "embed_dim": int(entry.model_config["embed_dim"]),
+        "parameters": params,
+        "temperature_final": round(float(1.0 / model.logit_scale.exp()), 5),
+        **evaluation,
+        "build_time_s": round(time.perf_counter() - started, 1),
+        "train_time_s": round(log.wall_time_s, 1),
+        "resumed_from_step": log.resumed_from_step,
+        "model_config": entry.model_config,
+        "settings": entry.settings.to_dict(),
+        "toy_config_fingerprint": entry.settings.data.fingerprint(),
+        "curve": log.curve,
+    }
+    write_json(entry.folder / CARD_NAME, card)
+    shutil.rmtree(train_dir, ignore_errors=True)  # optimizer state is not needed any more
+    return card
+
+
+def ensure_checkpoint(
+    name: str, quick: bool | None = None, settings: ZooSettings | None = None
+) -> Path:
+    """The weights file of toy model ``name``, built first if missing (resumes a partial build).
+
+    ``quick`` picks the quick build (default: ``XBT_BENCH_ZOO_QUICK``); ``settings`` replaces
+    the configured training settings (tests use tiny ones); both change the content hash.
+    """
+    entry = zoo_entry(name, quick)
+    if settings is not None:
+        entry = replace(entry, settings=settings)
+    if not entry.is_built:
+        build(entry)
+    return entry.weights_path

@@ -1,0 +1,347 @@
+"""The one training loop: AdamW, warmup + cosine, clipping, checkpoints and exact resume.
+
+Every trained thing in xbt-bench (toy zoo models, XBT, distillation, fine-tuning) goes through
+:func:`train`. The caller gives a module whose trainable parameters have ``requires_grad``, a
+loss function of a batch, and ``batch_at(step)`` — a deterministic function of the step index,
+so that a run interrupted at any point and restarted from its last checkpoint sees exactly the
+batches it would have seen and ends with bit-identical weights (on CPU).
+
+``checkpoint_dir/last.pt`` holds the trainable parameters, optimizer, scheduler, RNG states,
+the training curve (per ``log_every`` steps: the mean of each loss scalar and the lr) and
+the config; it is written atomically every ``checkpoint_every`` steps
+and after the last step, so a finished run's rerun returns at once.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+from ..atomic import write_json, write_with
+from ..errors import ConfigError
+
+CHECKPOINT_NAME = "last.pt"
+LOG_NAME = "train_log.json"
+# Config fields that may change between a run and its resume without changing its result.
+_RESUME_FREE_FIELDS = ("checkpoint_every", "log_every", "device")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation settings of one training run (all recorded with its result)."""
+
+    steps: int
+    lr: float
+    weight_decay: float = 0.1
+    warmup_steps: int = 0
+    grad_clip: float | None = 1.0
+    seed: int = 0
+    checkpoint_every: int = 200
+    log_every: int = 10
+    device: str = "cpu"
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-6
+    min_lr_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "steps": self.steps >= 1,
+            "lr": self.lr > 0,
+            "weight_decay": self.weight_decay >= 0,
+            "warmup_steps": 0 <= self.warmup_steps <= self.steps,
+            "grad_clip": self.grad_clip is None or self.grad_clip > 0,
+            "checkpoint_every": self.checkpoint_every >= 1,
+            "log_every": self.log_every >= 1,
+            "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            values = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
+            raise ConfigError(
+                f"invalid training config: {values} (steps >= 1, lr > 0, weight_decay >= 0, "
+                "0 <= warmup_steps <= steps, grad_clip > 0 or None, checkpoint_every >= 1, "
+                "log_every >= 1, 0 <= min_lr_ratio <= 1)"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config as plain JSON values."""
+        out = asdict(self)
+        out["betas"] = list(self.betas)
+        return out
+
+    def lr_factor(self, step: int) -> float:
+        """The learning-rate multiplier applied at ``step`` (linear warmup, then cosine)."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        span = max(1, self.steps - self.warmup_steps)
+        progress = min(1.0, (step - self.warmup_steps) / span)
+        cosine = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.min_lr_ratio + (1.0 - self.min_lr_ratio) * cosine
+
+
+@dataclass
+class TrainLog:
+    """What a training run did: its loss curve, how long it took and where it resumed."""
+
+    steps: int
+    curve: list[dict[str, float]] = field(default_factory=list)
+    wall_time_s: float = 0.0
+    resumed_from_step: int = 0
+    config: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def final_loss(self) -> float:
+        """The last logged loss (NaN before anything was logged)."""
+        return self.curve[-1]["loss"] if self.curve else math.nan
+
+    def to_dict(self) -> dict[str, Any]:
+        """The log as plain JSON values."""
+        return asdict(self)
+
+
+def _param_groups(
+    module: torch.nn.Module,
+    param_groups: Iterable[Mapping[str, Any]] | None,
+    config: TrainConfig,
+) -> list[dict[str, Any]]:
+    """Optimizer groups with their base lr; by default no weight decay on gains and biases."""
+    if param_groups is None:
+        decay, no_decay = [], []
+        for name, param in module.named_parameters():
+            if not param.requires_grad:
+                continue
+            exempt = param.ndim < 2 or "logit_scale" in name or name.endswith("bias")
+            (no_decay if exempt else decay).append(param)
+        groups: list[dict[str, Any]] = [
+            {"params": decay, "weight_decay": config.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
+    else:
+        groups = []
+        for group in param_groups:
+            params = [p for p in group["params"] if p.requires_grad]
+            groups.append(
+                {
+                    "params": params,
+                    "weight_decay": group.get("weight_decay", config.weight_decay),
+                    "lr": config.lr * float(group.get("lr_scale", 1.0)),
+                }
+            )
+    for group in groups:
+        group.setdefault("lr", config.lr)
+        group["initial_lr"] = group["lr"]
+    groups = [g for g in groups if g["params"]]
+    if not groups:
+        raise ConfigError(
+            "nothing to train: no parameter has requires_grad=True; unfreeze the parameters "
+            "to train or pass param_groups"
+        )
+    return groups
+
+
+def _trainable_state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {
+        name: param.detach().cpu().clone()
+        for name, param in module.named_parameters()
+        if param.requires_grad
+    }
+
+
+def _load_trainable_state(module: torch.nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    params = {name: p for name, p in module.named_parameters() if p.requires_grad}
+    if set(params) != set(state):
+        missing = sorted(set(params) - set(state))[:3]
+        extra = sorted(set(state) - set(params))[:3]
+        raise ConfigError(
+            f"checkpoint does not match the module's trainable parameters (missing {missing}, "
+            f"unexpected {extra}); delete the checkpoint folder to start over"
+        )
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(state[name].to(param.device))
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _check_resumable(saved: Mapping[str, Any], config: TrainConfig, path: Path) -> None:
+    current = config.to_dict()
+    changed = [
+        key
+        for key, value in current.items()
+        if key not in _RESUME_FREE_FIELDS and saved.get(key) != value
+    ]
+    if changed:
+        diffs = ", ".join(f"{k}: {saved.get(k)!r} -> {current[k]!r}" for k in changed)
+        raise ConfigError(
+            f"checkpoint {path} was made with different training settings ({diffs}); "
+            "delete it or train into another folder"
+        )
+
+
+def _as_loss_dict(out: torch.Tensor | Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
+    if isinstance(out, Mapping):
+        if "loss" not in out:
+            raise ConfigError(f"loss_fn returned a dict without 'loss' (keys: {sorted(out)})")
+        return out
+    return {"loss": out}
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    """``batch`` with every tensor in it (nested in tuples, lists, dicts) moved to ``device``."""
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {key: _to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_to_device(value, device) for value in batch)
+    return batch
+
+
+def train(
+    module: torch.nn.Module,
+    loss_fn: Callable[[Any], torch.Tensor | Mapping[str, torch.Tensor]],
+    batch_at: Callable[[int], Any],
+    config: TrainConfig,
+    checkpoint_dir: Path,
+    desc: str = "training",
+    param_groups: Iterable[Mapping[str, Any]] | None = None,
+) -> TrainLog:
+    """Train ``module``'s trainable parameters for ``config.steps`` steps, resuming if possible.
+
+    ``loss_fn(batch)`` returns the loss (or a dict with ``"loss"`` and other scalars to log);
+    ``batch_at(step)`` must depend on ``step`` only; the tensors in it are moved to the device.
+    ``param_groups`` (dicts with ``params`` and optional ``lr_scale`` and ``weight_decay``)
+    replaces the default grouping (no weight decay on biases, gains and ``logit_scale``). A
+    rerun into the same ``checkpoint_dir`` continues from the last checkpoint; a finished run
+    loads its final weights into ``module`` and returns its log without training.
+    """
+    checkpoint_dir = Path(checkpoint_dir)
+    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    path = checkpoint_dir / CHECKPOINT_NAME
+    device = torch.device(config.device)
+    module.to(device)
+    groups = _param_groups(module, param_groups, config)
+    # One fused kernel instead of a loop of per-tensor ops (the token tables are large).
+    fused = device.type in ("cpu", "cuda")
+    optimizer = torch.optim.AdamW(
+        groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=fused
+    )
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: config.lr_factor(s))
+
+    log = TrainLog(steps=config.steps, config=config.to_dict())
+    step = 0
+    # Sums of each logged scalar since the last curve entry (kept in checkpoints for resume).
+    sums: dict[str, float] = {}
+    count = 0
+    if path.exists():
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        _check_resumable(saved["config"], config, path)
+        _load_trainable_state(module, saved["trainable"])
+        step = saved["step"]
+        log.curve = saved["curve"]
+        log.wall_time_s = saved["wall_time_s"]
+        log.resumed_from_step = step
+        if step >= config.steps:
+            return log
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        _set_rng_state(saved["rng"])
+        sums, count = saved["log_accumulator"]
+    else:
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed)
+        random.seed(config.seed)
+
+    def save_checkpoint() -> None:
+        state = {
+            "step": step,
+            "config": config.to_dict(),
+            "trainable": _trainable_state(module),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": _rng_state(),
+            "curve": log.curve,
+            "wall_time_s": log.wall_time_s,
+            "log_accumulator": (sums, count),
+        }
+        write_with(path, lambda tmp: torch.save(state, tmp))
+
+    trainable = [p for g in groups for p in g["params"]]
+    use_autocast = device.type == "cuda"
+    was_training = module.training
+    module.train()
+    started = time.perf_counter()
+    columns = (
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+    )
+    last_loss = f"{log.final_loss:.4f}" if log.curve else "-"
+    try:
+        with Progress(*columns, transient=False) as progress:
+            task = progress.add_task(desc, total=config.steps, completed=step, loss=last_loss)
+            while step < config.steps:
+                batch = _to_device(batch_at(step), device)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
+                    losses = _as_loss_dict(loss_fn(batch))
+                optimizer.zero_grad(set_to_none=True)
+                losses["loss"].backward()
+                if config.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
+                lr = optimizer.param_groups[0]["lr"]
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                for key, value in losses.items():
+                    sums[key] = sums.get(key, 0.0) + float(torch.as_tensor(value).detach())
+                count += 1
+                if step % config.log_every == 0 or step == config.steps:
+                    means = {key: total / count for key, total in sums.items()}
+                    log.curve.append({"step": step, **means, "lr": lr})
+                    sums, count = {}, 0
+                    progress.update(task, loss=f"{means['loss']:.4f}")
+                progress.update(task, completed=step)
+                if step % config.checkpoint_every == 0 or step == config.steps:
+                    log.wall_time_s += time.perf_counter() - started
+                    started = time.perf_counter()
+                    save_checkpoint()
+    finally:
+        module.train(was_training)
+    write_json(checkpoint_dir / LOG_NAME, log.to_dict())
+    return log
