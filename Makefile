@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test lint clean-venv
+.PHONY: demo test lint clean-venv gpu-wheels
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,3 +25,7 @@ lint: $(BIN)/.installed
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Wheels for benchmarks/gpu_check.sh on a CUDA machine with PyTorch but no internet (not committed).
+gpu-wheels: $(BIN)/.installed
+	PYTHON=$(BIN)/python bash benchmarks/gpu_check.sh --download-wheels

@@ -1,0 +1,377 @@
+"""Every registered method on tiny random models and a tiny toy world (timm-style registry loop),
+plus the properties SPEC §2–§3 promise: Procrustes recovers a rotation, SLERP's endpoints,
+identity's applicability, stage 2 without OLD, NEW untouched, resume and seeding."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from xbt_bench.cli import main
+from xbt_bench.data.base import ImageTextSet
+from xbt_bench.data.toy import ToyConfig, toy_split, toy_text_corpus
+from xbt_bench.errors import ConfigError, NotFoundError, XbtError
+from xbt_bench.methods import FitContext, ModelHandle, method_cards, methods, resolve_config
+from xbt_bench.methods import xbt as xbt_module
+from xbt_bench.methods.closed_form import slerp
+from xbt_bench.models.projection import procrustes_map
+
+WIDE_MODEL = "xbt-test-tiny-wide"
+WIDE_CONFIG = {
+    "embed_dim": 24,
+    "vision_cfg": {"image_size": 16, "layers": 1, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1},
+}
+TOY = ToyConfig(
+    image_size=16, n_pretrain=4, n_text=60, n_pairs=24, n_support=12, n_test=12, n_test_hard=6
+)
+STAGE1 = {"proj_steps": 20, "proj_batch": 32, "proj_hidden": 32, "proj_warmup": 2}
+STAGE2 = {**STAGE1, "steps": 6, "batch": 8, "warmup": 2, "checkpoint_every": 3}
+SETTINGS = {"xbt-proj": STAGE1, "xbt": STAGE2, "distill": STAGE2, "finetune": STAGE2}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models run faster on one thread than on two contended ones."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def refs(tiny_model_name: str, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """OLD (16-d), NEW (24-d) and a second 16-d model, as ``NAME:/path.pt`` references."""
+    import open_clip
+
+    folder = tmp_path_factory.mktemp("wide-config")
+    (folder / f"{WIDE_MODEL}.json").write_text(json.dumps(WIDE_CONFIG))
+    open_clip.add_model_config(folder)
+    out = {}
+    for key, name, seed in (
+        ("old", tiny_model_name, 1),
+        ("new", WIDE_MODEL, 2),
+        ("new16", tiny_model_name, 3),
+    ):
+        torch.manual_seed(seed)
+        path = folder / f"{key}.pt"
+        torch.save(open_clip.create_model(name).state_dict(), path)
+        out[key] = f"{name}:{path}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def toy() -> dict[str, Any]:
+    return {
+        "corpus": toy_text_corpus(TOY),
+        "pairs": toy_split("pairs", TOY),
+        "support": toy_split("support", TOY),
+        "test": toy_split("test", TOY),
+    }
+
+
+def make_ctx(
+    refs: dict[str, str],
+    toy: dict[str, Any],
+    work_dir: Path,
+    method: str,
+    new: str = "new",
+    seed: int = 0,
+    **settings: Any,
+) -> FitContext:
+    return FitContext(
+        pair=None,
+        old=ModelHandle(refs["old"]),
+        new=ModelHandle(refs[new]),
+        text_corpus=toy["corpus"],
+        train_pairs=toy["pairs"],
+        support=toy["support"],
+        work_dir=work_dir,
+        config={**SETTINGS.get(method, {}), **settings},
+        seed=seed,
+        num_workers=0,
+    )
+
+
+def fit(refs, toy, work_dir, method, **kwargs):  # noqa: ANN001, ANN201
+    ctx = make_ctx(refs, toy, work_dir, method, **kwargs)
+    return ctx, methods.get(method)(ctx)
+
+
+@pytest.mark.parametrize("method", methods.names())
+def test_every_method_gives_unit_queries_in_the_gallery_space(refs, toy, tmp_path, method) -> None:
+    ctx, fitted = fit(refs, toy, tmp_path, method)
+    test: ImageTextSet = toy["test"]
+    images, texts = fitted.encode_images(test), fitted.encode_texts(test)
+    dim = 24 if method == "new" else 16
+    assert fitted.name == method and fitted.dim == dim
+    assert fitted.gallery == ("new" if method == "new" else "old")
+    assert images.shape == (test.n_images, dim) and texts.shape == (len(test.captions), dim)
+    assert images.dtype == np.float32 and texts.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(images, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(texts, axis=1), 1.0, atol=1e-5)
+    assert fitted.needs_old_at_query == method_cards[method].old_at_query
+    assert fitted.cost.wall_time_s > 0 and fitted.cost.peak_memory_mb > 0
+    if method == "new":
+        assert not ctx.old.loaded  # new->new never touches OLD
+    if method in ("xbt", "distill", "finetune"):
+        assert [p["step"] for p in fitted.info["stage2"]["curve"]][-1] == 6
+        assert fitted.info["stage1"]["curve"][-1]["step"] == 20
+
+
+def test_reference_methods_return_the_models_own_embeddings(refs, toy, tmp_path) -> None:
+    from xbt_bench.embed import embed_split
+
+    test = toy["test"]
+    _, old = fit(refs, toy, tmp_path, "old")
+    _, new = fit(refs, toy, tmp_path, "new")
+    loaded_old = ModelHandle(refs["old"]).get()
+    expected = np.asarray(embed_split(loaded_old, test, "text", num_workers=0))
+    np.testing.assert_allclose(old.encode_texts(test), expected, atol=1e-6)
+    assert new.encode_images(test).shape == (test.n_images, 24)
+
+
+def test_procrustes_recovers_a_known_rotation() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 8))
+    rotation, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    np.testing.assert_allclose(procrustes_map(x, x @ rotation), rotation, atol=1e-5)
+    # A 5-d source rotated into an 8-d target: zero-padding recovers the map exactly.
+    source = x[:, :5]
+    padded = np.pad(source, ((0, 0), (0, 3)))
+    weight = procrustes_map(source, padded @ rotation)
+    assert weight.shape == (5, 8)
+    np.testing.assert_allclose(source @ weight, padded @ rotation, atol=1e-5)
+    # ...and back: the 8-d target mapped to the 5-d source.
+    back = procrustes_map(padded @ rotation, source)
+    np.testing.assert_allclose(padded @ rotation @ back, source, atol=1e-5)
+
+
+def test_procrustes_method_maps_new_text_close_to_old_text(refs, toy, tmp_path) -> None:
+    _, fitted = fit(refs, toy, tmp_path, "procrustes")
+    _, old = fit(refs, toy, tmp_path, "old")
+    _, identity = fit(refs, toy, tmp_path, "identity", new="new16")
+    support = toy["support"]
+    mapped = np.sum(fitted.encode_texts(support) * old.encode_texts(support), axis=1).mean()
+    raw = np.sum(identity.encode_texts(support) * old.encode_texts(support), axis=1).mean()
+    assert mapped > raw + 0.05  # the fitted rotation aligns NEW's texts with OLD's
+    assert fitted.cost.old_text_forwards == len(toy["corpus"].texts)
+    assert fitted.cost.new_text_forwards == len(toy["corpus"].texts)
+
+
+def test_slerp_endpoints_and_midpoint() -> None:
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(10, 6))
+    b = rng.normal(size=(10, 6))
+    unit_a = a / np.linalg.norm(a, axis=1, keepdims=True)
+    unit_b = b / np.linalg.norm(b, axis=1, keepdims=True)
+    np.testing.assert_allclose(slerp(a, b, 0.0), unit_a, atol=1e-6)
+    np.testing.assert_allclose(slerp(a, b, 1.0), unit_b, atol=1e-6)
+    mid = slerp(a, b, 0.5)
+    np.testing.assert_allclose((mid * unit_a).sum(1), (mid * unit_b).sum(1), atol=1e-5)
+    np.testing.assert_allclose(slerp(a, a, 0.3), unit_a, atol=1e-6)  # parallel inputs
+
+
+def test_slerp_method_endpoints_are_old_and_procrustes(refs, toy, tmp_path) -> None:
+    test = toy["test"]
+    _, at_old = fit(refs, toy, tmp_path, "slerp", alpha=0.0)
+    _, at_new = fit(refs, toy, tmp_path, "slerp", alpha=1.0)
+    _, old = fit(refs, toy, tmp_path, "old")
+    _, procrustes = fit(refs, toy, tmp_path, "procrustes")
+    np.testing.assert_allclose(at_old.encode_texts(test), old.encode_texts(test), atol=1e-5)
+    np.testing.assert_allclose(
+        at_new.encode_images(test), procrustes.encode_images(test), atol=1e-5
+    )
+    _, chosen = fit(refs, toy, tmp_path, "slerp")
+    scores = chosen.info["support_rsum_by_alpha"]
+    assert len(scores) == 11 and chosen.info["alpha"] in {float(a) for a in scores}
+    assert scores[f"{chosen.info['alpha']:g}"] == max(scores.values())
+
+
+def test_identity_is_not_applicable_when_dims_differ(refs, toy, tmp_path) -> None:
+    _, fitted = fit(refs, toy, tmp_path, "identity")
+    assert not fitted.applicable and "24" in fitted.reason and "16" in fitted.reason
+    assert fitted.encode_images(toy["test"]).shape == (toy["test"].n_images, 16)
+    _, same = fit(refs, toy, tmp_path, "identity", new="new16")
+    _, new16 = fit(refs, toy, tmp_path, "new", new="new16")
+    assert same.applicable and same.reason == ""
+    np.testing.assert_allclose(same.encode_texts(toy["test"]), new16.encode_texts(toy["test"]))
+
+
+def _count_forwards(model: torch.nn.Module) -> dict[str, int]:
+    """Count images and texts through ``model``'s towers with forward hooks."""
+    calls = {"image": 0, "text": 0}
+
+    def on_image(module, args, output) -> None:  # noqa: ANN001
+        calls["image"] += len(args[0])
+
+    def on_text(module, args, output) -> None:  # noqa: ANN001
+        calls["text"] += len(args[0])
+
+    model.visual.register_forward_hook(on_image)
+    model.token_embedding.register_forward_hook(on_text)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("method", "anchors"), [("xbt", "surrogate"), ("xbt", "gallery"), ("distill", None)]
+)
+def test_stage2_never_runs_old_except_distill(refs, toy, tmp_path, monkeypatch, method, anchors):
+    extra = {"anchors": anchors} if anchors else {}
+    ctx = make_ctx(refs, toy, tmp_path, method, **extra)
+    old_calls = _count_forwards(ctx.old.get().model)
+    during: dict[str, int] = {}
+    real_train = xbt_module.train
+
+    def watched_train(module, loss_fn, batch_at, config, checkpoint_dir, desc="", **kw):  # noqa: ANN001, ANN202
+        before = dict(old_calls)
+        log = real_train(module, loss_fn, batch_at, config, checkpoint_dir, desc=desc, **kw)
+        if "stage 2" in desc:
+            during.update({side: old_calls[side] - before[side] for side in old_calls})
+        return log
+
+    monkeypatch.setattr(xbt_module, "train", watched_train)
+    fitted = methods.get(method)(ctx)
+    cost = fitted.cost
+    if method == "distill":
+        assert during == {"image": 6 * 8, "text": 6 * 8}  # OLD in the loop, every step
+        assert cost.old_image_forwards == 48 and cost.gallery_embeddings_reused == 0
+    else:
+        assert during == {"image": 0, "text": 0}
+        assert cost.old_image_forwards == 0
+        assert cost.old_text_forwards == len(toy["corpus"].texts)  # stage 1's text pairs only
+        pairs = toy["pairs"]
+        reused = pairs.n_images + len(pairs.captions) if anchors == "gallery" else 0
+        assert cost.gallery_embeddings_reused == reused
+    assert cost.new_image_forwards == 48
+
+
+@pytest.mark.parametrize("method", ["xbt", "finetune"])
+def test_new_weights_are_bit_identical_after_training(refs, toy, tmp_path, method) -> None:
+    ctx = (
+        make_ctx(refs, toy, tmp_path, method, lora_towers="both")
+        if method == "xbt"
+        else (make_ctx(refs, toy, tmp_path, method))
+    )
+    new = ctx.new.get().model
+    before = {k: v.clone() for k, v in new.state_dict().items()}
+    fitted = methods.get(method)(ctx)
+    fitted.encode_texts(toy["test"])
+    after = new.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_xbt_trains_few_parameters_and_finetune_trains_all(refs, toy, tmp_path) -> None:
+    _, xbt = fit(refs, toy, tmp_path, "xbt")
+    _, finetune = fit(refs, toy, tmp_path, "finetune")
+    new_params = xbt.cost.new_params
+    assert new_params == sum(p.numel() for p in ModelHandle(refs["new"]).get().model.parameters())
+    assert 0 < xbt.cost.trainable_share <= 0.05
+    assert finetune.cost.trainable_params > new_params
+    assert xbt.info["stage2"]["lora"] == {"towers": "image", "rank": 8, "alpha": 8}
+    assert xbt.info["stage2"]["psi"] == "frozen"
+
+
+def test_stage2_changes_queries_and_stage1_is_shared(refs, toy, tmp_path) -> None:
+    test = toy["test"]
+    _, proj = fit(refs, toy, tmp_path, "xbt-proj")
+    _, xbt = fit(refs, toy, tmp_path, "xbt", lr=0.05)
+    assert xbt.info["stage1"]["checkpoint_dir"] == proj.info["stage1"]["checkpoint_dir"]
+    assert xbt.info["stage1"]["resumed_from_step"] == 20  # reused, not retrained
+    # ψ frozen and LoRA on the image tower only: text queries are ψ₀'s, image queries moved.
+    np.testing.assert_allclose(xbt.encode_texts(test), proj.encode_texts(test), atol=1e-5)
+    assert np.abs(xbt.encode_images(test) - proj.encode_images(test)).max() > 1e-3
+
+
+def test_same_seed_same_queries_other_seed_other_queries(refs, toy, tmp_path) -> None:
+    test = toy["test"]
+    _, first = fit(refs, toy, tmp_path / "a", "xbt", lora_towers="both", psi_lr_scale=0.5)
+    _, again = fit(refs, toy, tmp_path / "b", "xbt", lora_towers="both", psi_lr_scale=0.5)
+    _, other = fit(refs, toy, tmp_path / "c", "xbt", seed=1, lora_towers="both",
+                   psi_lr_scale=0.5)  # fmt: skip
+    np.testing.assert_array_equal(first.encode_images(test), again.encode_images(test))
+    np.testing.assert_array_equal(first.encode_texts(test), again.encode_texts(test))
+    assert not np.array_equal(first.encode_texts(test), other.encode_texts(test))
+
+
+def test_resume_after_a_kill_gives_the_same_queries(refs, toy, tmp_path, monkeypatch) -> None:
+    test = toy["test"]
+    settings = {"lora_towers": "both", "psi_lr_scale": 0.5}
+    _, straight = fit(refs, toy, tmp_path / "straight", "xbt", **settings)
+    real_train = xbt_module.train
+
+    def killed_at_step_4(module, loss_fn, batch_at, config, checkpoint_dir, desc="", **kw):  # noqa: ANN001, ANN202
+        def batches(step: int):  # noqa: ANN202
+            if "stage 2" in desc and step == 4:
+                raise KeyboardInterrupt("killed")
+            return batch_at(step)
+
+        return real_train(module, loss_fn, batches, config, checkpoint_dir, desc=desc, **kw)
+
+    monkeypatch.setattr(xbt_module, "train", killed_at_step_4)
+    with pytest.raises(KeyboardInterrupt):
+        fit(refs, toy, tmp_path / "killed", "xbt", **settings)
+    monkeypatch.setattr(xbt_module, "train", real_train)
+    _, resumed = fit(refs, toy, tmp_path / "killed", "xbt", **settings)
+    assert resumed.info["stage2"]["resumed_from_step"] == 3  # the checkpoint before the kill
+    np.testing.assert_array_equal(resumed.encode_images(test), straight.encode_images(test))
+    np.testing.assert_array_equal(resumed.encode_texts(test), straight.encode_texts(test))
+
+
+class _EmptyCorpus:
+    name = "empty"
+    texts: list[str] = []
+    fingerprint = "empty"
+
+
+@pytest.mark.parametrize(
+    ("method", "settings", "message"),
+    [
+        ("xbt", {"pairs": 0}, "needs image–text pairs"),
+        ("xbt", {"lora_rank": 0}, "lora_rank=0"),
+        ("distill", {"lora_rank": -2}, "lora_rank=-2"),
+        ("xbt", {"lora_rnk": 4}, "did you mean 'lora_rank'"),
+        ("slerp", {"alpha": 1.5}, "alpha=1.5"),
+    ],
+)
+def test_bad_settings_give_clear_errors(refs, toy, tmp_path, method, settings, message) -> None:
+    with pytest.raises(XbtError, match=message):
+        fit(refs, toy, tmp_path, method, **settings)
+
+
+@pytest.mark.parametrize("method", ["procrustes", "xbt-proj", "xbt"])
+def test_empty_text_corpus_is_a_clear_error(refs, toy, tmp_path, method) -> None:
+    ctx = make_ctx(refs, toy, tmp_path, method)
+    ctx.text_corpus = _EmptyCorpus()
+    with pytest.raises(XbtError, match="text corpus 'empty' has 0 texts"):
+        methods.get(method)(ctx)
+
+
+def test_unknown_method_suggests_the_closest() -> None:
+    with pytest.raises(NotFoundError, match="did you mean 'xbt'.*xbt-bench methods list"):
+        methods.get("xtb")
+
+
+def test_resolve_config_layers_defaults_pair_and_overrides() -> None:
+    config = resolve_config("xbt", {"lora_rank": 16, "steps": 10}, {"steps": 20})
+    assert config["lora_rank"] == 16 and config["steps"] == 20
+    assert config["lora_towers"] == "image" and config["anchors"] == "surrogate"
+    with pytest.raises(ConfigError, match="method 'procrustes' has no setting 'steps'"):
+        resolve_config("procrustes", {"steps": 3})
+
+
+def test_methods_list_cli_shows_the_table(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["methods", "list"])
+    assert exit_.value.code in (0, None)
+    out = capsys.readouterr().out
+    rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.startswith("│ ")}
+    for name in methods.names():
+        cells = [cell.strip() for cell in rows[name].split("│")]
+        assert cells[3] == ("yes" if name in ("old", "slerp") else "no"), cells

@@ -1,0 +1,353 @@
+"""The one interface every method speaks (SPEC §3).
+
+A method is a function ``fit(ctx: FitContext) -> FittedMethod`` registered in
+:data:`xbt_bench.methods.methods`. It turns a pair (OLD, NEW), its data and its settings into
+query encoders whose vectors live in the gallery's space (OLD's, or NEW's for ``new``), and
+says what that cost. A method never evaluates itself: the runner embeds the queries with
+``encode_images``/``encode_texts`` and searches the gallery named by ``gallery``.
+
+Costs are counted by the context: every embedding a method asks for through
+:meth:`FitContext.embed` / :meth:`FitContext.embed_corpus` counts as that model's forward
+passes (whether or not the embedding cache already held it, so costs do not depend on the
+cache's state), in-loop forward passes are reported with :meth:`FitContext.count_forward`, and
+OLD gallery embeddings a method reads "as a deployed system already holds them" count as
+gallery reuse, not as OLD forward passes.
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from ..data.base import ImageTextSet, TextCorpus
+from ..errors import XbtError
+
+if TYPE_CHECKING:
+    from ..embed import EmbeddingCache, EmbedStats
+    from ..models.loading import LoadedModel
+    from ..zoo import PairSpec
+
+Which = Literal["old", "new"]
+Side = Literal["image", "text"]
+SIDES: tuple[Side, ...] = ("image", "text")
+
+
+class ModelHandle:
+    """A model loaded on first :meth:`get` (once), so methods that never need it never load it."""
+
+    def __init__(self, ref: str, device: str = "cpu") -> None:
+        self.ref = ref
+        self.device = device
+        self.loads = 0
+        self._model: LoadedModel | None = None
+
+    def get(self) -> LoadedModel:
+        """The loaded model (loading it through :func:`~xbt_bench.models.loading.load_model`
+        the first time)."""
+        if self._model is None:
+            from ..models.loading import load_model
+
+            self._model = load_model(self.ref, self.device)
+            self.loads += 1
+        return self._model
+
+    @property
+    def loaded(self) -> bool:
+        """Whether :meth:`get` has loaded the model."""
+        return self._model is not None
+
+    def __repr__(self) -> str:
+        return f"ModelHandle({self.ref!r}, device={self.device!r}, loads={self.loads})"
+
+
+@dataclass
+class Cost:
+    """What fitting a method cost (SPEC §4 "Cost"), all at training time.
+
+    ``{old,new}_{image,text}_forwards`` count the images and texts each model embedded for the
+    method (through the cache or inside a training loop); ``gallery_embeddings_reused`` counts
+    OLD gallery vectors the method read instead of computing. ``trainable_params`` counts every
+    parameter the method trained in any stage (adapters, ψ, or NEW's weights).
+    """
+
+    wall_time_s: float = 0.0
+    old_image_forwards: int = 0
+    old_text_forwards: int = 0
+    new_image_forwards: int = 0
+    new_text_forwards: int = 0
+    gallery_embeddings_reused: int = 0
+    trainable_params: int = 0
+    new_params: int = 0
+    peak_memory_mb: float = 0.0
+    device: str = "cpu"
+
+    @property
+    def trainable_share(self) -> float:
+        """``trainable_params`` as a share of NEW's parameters (0 when nothing trains)."""
+        return self.trainable_params / self.new_params if self.new_params else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON values, with ``trainable_share``."""
+        return {**asdict(self), "trainable_share": self.trainable_share}
+
+
+Encode = Callable[[ImageTextSet], np.ndarray]
+
+
+@dataclass
+class FittedMethod:
+    """A fitted method: query encoders into the ``gallery`` space, plus what it cost.
+
+    ``encode_images(data)`` -> [n_images, dim] and ``encode_texts(data)`` -> [n_captions, dim]:
+    L2-normalised float32 queries to search the ``gallery`` model's embeddings of ``data``.
+    ``applicable`` is False when the method does not apply to the pair (``reason`` says why);
+    its encoders still work so the runner may show the numbers, labelled.
+    """
+
+    name: str
+    gallery: Which
+    dim: int
+    image_encoder: Encode = field(repr=False)
+    text_encoder: Encode = field(repr=False)
+    config: dict[str, Any] = field(default_factory=dict)
+    cost: Cost = field(default_factory=Cost)
+    info: dict[str, Any] = field(default_factory=dict)
+    applicable: bool = True
+    reason: str = ""
+    needs_old_at_query: bool = False
+
+    def encode_images(self, data: ImageTextSet) -> np.ndarray:
+        """Image queries of ``data``: [n_images, dim] float32, unit rows."""
+        return self._checked(self.image_encoder(data), data.n_images, f"{data.key} images")
+
+    def encode_texts(self, data: ImageTextSet) -> np.ndarray:
+        """Caption queries of ``data``: [n_captions, dim] float32, unit rows."""
+        return self._checked(self.text_encoder(data), len(data.captions), f"{data.key} captions")
+
+    def _checked(self, x: np.ndarray, rows: int, what: str) -> np.ndarray:
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        if x.shape != (rows, self.dim):
+            raise XbtError(
+                f"method {self.name!r} produced queries of shape {x.shape} for {what}, "
+                f"expected ({rows}, {self.dim})"
+            )
+        norms = np.linalg.norm(x, axis=1, keepdims=True)
+        return x / np.maximum(norms, 1e-12)
+
+
+@dataclass
+class FitContext:
+    """Everything a method may use.
+
+    - ``pair``: the pair spec; ``old``/``new``: lazy model handles.
+    - ``text_corpus``: captions without images (stage 1, Procrustes); ``train_pairs``: image–text
+      pairs (stage 2); ``support``: the split for hyperparameter choices (never the test split).
+    - ``config``: the method's settings as given (pair file ``[methods.NAME]`` updated by CLI
+      overrides, with or without defaults); the method validates them over its defaults.
+    - ``work_dir``: a folder for checkpoints, best shared by every method of a pair: runs train
+      into subfolders named by a hash of what their result depends on, so methods share stage 1
+      and a rerun resumes.
+    - ``embeddings``: the embedding cache (None: the default one); ``embed_stats`` its account.
+    """
+
+    pair: PairSpec | None
+    old: ModelHandle
+    new: ModelHandle
+    text_corpus: TextCorpus
+    train_pairs: ImageTextSet
+    support: ImageTextSet
+    work_dir: Path
+    config: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    device: str = "cpu"
+    embeddings: EmbeddingCache | None = None
+    embed_stats: EmbedStats | None = None
+    num_workers: int | None = None
+    usage: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self.work_dir = Path(self.work_dir)
+        if self.embed_stats is None:
+            from ..embed import EmbedStats
+
+            self.embed_stats = EmbedStats()
+
+    def handle(self, which: Which) -> ModelHandle:
+        """The OLD or NEW handle."""
+        if which not in ("old", "new"):
+            raise XbtError(f"model {which!r} is neither 'old' nor 'new'")
+        return self.old if which == "old" else self.new
+
+    def embed(
+        self, which: Which, data: ImageTextSet, side: Side, *, count: bool = True
+    ) -> np.ndarray:
+        """``data``'s images or captions embedded by OLD or NEW (cached), float32 unit rows.
+
+        Counted as that model's forward passes unless ``count`` is False (query time)."""
+        from ..embed import embed_split
+
+        array = embed_split(
+            self.handle(which).get(),
+            data,
+            side,
+            cache=self.embeddings,
+            stats=self.embed_stats,
+            num_workers=self.num_workers,
+        )
+        if count:
+            self.count_forward(which, side, len(array))
+        return np.array(array, dtype=np.float32)  # a writable copy of the read-only cache
+
+    def embed_corpus(self, which: Which) -> np.ndarray:
+        """The text corpus embedded by OLD's or NEW's text tower (cached), counted."""
+        from ..embed import embed_corpus
+
+        check_corpus(self.text_corpus)
+        array = embed_corpus(
+            self.handle(which).get(),
+            self.text_corpus,
+            cache=self.embeddings,
+            stats=self.embed_stats,
+        )
+        self.count_forward(which, "text", len(array))
+        return np.array(array, dtype=np.float32)
+
+    def gallery_embeddings(self, data: ImageTextSet, side: Side) -> np.ndarray:
+        """OLD's embeddings of ``data`` as a deployed system already holds them (from the
+        cache): counted as gallery reuse, not as OLD forward passes."""
+        array = self.embed("old", data, side, count=False)
+        self.usage["gallery_embeddings_reused"] += len(array)
+        return array
+
+    def count_forward(self, which: Which, side: Side, items: int) -> None:
+        """Record ``items`` images or texts run through OLD or NEW at training time."""
+        self.usage[f"{which}_{side}_forwards"] += int(items)
+
+
+def check_corpus(corpus: TextCorpus) -> None:
+    """XbtError unless ``corpus`` has at least two texts (a contrastive batch needs two)."""
+    texts = getattr(corpus, "texts", None)
+    if texts is None or len(texts) < 2:
+        n = 0 if texts is None else len(texts)
+        raise XbtError(
+            f"text corpus {getattr(corpus, 'name', corpus)!r} has {n} texts; stage 1 and "
+            "Procrustes need captions: set the pair's data.text to a caption file (one per "
+            "line) or a dataset split with captions"
+        )
+
+
+def check_pairs(data: ImageTextSet | None, n_images: int | None = None) -> ImageTextSet:
+    """``data`` (its first ``n_images`` images when given); XbtError when there are no pairs."""
+    if data is None or data.n_images < 1 or len(data.captions) < 1 or n_images == 0:
+        raise XbtError(
+            "stage 2 needs image–text pairs but got none (pairs=0 or an empty set); set the "
+            "pair's data.pairs to a split with images and captions, or use xbt-proj for the "
+            "text-only stage"
+        )
+    if data.n_images < 2:
+        raise XbtError(
+            f"stage 2 needs at least 2 image–text pairs for a contrastive batch; "
+            f"{data.key} has {data.n_images}"
+        )
+    return data if n_images is None else data.subset(n_images)
+
+
+class PeakMemory:
+    """Peak memory while active: CUDA max allocated on a CUDA device, else sampled RSS."""
+
+    def __init__(self, device: str, interval_s: float = 0.05) -> None:
+        self.device = device
+        self.interval_s = interval_s
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.startswith("cuda"):
+            import torch
+
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            import psutil
+
+            process = psutil.Process()
+
+            def sample() -> None:
+                while True:
+                    self.peak_bytes = max(self.peak_bytes, process.memory_info().rss)
+                    if self._stop.wait(self.interval_s):
+                        return
+
+            self._thread = threading.Thread(target=sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+        else:
+            import torch
+
+            self.peak_bytes = int(torch.cuda.max_memory_allocated(self.device))
+
+    @property
+    def peak_mb(self) -> float:
+        """The peak in MiB."""
+        return self.peak_bytes / 2**20
+
+
+def measured(fit: Callable[[FitContext], FittedMethod]) -> Callable[[FitContext], FittedMethod]:
+    """Wrap a method's fit: time it, track peak memory and fill its :class:`Cost` from the
+    context's usage counters (the counts of this fit only)."""
+
+    @functools.wraps(fit)
+    def wrapper(ctx: FitContext) -> FittedMethod:
+        before = Counter(ctx.usage)
+        started = time.perf_counter()
+        with PeakMemory(ctx.device) as memory:
+            fitted = fit(ctx)
+        used = ctx.usage - before
+        cost = fitted.cost
+        cost.wall_time_s = round(time.perf_counter() - started, 3)
+        cost.peak_memory_mb = round(memory.peak_mb, 1)
+        cost.device = ctx.device
+        for key in (
+            "old_image_forwards",
+            "old_text_forwards",
+            "new_image_forwards",
+            "new_text_forwards",
+            "gallery_embeddings_reused",
+        ):
+            setattr(cost, key, int(used.get(key, 0)))
+        return fitted
+
+    return wrapper
+
+
+@contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Seed torch's, numpy's and Python's global RNGs for the block (restored after)."""
+    import random
+
+    import torch
+
+    state = (torch.get_rng_state(), np.random.get_state(), random.getstate())
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        torch.set_rng_state(state[0])
+        np.random.set_state(state[1])
+        random.setstate(state[2])

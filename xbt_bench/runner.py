@@ -1,0 +1,323 @@
+"""``xbt-bench run``: a pair end to end — models, embeddings, methods, retrieval, results.
+
+Data flows one way: pair spec -> models and data -> cached embeddings -> fitted methods ->
+query embeddings -> FAISS retrieval against the gallery -> :class:`RunResult` files. Every
+expensive step is cached (toy data, toy models, embeddings, training checkpoints), so a rerun
+reuses them and an interrupted run continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+
+from .data import ImageTextSet, TextCorpus, load_dataset, load_text_corpus, split_data_ref
+from .data.registry import corpus_summary, dataset_info
+from .embed import EmbeddingCache, EmbedStats, embed_set
+from .errors import ConfigError, XbtError
+from .eval import Embeddings, evaluate_retrieval
+from .eval.compat import average_compatibility, compatibility_matrix, retrieval_flip_rates
+from .eval.retrieval import METRIC_KEYS, RetrievalResult
+from .methods import methods as method_registry
+from .methods.base import FitContext, FittedMethod, ModelHandle
+from .paths import cache_dir
+from .report.result import METHOD_OLD, NEW_NEW, OLD_OLD, ChainMatrix, Cost, RunResult, SplitResult
+from .zoo import PairSpec, load_pair
+
+# --quick: fewer training steps and pairs for smoke runs (keys a method's config lacks are
+# left out for that method).
+QUICK_OVERRIDES: dict[str, Any] = {"proj_steps": 300, "steps": 60, "pairs": 1000}
+REFERENCE_SETTINGS = {"old": OLD_OLD, "new": NEW_NEW}
+
+
+@dataclass
+class RunOptions:
+    """What ``xbt-bench run`` was asked to do."""
+
+    pair: str
+    methods: Sequence[str] = ()
+    dataset: str | None = None
+    splits: Sequence[str] = ()
+    data_root: Path | None = None
+    output_dir: Path = Path("results")
+    seed: int = 0
+    device: str = "cpu"
+    quick: bool = False
+    num_workers: int | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class PairData:
+    """Everything a pair's methods train on and are scored on."""
+
+    eval_sets: dict[str, ImageTextSet]
+    text_corpus: TextCorpus
+    train_pairs: ImageTextSet
+    support: ImageTextSet
+
+
+def resolve_methods(names: Sequence[str]) -> list[str]:
+    """The canonical method names to run (all registered ones when ``names`` is empty)."""
+    if not names:
+        return method_registry.names()
+    resolved = [method_registry.canonical(name) for name in names]
+    return list(dict.fromkeys(resolved))
+
+
+def load_pair_data(spec: PairSpec, options: RunOptions) -> PairData:
+    """The evaluation splits and training data a run of ``spec`` needs."""
+    root = options.data_root
+    dataset = options.dataset or spec.dataset
+    if options.splits:
+        splits = list(options.splits)
+    elif dataset == spec.dataset:
+        splits = spec.splits
+    else:
+        splits = [dataset_info(dataset).default_split]
+    eval_sets = {split: load_dataset(dataset, split, root) for split in splits}
+    text_corpus = load_text_corpus(spec.data.text, root)
+    train_pairs = load_dataset(*split_data_ref(spec.data.pairs), root)
+    support = load_dataset(*split_data_ref(spec.data.support), root)
+    overlap = {s.fingerprint for s in eval_sets.values()} & {
+        train_pairs.fingerprint,
+        support.fingerprint,
+    }
+    if overlap:
+        raise ConfigError(
+            f"pair {spec.name!r}: an evaluation split is also a training or support split; "
+            "set data.pairs and data.support to other splits than the ones evaluated"
+        )
+    return PairData(eval_sets, text_corpus, train_pairs, support)
+
+
+def method_config(spec: PairSpec, method: str, options: RunOptions) -> dict[str, Any]:
+    """Pair-file settings for ``method``, updated by --quick and command-line overrides."""
+    from .methods.configs import config_class
+
+    config = spec.method_config(method)
+    known = set(config_class(method).model_fields)
+    if options.quick:
+        config |= {k: v for k, v in QUICK_OVERRIDES.items() if k in known}
+    config |= {k: v for k, v in options.overrides.items() if k in known}
+    return config
+
+
+class Runner:
+    """Runs the methods of one pair (or chain) and writes one result per method."""
+
+    def __init__(self, options: RunOptions, console: Console) -> None:
+        self.options = options
+        self.console = console
+        self.spec = load_pair(options.pair)
+        self.method_names = resolve_methods(options.methods)
+        self.dataset = options.dataset or self.spec.dataset
+        self.cache = EmbeddingCache()
+        self.stats = EmbedStats()
+        self.handles = {ref: ModelHandle(ref, options.device) for ref in self.spec.chain}
+        self.work_dir = cache_dir("runs", self.spec.name)
+        self._galleries: dict[tuple[str, str], Embeddings] = {}
+        self._references: dict[tuple[str, str], RetrievalResult] = {}
+
+    def gallery(self, ref: str, split: str, data: ImageTextSet) -> Embeddings:
+        """``data`` embedded by model ``ref`` (cached on disk and in memory)."""
+        key = (ref, split)
+        if key not in self._galleries:
+            self._galleries[key] = embed_set(
+                self.handles[ref].get(),
+                data,
+                cache=self.cache,
+                stats=self.stats,
+                num_workers=self.options.num_workers,
+            )
+        return self._galleries[key]
+
+    def reference(self, ref: str, split: str, data: ImageTextSet) -> RetrievalResult:
+        """Model ``ref``'s own retrieval on ``data`` (its queries against its gallery)."""
+        key = (ref, split)
+        if key not in self._references:
+            own = self.gallery(ref, split, data)
+            self._references[key] = score(own, own, data)
+        return self._references[key]
+
+    def fit(self, method: str, old: str, new: str, data: PairData) -> FittedMethod:
+        """Fit ``method`` for the upgrade ``old`` -> ``new``."""
+        context = FitContext(
+            pair=self.spec,
+            old=self.handles[old],
+            new=self.handles[new],
+            text_corpus=data.text_corpus,
+            train_pairs=data.train_pairs,
+            support=data.support,
+            work_dir=self.work_dir,
+            config=method_config(self.spec, method, self.options),
+            seed=self.options.seed,
+            device=self.options.device,
+            embeddings=self.cache,
+            embed_stats=self.stats,
+            num_workers=self.options.num_workers,
+        )
+        self.console.print(f"[bold]{method}[/bold]: {old} -> {new}")
+        return method_registry.get(method)(context)
+
+    def run(self) -> list[RunResult]:
+        """Fit and score every method; write and return the results."""
+        data = load_pair_data(self.spec, self.options)
+        results = []
+        for method in self.method_names:
+            start = time.perf_counter()
+            result = (
+                self.run_chain(method, data) if self.spec.is_chain else self.run_pair(method, data)
+            )
+            result.cost.wall_time_s = round(time.perf_counter() - start, 3)
+            path = result.save(self.options.output_dir)
+            self.console.print(f"  wrote {path}")
+            results.append(result)
+        return results
+
+    def run_pair(self, method: str, data: PairData) -> RunResult:
+        """One method on OLD -> NEW, scored on every evaluation split."""
+        old, new = self.spec.old, self.spec.new
+        fitted = self.fit(method, old, new, data)
+        splits = {}
+        for split, eval_set in data.eval_sets.items():
+            old_old = self.reference(old, split, eval_set)
+            new_new = self.reference(new, split, eval_set)
+            queries = Embeddings(fitted.encode_images(eval_set), fitted.encode_texts(eval_set))
+            gallery_ref = old if fitted.gallery == "old" else new
+            scored = score(queries, self.gallery(gallery_ref, split, eval_set), eval_set)
+            metrics = {OLD_OLD: old_old.metrics, NEW_NEW: new_new.metrics}
+            setting = REFERENCE_SETTINGS.get(method, METHOD_OLD)
+            if setting == METHOD_OLD:
+                metrics[METHOD_OLD] = scored.metrics
+            splits[split] = SplitResult(
+                metrics=metrics, flips=retrieval_flip_rates(old_old, scored)
+            )
+        return self.result(method, fitted, splits, data)
+
+    def run_chain(self, method: str, data: PairData) -> RunResult:
+        """One method on every upgrade i > j of the chain: the compatibility matrix M[i][j]."""
+        chain = self.spec.chain
+        fits = {
+            (i, j): self.fit(method, chain[j], chain[i], data)
+            for i in range(len(chain))
+            for j in range(i)
+        }
+        splits = {}
+        for split, eval_set in data.eval_sets.items():
+            cells: dict[tuple[int, int], RetrievalResult] = {}
+            for i, ref in enumerate(chain):
+                cells[i, i] = self.reference(ref, split, eval_set)
+            for (i, j), fitted in fits.items():
+                gallery_ref = chain[j] if fitted.gallery == "old" else chain[i]
+                queries = Embeddings(fitted.encode_images(eval_set), fitted.encode_texts(eval_set))
+                cells[i, j] = score(queries, self.gallery(gallery_ref, split, eval_set), eval_set)
+            last = len(chain) - 1
+            metrics = {OLD_OLD: cells[0, 0].metrics, NEW_NEW: cells[last, last].metrics}
+            metrics |= {f"v{i}->v{j}": cell.metrics for (i, j), cell in cells.items()}
+            setting = REFERENCE_SETTINGS.get(method, METHOD_OLD)
+            if setting == METHOD_OLD:
+                metrics[METHOD_OLD] = cells[last, 0].metrics
+            matrices = {key: compatibility_matrix(cells, key) for key in METRIC_KEYS}
+            splits[split] = SplitResult(
+                metrics=metrics,
+                flips=retrieval_flip_rates(cells[0, 0], cells[last, 0]),
+                chain_matrix=ChainMatrix.from_arrays(chain, matrices),
+            )
+            ac = average_compatibility(matrices["rsum"])
+            self.console.print(f"  {split}: average compatibility (rsum) {ac:.2f}")
+        fitted = fits[len(chain) - 1, 0]
+        return self.result(method, fitted, splits, data)
+
+    def result(
+        self, method: str, fitted: FittedMethod, splits: dict[str, SplitResult], data: PairData
+    ) -> RunResult:
+        """The typed result of one method (cost, config, curves and provenance included)."""
+        cost = fitted.cost
+        info, curves = split_curves(fitted.info)
+        info["data"] = {
+            "text_corpus": corpus_summary(data.text_corpus),
+            "train_pairs": f"{data.train_pairs.key} ({data.train_pairs.n_images} images)",
+            "support": f"{data.support.key} ({data.support.n_images} images)",
+        }
+        return RunResult(
+            pair=self.spec.name,
+            old=self.spec.old,
+            new=self.spec.new,
+            method=method,
+            dataset=self.dataset,
+            split=next(iter(splits)),
+            setting=REFERENCE_SETTINGS.get(method, METHOD_OLD),
+            splits=splits,
+            applicable=fitted.applicable,
+            not_applicable_reason=fitted.reason or None,
+            cost=Cost(
+                wall_time_s=0.0,
+                fit_time_s=round(cost.wall_time_s, 3),
+                forward_passes={
+                    "old_image": cost.old_image_forwards,
+                    "old_text": cost.old_text_forwards,
+                    "new_image": cost.new_image_forwards,
+                    "new_text": cost.new_text_forwards,
+                    "old_gallery_reused": cost.gallery_embeddings_reused,
+                },
+                trainable_params=cost.trainable_params,
+                trainable_share=cost.trainable_share,
+                peak_memory_mb=cost.peak_memory_mb or None,
+                device=cost.device,
+            ),
+            config={**fitted.config, "quick": self.options.quick},
+            info=info,
+            training_curves=curves,
+            seed=self.options.seed,
+            artifacts={"embeddings": str(self.cache.root), "checkpoints": str(self.work_dir)},
+        )
+
+
+def split_curves(info: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[dict]]]:
+    """``info`` without its training curves, and the curves by stage (``info[stage]["curve"]``)."""
+    rest: dict[str, Any] = {}
+    curves: dict[str, list[dict]] = {}
+    for key, value in info.items():
+        if isinstance(value, dict) and "curve" in value:
+            curves[key] = value["curve"]
+            value = {k: v for k, v in value.items() if k != "curve"}
+        rest[key] = value
+    return rest, curves
+
+
+def score(queries: Embeddings, gallery: Embeddings, data: ImageTextSet) -> RetrievalResult:
+    """Exact FAISS retrieval of ``queries`` against ``gallery`` on ``data``'s caption mapping."""
+    try:
+        return evaluate_retrieval(
+            text_queries=np.asarray(queries.texts),
+            image_gallery=np.asarray(gallery.images),
+            image_queries=np.asarray(queries.images),
+            text_gallery=np.asarray(gallery.texts),
+            caption_image=data.caption_image,
+        )
+    except ValueError as error:
+        raise XbtError(f"cannot score {data.key}: {error}") from error
+
+
+def run(options: RunOptions, console: Console) -> list[RunResult]:
+    """Run ``options.pair`` end to end; print what was reused and a summary table."""
+    from .report.summary import print_summary
+
+    runner = Runner(options, console)
+    started = time.perf_counter()
+    results = runner.run()
+    reused = sum(runner.stats.reused.values())
+    encoded = sum(runner.stats.encoded.values())
+    console.print(
+        f"embeddings: {encoded} computed, {reused} reused from the cache "
+        f"({runner.cache.root}); total {time.perf_counter() - started:.1f} s"
+    )
+    print_summary(results, console)
+    return results
