@@ -8,7 +8,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from xbt_bench.data.toy import ToyConfig, toy_split
 from xbt_bench.methods import methods
@@ -85,7 +84,9 @@ def tiny_settings() -> list[str]:
     return [arg for key, value in TINY.items() for arg in ("--set", f"{key}={value}")]
 
 
-def test_every_registered_method_runs_and_is_scored(small_pair: str, tmp_path: Path, capsys) -> None:
+def test_every_registered_method_runs_and_is_scored(
+    small_pair: str, tmp_path: Path, capsys
+) -> None:
     out = tmp_path / "results"
     code = run_cli(["run", "--pair", small_pair, "--output-dir", str(out), *tiny_settings()])
     captured = capsys.readouterr()
