@@ -229,8 +229,6 @@ def main(argv: list[str] | None = None) -> list[dict]:
         row["speedup_search"] = round(exact["search_s"] / row["search_s"], 2)
         total = row["build_s"] + row["search_s"]
         row["speedup_total"] = round((exact["build_s"] + exact["search_s"]) / total, 2)
-    for row in rows[::-1]:  # exact last: the ratios above read its unrounded times
-        row["build_s"], row["search_s"] = round(row["build_s"], 2), round(row["search_s"], 2)
 
     columns = {
         "search": "search",
@@ -250,7 +248,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print("| " + " | ".join(columns.values()) + " |")
     print("|" + "---|" * len(columns))
     for row in rows:
-        print("| " + " | ".join(str(row[key]) for key in columns) + " |")
+        cells = (f"{row[key]:.3g}" if key.endswith("_s") else str(row[key]) for key in columns)
+        print("| " + " | ".join(cells) + " |")
     if args.json:
         settings = {key: str(v) if isinstance(v, Path) else v for key, v in vars(args).items()}
         write_json(args.json, {"settings": settings | {"dir": str(folder)}, "rows": rows})

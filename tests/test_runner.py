@@ -132,3 +132,43 @@ def test_unknown_method_and_pair_fail_cleanly(small_pair: str, capsys) -> None:
     assert "did you mean 'xbt'" in capsys.readouterr().err
     assert run_cli(["run", "--pair", "toy-s-to-n"]) == 1
     assert "did you mean 'toy-s-to-m'" in capsys.readouterr().err
+
+
+def test_run_on_a_flickr_format_root_equals_clip_benchmark(
+    small_pair: str, tmp_path: Path, capsys
+) -> None:
+    """``xbt-bench run --dataset flickr30k --data-root`` on toy images in Flickr30k's layout:
+    old->old equals CLIP_benchmark's own evaluation of the same model on the same root."""
+    import torch
+    from clip_benchmark.datasets.builder import build_dataset, image_captions_collate_fn
+    from clip_benchmark.metrics.zeroshot_retrieval import evaluate
+
+    from xbt_bench.models.loading import load_model
+
+    root = tmp_path / "flickr30k"
+    root.mkdir()
+    data = toy_split("test", SMALL_WORLD)
+    rows = []
+    for i in range(data.n_images):
+        data.load_image(i).save(root / f"{i}.jpg", quality=95)
+        rows += [f"{i}.jpg,{data.captions[j]}" for j in np.flatnonzero(data.caption_image == i)]
+    (root / "flickr30k_test_karpathy.txt").write_text("image,caption\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "results"
+    code = run_cli(["run", "--pair", small_pair, "--dataset", "flickr30k", "--data-root",
+                    str(tmp_path), "--method", "old", "--output-dir", str(out)])
+    assert code == 0, capsys.readouterr().err
+    ours = RunResult.from_json(out / small_pair / "flickr30k" / "old.json").metrics["old->old"]
+
+    old = load_model("zoo:toy-s")
+    reference = build_dataset(
+        "flickr30k", root=str(root), split="test", transform=old.preprocess,
+        download=False, task="zeroshot_retrieval",
+    )
+    loader = torch.utils.data.DataLoader(
+        reference, batch_size=16, collate_fn=image_captions_collate_fn
+    )
+    theirs = evaluate(old.model, loader, old.tokenizer, "cpu", amp=False, recall_k_list=[1, 5, 10])
+    for k in (1, 5, 10):
+        assert ours[f"t2i_r{k}"] == pytest.approx(100 * theirs[f"image_retrieval_recall@{k}"])
+        assert ours[f"i2t_r{k}"] == pytest.approx(100 * theirs[f"text_retrieval_recall@{k}"])
+    assert 0 < ours["rsum"] < 600
