@@ -81,7 +81,7 @@ def pairs_add(
     new: Annotated[str, typer.Option(help="NEW model reference, e.g. ViT-L-14:openai")],
     description: Annotated[str, typer.Option(help="one line saying what the upgrade is")],
     dataset: Annotated[str, typer.Option(help="default evaluation dataset")] = "toy-shapes",
-    split: Annotated[list[str] | None, typer.Option(help="evaluation split (repeatable)")] = None,
+    split: SplitOption = None,
     via: Annotated[list[str] | None, typer.Option(help="intermediate model of a chain")] = None,
     text: Annotated[str, typer.Option(help="stage-1 text corpus")] = "toy-shapes:text",
     pairs: Annotated[str, typer.Option(help="stage-2 image-caption pairs")] = "toy-shapes:pairs",
@@ -224,6 +224,18 @@ def _parse_overrides(values: list[str] | None) -> dict[str, object]:
     return overrides
 
 
+SplitOption = Annotated[list[str] | None, typer.Option(help="evaluation split (repeatable)")]
+DataRootOption = Annotated[Path | None, typer.Option(help="root folder of on-disk datasets")]
+ResultsOption = Annotated[Path, typer.Option(help="where result JSONs go")]
+SeedOption = Annotated[int, typer.Option(help="seed of every random choice")]
+DeviceOption = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1")]
+WorkersOption = Annotated[int | None, typer.Option(help="data-loader workers (default: up to 4)")]
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option("--set", help="method setting KEY=VALUE for every method that has it"),
+]
+
+
 @app.command("run")
 def run_command(
     pair: Annotated[str, typer.Option(help="registered pair, e.g. toy-s-to-m")],
@@ -231,19 +243,14 @@ def run_command(
         list[str] | None, typer.Option(help="method to run (repeatable; default: all)")
     ] = None,
     dataset: Annotated[str | None, typer.Option(help="evaluation dataset")] = None,
-    split: Annotated[list[str] | None, typer.Option(help="evaluation split (repeatable)")] = None,
-    data_root: Annotated[Path | None, typer.Option(help="root folder of on-disk datasets")] = None,
-    output_dir: Annotated[Path, typer.Option(help="where result JSONs go")] = Path("results"),
-    seed: Annotated[int, typer.Option(help="seed of every random choice")] = 0,
-    device: Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1")] = "cpu",
+    split: SplitOption = None,
+    data_root: DataRootOption = None,
+    output_dir: ResultsOption = Path("results"),
+    seed: SeedOption = 0,
+    device: DeviceOption = "cpu",
     quick: Annotated[bool, typer.Option(help="fewer steps and pairs: a smoke run")] = False,
-    workers: Annotated[
-        int | None, typer.Option(help="data-loader workers (default: up to 4)")
-    ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="method setting KEY=VALUE for every method that has it"),
-    ] = None,
+    workers: WorkersOption = None,
+    set_: SetOption = None,
 ) -> None:
     """Run a pair end to end: embed, fit every method, score every setting, write results."""
     from .runner import RunOptions, run
@@ -274,19 +281,14 @@ def sweep_command(
     pairs: Annotated[
         str, typer.Option("--pairs", help="comma-separated numbers of image-text pairs")
     ] = "0,500,2000,8000",
-    split: Annotated[list[str] | None, typer.Option(help="evaluation split (repeatable)")] = None,
-    data_root: Annotated[Path | None, typer.Option(help="root folder of on-disk datasets")] = None,
-    output_dir: Annotated[Path, typer.Option(help="where result JSONs go")] = Path("results"),
-    seed: Annotated[int, typer.Option(help="seed of every random choice")] = 0,
-    device: Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1")] = "cpu",
+    split: SplitOption = None,
+    data_root: DataRootOption = None,
+    output_dir: ResultsOption = Path("results"),
+    seed: SeedOption = 0,
+    device: DeviceOption = "cpu",
     quick: Annotated[bool, typer.Option(help="fewer steps: a smoke run")] = False,
-    workers: Annotated[
-        int | None, typer.Option(help="data-loader workers (default: up to 4)")
-    ] = None,
-    set_: Annotated[
-        list[str] | None,
-        typer.Option("--set", help="method setting KEY=VALUE for every method that has it"),
-    ] = None,
+    workers: WorkersOption = None,
+    set_: SetOption = None,
 ) -> None:
     """Sample efficiency: refit stage-2 methods on fewer image-text pairs, record the points."""
     from .errors import ConfigError
@@ -450,7 +452,7 @@ def embed_command(
     dataset: Annotated[str, typer.Option(help="dataset name")] = "toy-shapes",
     split: Annotated[str, typer.Option(help="split to embed")] = "test",
     side: Annotated[str, typer.Option(help="image, text or both")] = "both",
-    data_root: Annotated[Path | None, typer.Option(help="root folder of on-disk datasets")] = None,
+    data_root: DataRootOption = None,
     batch_size: Annotated[int | None, typer.Option(help="batch size (default per side)")] = None,
     num_workers: Annotated[int | None, typer.Option(help="image-loading workers")] = None,
 ) -> None:
