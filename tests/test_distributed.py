@@ -1,11 +1,13 @@
-"""torch.distributed helpers and sharded embedding extraction (2 gloo processes); the GPU check
-in its CPU mode."""
+"""torch.distributed helpers, sharded embedding extraction and DDP training (2 gloo processes,
+compared with one process on the same global batch); the GPU check in its CPU mode."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,11 +19,21 @@ from PIL import Image
 
 from xbt_bench import distributed
 from xbt_bench.data.base import ImageTextSet
+from xbt_bench.data.toy import ToyConfig, toy_split, toy_text_corpus
 from xbt_bench.embed import EmbeddingCache, embed_split, split_key
 from xbt_bench.embed.sharded import embed_split_sharded
 from xbt_bench.errors import XbtError
+from xbt_bench.eval import Embeddings
 from xbt_bench.losses import info_nce
+from xbt_bench.methods import FitContext, ModelHandle, methods
+from xbt_bench.methods import xbt as xbt_module
+from xbt_bench.methods.base import SIDES, FittedMethod
+from xbt_bench.methods.configs import config_class
 from xbt_bench.models.loading import load_model
+from xbt_bench.models.toy_zoo import ZooSettings, ensure_checkpoint
+from xbt_bench.report.result import RunResult
+from xbt_bench.runner import score
+from xbt_bench.train import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
 N_IMAGES = 23  # not a multiple of the batch sizes or of the ranks
@@ -132,16 +144,7 @@ def two_ranks(tiny_dir_ref: str, tmp_path_factory: pytest.TempPathFactory) -> Pa
     script.write_text(WORKER)
     out = folder / "out"
     out.mkdir()
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
-    done = subprocess.run(
-        [*command, "2", str(script), tiny_dir_ref, str(folder / "cache"), str(out)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    torchrun(str(script), tiny_dir_ref, str(folder / "cache"), str(out))
     return folder
 
 
@@ -269,3 +272,331 @@ def test_gpu_check_runs_its_cpu_mode_without_cuda() -> None:
     share = re.search(r"= ([\d.]+)% of NEW", out)
     assert share and 0 < float(share[1]) < 100
     assert re.search(r"peak process RSS: [\d.]+ GiB", out)
+
+
+# --- DDP training under torchrun: the shared loop, XBT stage 2, toy-zoo builds, `run` ---------
+
+TOY_DDP = ToyConfig(
+    image_size=16, n_pretrain=4, n_text=60, n_pairs=24, n_support=12, n_test=12, n_test_hard=6
+)
+# LoRA on both towers and a trainable ψ, so every kind of trained weight is compared.
+XBT_DDP = {
+    "proj_steps": 20,
+    "proj_batch": 32,
+    "proj_hidden": 32,
+    "proj_warmup": 2,
+    "steps": 8,
+    "batch": 8,
+    "warmup": 2,
+    "checkpoint_every": 3,
+    "lora_towers": "both",
+    "psi_lr_scale": 0.5,
+}
+STAGE2_METHODS = ("xbt", "distill", "finetune")
+KILL_STEP = 4  # stage 2 of xbt dies before step 4; its last checkpoint is step 3
+LOOP_DDP = TrainConfig(steps=12, lr=0.05, warmup_steps=2, checkpoint_every=5, log_every=4)
+ZOO_DDP = ZooSettings(
+    steps=6,
+    batch_size=32,
+    lr=2e-3,
+    temperature=0.05,
+    learn_temperature=True,
+    warmup_steps=2,
+    data=ToyConfig(n_pretrain=96, n_text=8, n_pairs=8, n_support=8, n_test=40, n_test_hard=8),
+)
+# 1 vs 2 processes: same global batch, so the same training up to float rounding (the ranks
+# encode half batches and DDP averages the two halves' gradients).
+WEIGHT_TOL = 1e-4  # max |w_1 - w_2| over every trained weight
+RECALL_TOL = 0.1  # recall points
+
+
+class Killed(Exception):
+    """Stands in for a kill of the job during stage 2."""
+
+
+def regression(rows: int = 8) -> tuple[torch.nn.Module, object, object]:
+    """A small regression (no dropout: its masks depend on the batch shape) with a frozen bias."""
+    torch.manual_seed(1)
+    module = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
+    module[0].bias.requires_grad_(False)
+    target = torch.nn.Linear(8, 1)
+
+    def batch_at(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.randn(rows, 8, generator=torch.Generator().manual_seed(1000 + step))
+        return x, target(x).detach()
+
+    def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, y = batch
+        return {"loss": torch.nn.functional.mse_loss(module(x), y)}
+
+    return module, loss_fn, batch_at
+
+
+def fit_stage2(
+    old_ref: str, new_ref: str, work_dir: Path, method: str = "xbt", kill_at: int | None = None
+) -> tuple[FitContext, FittedMethod]:
+    """``method`` (xbt, distill or finetune) on the tiny toy world with the XBT_DDP settings it
+    has; with ``kill_at``, stage 2 raises Killed before that step."""
+    ctx = FitContext(
+        pair=None,
+        old=ModelHandle(old_ref),
+        new=ModelHandle(new_ref),
+        text_corpus=toy_text_corpus(TOY_DDP),
+        train_pairs=toy_split("pairs", TOY_DDP),
+        support=toy_split("support", TOY_DDP),
+        work_dir=work_dir,
+        config={k: v for k, v in XBT_DDP.items() if k in config_class(method).model_fields},
+        num_workers=0,
+    )
+    real_train = xbt_module.train
+
+    def killable_train(module, loss_fn, batch_at, config, checkpoint_dir, desc="", **kw):  # noqa: ANN001, ANN202
+        def batches(step: int) -> object:
+            if kill_at is not None and "stage 2" in desc and step == kill_at:
+                raise Killed(f"killed before step {step}")
+            return batch_at(step)
+
+        return real_train(module, loss_fn, batches, config, checkpoint_dir, desc=desc, **kw)
+
+    xbt_module.train = killable_train
+    try:
+        return ctx, methods.get(method)(ctx)
+    finally:
+        xbt_module.train = real_train
+
+
+def query_metrics(ctx: FitContext, fitted: FittedMethod) -> dict[str, float]:
+    """Recall of ``fitted``'s queries against OLD's gallery on the tiny toy test split."""
+    test = toy_split("test", TOY_DDP)
+    gallery = Embeddings(*(ctx.embed("old", test, side, count=False) for side in SIDES))
+    queries = Embeddings(fitted.encode_images(test), fitted.encode_texts(test))
+    return score(queries, gallery, test).metrics
+
+
+def stage2_weights(checkpoint_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The trained weights (LoRA and ψ) in a finished stage-2 checkpoint."""
+    saved = torch.load(Path(checkpoint_dir) / "last.pt", map_location="cpu", weights_only=False)
+    return saved["trainable"]
+
+
+def max_abs_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    assert a.keys() == b.keys() and a
+    return max(float((a[k].double() - b[k].double()).abs().max()) for k in a)
+
+
+# Run by torchrun as 2 gloo processes; the helpers above are shared with the reference runs.
+DDP_WORKER = f"""
+import json, os, sys
+from pathlib import Path
+import torch
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+import test_distributed as t
+from xbt_bench import distributed
+from xbt_bench.errors import ConfigError
+from xbt_bench.models.toy_zoo import ensure_checkpoint
+from xbt_bench.train import train
+
+old_ref, new_ref, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
+info = distributed.init_distributed()
+torch.set_num_threads(1)
+report = dict(rank=info.rank)
+
+# The shared loop, each rank pointed at its own folder: only rank 0's may be written.
+module, loss_fn, batch_at = t.regression()
+log = train(module, loss_fn, batch_at, t.LOOP_DDP, out / f"loop-rank{{info.rank}}", desc="loop")
+report["loop_curve"] = log.curve
+report["loop_weights"] = [p.detach().flatten().tolist() for p in module.parameters()]
+try:
+    train(*t.regression(rows=5), t.LOOP_DDP, out / "uneven", desc="uneven")
+    report["uneven"] = ""
+except ConfigError as error:
+    report["uneven"] = str(error)
+
+for method in t.STAGE2_METHODS:
+    ctx, fitted = t.fit_stage2(old_ref, new_ref, out / "stage2", method)
+    report[method] = dict(metrics=t.query_metrics(ctx, fitted), stage2=fitted.info["stage2"])
+try:
+    t.fit_stage2(old_ref, new_ref, out / "killed", kill_at=t.KILL_STEP)
+    report["killed"] = False
+except t.Killed:
+    report["killed"] = True
+ctx, resumed = t.fit_stage2(old_ref, new_ref, out / "killed")
+report["resumed"] = dict(metrics=t.query_metrics(ctx, resumed), stage2=resumed.info["stage2"])
+
+os.environ["XBT_BENCH_HOME"] = str(out / "zoo-home")
+report["zoo"] = str(ensure_checkpoint("toy-s", settings=t.ZOO_DDP))
+(out / f"rank{{info.rank}}.json").write_text(json.dumps(report))
+distributed.shutdown_distributed()
+"""
+
+
+@pytest.fixture(scope="module")
+def ddp_refs(tiny_weights: dict[str, Path], tiny_weights_seed1: Path) -> tuple[str, str]:
+    """OLD (the tiny model) and NEW (the tiny architecture, other weights) as local-dir refs,
+    which carry their config into any process."""
+    new = tiny_weights_seed1.parent / "local"
+    new.mkdir(exist_ok=True)
+    shutil.copy(tiny_weights_seed1, new / "open_clip_model.safetensors")
+    shutil.copy(tiny_weights["dir"] / "open_clip_config.json", new / "open_clip_config.json")
+    return f"local-dir:{tiny_weights['dir']}", f"local-dir:{new}"
+
+
+def torchrun(*args: str, timeout: int = 240, **env: str) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc-per-node 2 ARGS`` with one thread per process."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+    environment = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"} | env
+    done = subprocess.run(
+        [*command, "2", *args], env=environment, capture_output=True, text=True, timeout=timeout
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def ddp_runs(ddp_refs: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run the DDP worker as a 2-process gloo job once; its output folder."""
+    folder = tmp_path_factory.mktemp("ddp")
+    script = folder / "worker.py"
+    script.write_text(DDP_WORKER)
+    out = folder / "out"
+    out.mkdir()
+    torchrun(str(script), *ddp_refs, str(out))
+    return out
+
+
+def _ddp_report(out: Path, rank: int) -> dict:
+    return json.loads((out / f"rank{rank}.json").read_text())
+
+
+def test_ddp_loop_equals_one_process_and_only_rank_0_writes(ddp_runs: Path, tmp_path: Path) -> None:
+    module, loss_fn, batch_at = regression()
+    log = train(module, loss_fn, batch_at, LOOP_DDP, tmp_path)
+    single = [p.detach().flatten().tolist() for p in module.parameters()]
+    first, second = (_ddp_report(ddp_runs, r) for r in (0, 1))
+    assert first["loop_weights"] == second["loop_weights"]  # DDP keeps the ranks in step
+    for ours, theirs in zip(first["loop_weights"], single, strict=True):
+        np.testing.assert_allclose(ours, theirs, atol=1e-6)
+    # the curve holds the global batch's loss (the mean of the ranks' half-batch losses)
+    assert [e["step"] for e in first["loop_curve"]] == [4, 8, 12]
+    for ours, theirs in zip(first["loop_curve"], log.curve, strict=True):
+        assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
+    assert {p.name for p in (ddp_runs / "loop-rank0").iterdir()} == {"last.pt", "train_log.json"}
+    assert not (ddp_runs / "loop-rank1").exists()  # rank 1 wrote nothing, not even the folder
+    for report in (first, second):
+        assert "uneven: a global batch of 5 does not split over 2 processes" in report["uneven"]
+
+
+@pytest.mark.parametrize("method", STAGE2_METHODS)
+def test_ddp_stage2_equals_one_process_on_the_same_global_batch(
+    ddp_runs: Path, ddp_refs: tuple[str, str], tmp_path: Path, method: str
+) -> None:
+    ctx, single = fit_stage2(*ddp_refs, tmp_path, method)
+    metrics = query_metrics(ctx, single)
+    expected = stage2_weights(single.info["stage2"]["checkpoint_dir"])
+    first, second = (_ddp_report(ddp_runs, r) for r in (0, 1))
+    assert first[method]["metrics"] == second[method]["metrics"]
+    for key, value in metrics.items():
+        assert abs(first[method]["metrics"][key] - value) <= RECALL_TOL, key
+    weights = stage2_weights(first[method]["stage2"]["checkpoint_dir"])
+    assert any(k.startswith("psi.") for k in weights)
+    trained = "lora_B" if method != "finetune" else "clip.visual.conv1"
+    assert any(trained in k for k in weights)
+    assert max_abs_diff(weights, expected) < WEIGHT_TOL
+    curve, single_curve = first[method]["stage2"]["curve"], single.info["stage2"]["curve"]
+    assert [e["step"] for e in curve] == [e["step"] for e in single_curve]
+    for ours, theirs in zip(curve, single_curve, strict=True):
+        assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-4)
+
+
+def test_ddp_resume_after_a_kill_gives_the_same_weights(ddp_runs: Path) -> None:
+    first = _ddp_report(ddp_runs, 0)
+    assert first["killed"] and first["resumed"]["stage2"]["resumed_from_step"] == 3
+    straight = stage2_weights(first["xbt"]["stage2"]["checkpoint_dir"])
+    resumed = stage2_weights(first["resumed"]["stage2"]["checkpoint_dir"])
+    assert max_abs_diff(straight, resumed) == 0.0  # bit-identical, as in one process
+    assert first["resumed"]["metrics"] == first["xbt"]["metrics"]
+
+
+def test_ddp_toy_model_build_equals_one_process(
+    ddp_runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from safetensors.torch import load_file
+
+    monkeypatch.setenv("XBT_BENCH_HOME", str(tmp_path))
+    single = load_file(str(ensure_checkpoint("toy-s", settings=ZOO_DDP)))
+    first, second = (_ddp_report(ddp_runs, r) for r in (0, 1))
+    assert first["zoo"] == second["zoo"]
+    ours = load_file(first["zoo"])
+    assert max_abs_diff(ours, single) < WEIGHT_TOL
+    assert float(ours["logit_scale"]) != pytest.approx(np.log(1 / ZOO_DDP.temperature))  # learned
+    folder = Path(first["zoo"]).parent
+    assert not (folder / "training").exists()  # rank 0 removed the optimizer state
+
+
+def write_folder_pair(root: Path, old_ref: str, new_ref: str) -> str:
+    """The tiny toy world as folder datasets (PNG files plus CSVs) and a caption file, and a
+    pair file of OLD -> NEW on them in ``root / "pairs"``; the pair's name."""
+    shapes = root / "shapes"
+    for split in ("pairs", "support", "test"):
+        data = toy_split(split, TOY_DDP)
+        (shapes / split).mkdir(parents=True)
+        for image in range(data.n_images):
+            data.load_image(image).save(shapes / split / f"{image:03d}.png")
+        with open(shapes / f"{split}.csv", "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["image", "caption"])
+            for caption, image in zip(data.captions, data.caption_image, strict=True):
+                writer.writerow([f"{split}/{image:03d}.png", caption])
+    captions = root / "captions.txt"
+    captions.write_text("\n".join(toy_text_corpus(TOY_DDP).texts) + "\n")
+    (root / "pairs").mkdir()
+    (root / "pairs" / "ddp-tiny.toml").write_text(
+        f"""description = "two tiny random models on the tiny toy world (DDP test)"
+old = "{old_ref}"
+new = "{new_ref}"
+dataset = "folder:{shapes}"
+splits = ["test"]
+
+[data]
+text = "{captions}"
+pairs = "folder:{shapes}:pairs"
+support = "folder:{shapes}:support"
+"""
+    )
+    return "ddp-tiny"
+
+
+def test_torchrun_run_command_matches_one_process_and_rank_0_writes(
+    ddp_refs: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    from xbt_bench.cli import main
+
+    pair = write_folder_pair(tmp_path, *ddp_refs)
+    settings = [arg for key, value in XBT_DDP.items() for arg in ("--set", f"{key}={value}")]
+    run = ["run", "--pair", pair, "--method", "xbt", *settings]
+    logs = tmp_path / "logs"
+    env = {"XBT_BENCH_PAIRS": str(tmp_path / "pairs"), "XBT_BENCH_HOME": str(tmp_path / "home2")}
+    launch = ["--redirects", "3", "--log-dir", str(logs), "-m", "xbt_bench"]
+    torchrun(*launch, *run, "--output-dir", str(tmp_path / "two"), **env)
+    # each home has its own caches and checkpoints: the one-process run trains afresh
+    monkeypatch.setenv("XBT_BENCH_PAIRS", env["XBT_BENCH_PAIRS"])
+    monkeypatch.setenv("XBT_BENCH_HOME", str(tmp_path / "home1"))
+    try:
+        main([*run, "--output-dir", str(tmp_path / "one")])
+    except SystemExit as exit_:  # typer exits with the command's status
+        assert not exit_.code, capsys.readouterr().err
+    single_out = capsys.readouterr().out
+    (two,) = (tmp_path / "two").glob(f"{pair}/*/xbt.json")
+    (one,) = (tmp_path / "one").glob(f"{pair}/*/xbt.json")
+    two_result, one_result = RunResult.from_json(two), RunResult.from_json(one)
+    for setting, metrics in one_result.metrics.items():
+        for key, value in metrics.items():
+            assert abs(two_result.metrics[setting][key] - value) <= RECALL_TOL, (setting, key)
+    stdout = {int(p.parent.name): p.read_text() for p in logs.glob("*/attempt_0/*/stdout.log")}
+    assert "wrote" in stdout[0] and "xbt" in stdout[0]
+    assert stdout[1].strip() == ""  # rank 1 prints nothing
+    # rank 0 counts the forward passes of both ranks: as many as one process makes
+    computed = [
+        re.search(r"embeddings: (\d+) computed", text)[1] for text in (stdout[0], single_out)
+    ]
+    assert computed[0] == computed[1] and int(computed[0]) > 0

@@ -289,6 +289,75 @@ def test_stage2_changes_queries_and_stage1_is_shared(refs, toy, tmp_path) -> Non
     assert np.abs(xbt.encode_images(test) - proj.encode_images(test)).max() > 1e-3
 
 
+def test_mean_image_anchor_averages_the_captions_anchors(refs, toy, tmp_path) -> None:
+    from xbt_bench.methods.xbt import mean_anchors
+
+    pairs = toy["pairs"].subset(2)
+    anchors = np.eye(len(pairs.captions), 4, dtype=np.float32)[:, ::-1].copy()
+    means = mean_anchors(anchors, pairs)
+    first = anchors[pairs.caption_image == 0].sum(0)
+    np.testing.assert_allclose(means[0], first / np.linalg.norm(first), atol=1e-6)
+    _, fitted = fit(refs, toy, tmp_path, "xbt", image_anchor="mean")
+    _, caption = fit(refs, toy, tmp_path, "xbt")
+    assert fitted.info["stage2"]["image_anchor"] == "mean"
+    assert not np.allclose(fitted.encode_images(toy["test"]), caption.encode_images(toy["test"]))
+
+
+@pytest.mark.parametrize(
+    ("method", "settings", "fixed"),
+    [
+        ("xbt", {}, True),
+        ("distill", {}, True),
+        ("xbt", {"lora_towers": "both"}, False),
+        ("xbt", {"psi_lr_scale": 0.5}, False),
+        ("finetune", {}, False),
+    ],
+)
+def test_a_frozen_text_side_is_a_table_equal_to_running_the_text_tower(
+    refs, toy, tmp_path, method, settings, fixed
+) -> None:
+    from xbt_bench.methods.configs import parse_config
+
+    ctx = make_ctx(refs, toy, tmp_path, method, **settings)
+    cfg = parse_config(method, ctx.config)
+    setup = xbt_module.prepare_stage2(
+        ctx, cfg, xbt_module.pretrain_projection(ctx, cfg), method
+    )
+    assert setup.info["text_side"] == ("fixed table ψ₀(N_txt)" if fixed else "trained")
+    assert setup.info["pixels"] == "in-memory table"
+    batch = setup.batch_at(0)
+    assert ("tokens" in batch) is not fixed
+    pairs = toy["pairs"]
+    rows = batch["image_index"].numpy()
+    new = ctx.new.get()
+    expected = torch.stack([new.preprocess(pairs.load_image(int(i))) for i in rows])
+    assert torch.equal(batch["images"], expected)
+    # The table holds exactly what the text tower computes for the batch's captions.
+    texts = [pairs.captions[int(c)] for c in batch["caption_index"]]
+    with torch.no_grad():
+        running = setup.encoder.encode_text(new.tokenizer(texts))
+        losses = setup.loss_fn(batch)
+    if fixed:
+        table = xbt_module.surrogate_anchors(ctx, xbt_module.pretrain_projection(ctx, cfg), pairs)
+        np.testing.assert_allclose(
+            table[batch["caption_index"].numpy()], running.numpy(), atol=1e-5
+        )
+    assert torch.isfinite(losses["loss"])
+
+
+def test_pixels_are_preprocessed_per_batch_over_the_memory_budget(refs, toy) -> None:
+    new = ModelHandle(refs["new"]).get()
+    pairs = toy["pairs"]
+    xbt_module._pixel_tables.clear()
+    source = xbt_module.PixelSource(pairs, new.preprocess, "sig", budget=1)
+    assert source.table is None
+    rows = np.array([3, 0, 3])
+    expected = torch.stack([new.preprocess(pairs.load_image(int(i))) for i in rows])
+    assert torch.equal(source(rows), expected)
+    table = xbt_module.PixelSource(pairs, new.preprocess, "sig")
+    assert table.table is not None and torch.equal(table(rows), expected)
+
+
 def test_same_seed_same_queries_other_seed_other_queries(refs, toy, tmp_path) -> None:
     test = toy["test"]
     _, first = fit(refs, toy, tmp_path / "a", "xbt", lora_towers="both", psi_lr_scale=0.5)

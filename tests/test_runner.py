@@ -1,9 +1,11 @@
-"""``xbt-bench run`` end to end on quick toy models and small on-disk folder datasets."""
+"""``xbt-bench run`` end to end on quick toy models and small on-disk datasets (folders, a
+Flickr-format root, a webdataset)."""
 
 from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +116,9 @@ def test_every_registered_method_runs_and_is_scored(
     assert results["xbt"].cost.forward_passes["old_text"] == stage1_old
     assert results["xbt"].cost.forward_passes["old_image"] == 0
     assert results["distill"].cost.forward_passes["old_image"] > 0  # ...distill's does
+    # xbt-gallery reads OLD's cached gallery embeddings of the training pairs: no OLD forward
+    assert results["xbt-gallery"].cost.forward_passes["old_image"] == 0
+    assert results["xbt-gallery"].info["stage2"]["anchors"] == "gallery"
     assert 0 < results["xbt"].cost.trainable_share < results["finetune"].cost.trainable_share
 
     # a rerun reuses every cache and gives the same numbers
@@ -125,6 +130,22 @@ def test_every_registered_method_runs_and_is_scored(
     for name in ("procrustes", "xbt"):
         again = RunResult.from_json(out / small_pair / files[0].parent.name / f"{name}.json")
         assert again.metrics == results[name].metrics
+
+
+def test_sweep_records_points_per_pair_count(small_pair: str, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "sweep"
+    args = ["sweep", "--pair", small_pair, "--method", "xbt", "--pairs", "0,30",
+            "--output-dir", str(out), *tiny_settings()]  # fmt: skip
+    code = run_cli(args)
+    assert code == 0, capsys.readouterr().err
+    (path,) = out.glob(f"{small_pair}/*/xbt.json")
+    result = RunResult.from_json(path)
+    assert [p.n_pairs for p in result.sweep] == [0, 30, 60]
+    assert all(set(p.metrics) == set(KEYS) for p in result.sweep)
+    # 60 pairs is the full run: its point is the run's own method->old score
+    assert result.sweep[-1].metrics == result.metrics["method->old"]
+    assert run_cli(["sweep", "--pair", small_pair, "--method", "slerp"]) == 1
+    assert "do not train on image-text pairs" in capsys.readouterr().err
 
 
 def test_unknown_method_and_pair_fail_cleanly(small_pair: str, capsys) -> None:
@@ -172,3 +193,80 @@ def test_run_on_a_flickr_format_root_equals_clip_benchmark(
         assert ours[f"t2i_r{k}"] == pytest.approx(100 * theirs[f"image_retrieval_recall@{k}"])
         assert ours[f"i2t_r{k}"] == pytest.approx(100 * theirs[f"text_retrieval_recall@{k}"])
     assert 0 < ours["rsum"] < 600
+
+
+def write_toy_wds(root: Path, split: str, n_images: int | None = None) -> Path:
+    """A toy split (its first ``n_images``) as a webdataset in CLIP_benchmark's retrieval
+    layout under ``root/wds_shapes``, lossless PNG images, 30 samples a shard."""
+    import io
+
+    from test_datasets import write_wds
+
+    data = toy_split(split, SMALL_WORLD)
+    samples = []
+    for image_index in range(n_images or data.n_images):
+        png = io.BytesIO()
+        data.load_image(image_index).save(png, format="png")
+        captions = [data.captions[c] for c in np.flatnonzero(data.caption_image == image_index)]
+        samples.append({"png": png.getvalue(), "txt": "\n".join(captions)})
+    write_wds(root / "wds_shapes", split, samples, maxcount=30)
+    return root / "wds_shapes"
+
+
+def test_run_on_a_webdataset_root(small_pair: str, tmp_path: Path, capsys) -> None:
+    """``xbt-bench run --dataset wds/<name> --data-root``: old->old on the webdataset equals a
+    direct evaluation of OLD's embeddings of the same toy images and captions."""
+    from xbt_bench.embed import embed_images, embed_texts
+    from xbt_bench.eval import evaluate_retrieval
+    from xbt_bench.models.loading import load_model
+
+    folder = write_toy_wds(tmp_path / "data", "test")
+    assert (folder / "test" / "nshards.txt").read_text().strip() == "3"  # 80 samples, 30 a shard
+    out = tmp_path / "results"
+    code = run_cli(["run", "--pair", small_pair, "--dataset", "wds/shapes", "--data-root",
+                    str(tmp_path / "data"), "--output-dir", str(out), "--method", "old",
+                    "--method", "new", "--method", "procrustes", *tiny_settings()])
+    assert code == 0, capsys.readouterr().err
+    files = {path.stem: path for path in (out / small_pair / "wds_shapes").glob("*.json")}
+    assert set(files) == {"old", "new", "procrustes"}
+    results = {name: RunResult.from_json(path) for name, path in files.items()}
+    for result in results.values():
+        assert (result.dataset, result.split) == ("wds/shapes", "test")
+        assert result.metrics["old->old"] == results["old"].metrics["old->old"]
+        for values in result.metrics.values():
+            assert set(values) == set(KEYS)
+            for side in ("t2i", "i2t"):
+                recalls = [values[f"{side}_r{k}"] for k in (1, 5, 10)]
+                assert 0 <= recalls[0] <= recalls[1] <= recalls[2] <= 100
+    procrustes = results["procrustes"]
+    assert set(procrustes.metrics) == {"old->old", "new->new", "method->old"}
+    assert procrustes.compatibility.cells_total == 6
+
+    data = toy_split("test", SMALL_WORLD)
+    old = load_model("zoo:toy-s")
+    images = embed_images(old, data, num_workers=0)
+    texts = embed_texts(old, data.captions)
+    direct = evaluate_retrieval(text_queries=texts, image_gallery=images, image_queries=images,
+                                text_gallery=texts, caption_image=data.caption_image).metrics
+    ours = results["old"].metrics["old->old"]
+    assert ours == pytest.approx(direct)
+    assert 0 < ours["rsum"] < 600
+
+
+def test_run_on_a_broken_webdataset_is_one_line(small_pair: str, tmp_path: Path, capsys) -> None:
+    from test_datasets import assert_one_line_error
+
+    def run_wds(split: str = "test") -> tuple[int, str]:
+        code = run_cli(["run", "--pair", small_pair, "--dataset", "wds/shapes", "--split", split,
+                        "--data-root", str(tmp_path), "--method", "old"])
+        return code, capsys.readouterr().err
+
+    folder = write_toy_wds(tmp_path, "test", n_images=70)
+    assert_one_line_error(*run_wds("val"), "wds/shapes", "val/nshards.txt not found",
+                          "clip_benchmark_export_wds")
+    (folder / "test" / "1.tar").unlink()
+    assert_one_line_error(*run_wds(), "1 of 3 shards", "missing", "1.tar")
+    (folder / "test" / "nshards.txt").write_text("three\n")
+    assert_one_line_error(*run_wds(), "nshards.txt must hold the number of shards")
+    shutil.rmtree(folder / "test")
+    assert_one_line_error(*run_wds(), "test/nshards.txt not found")

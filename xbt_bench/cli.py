@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 # Set before huggingface_hub is imported anywhere: progress bars and telemetry only.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -15,6 +15,10 @@ from rich.console import Console
 from rich.table import Table
 
 from .errors import XbtError
+
+if TYPE_CHECKING:
+    from .models.toy_zoo import ZooEntry
+    from .runner import RunOptions
 
 console = Console()
 err_console = Console(stderr=True)
@@ -236,6 +240,37 @@ SetOption = Annotated[
 ]
 
 
+def _run_options(
+    pair: str,
+    methods: list[str] | None,
+    dataset: str | None,
+    splits: list[str] | None,
+    data_root: Path | None,
+    output_dir: Path,
+    seed: int,
+    device: str,
+    quick: bool,
+    workers: int | None,
+    settings: list[str] | None,
+) -> RunOptions:
+    """The options ``run`` and ``sweep`` share, in their order there, as RunOptions."""
+    from .runner import RunOptions
+
+    return RunOptions(
+        pair=pair,
+        methods=methods or [],
+        dataset=dataset,
+        splits=splits or [],
+        data_root=data_root,
+        output_dir=output_dir,
+        seed=seed,
+        device=device,
+        quick=quick,
+        num_workers=workers,
+        overrides=_parse_overrides(settings),
+    )
+
+
 @app.command("run")
 def run_command(
     pair: Annotated[str, typer.Option(help="registered pair, e.g. toy-s-to-m")],
@@ -252,23 +287,22 @@ def run_command(
     workers: WorkersOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Run a pair end to end: embed, fit every method, score every setting, write results."""
-    from .runner import RunOptions, run
+    """Run a pair end to end: embed, fit every method, score every setting, write results.
+    Under torchrun the ranks share the embedding and the training (DDP); rank 0 writes."""
+    from .distributed import init_distributed, shutdown_distributed
+    from .runner import run
 
-    options = RunOptions(
-        pair=pair,
-        methods=method or [],
-        dataset=dataset,
-        splits=split or [],
-        data_root=data_root,
-        output_dir=output_dir,
-        seed=seed,
-        device=device,
-        quick=quick,
-        num_workers=workers,
-        overrides=_parse_overrides(set_),
-    )
-    run(options, console)
+    # Under torchrun: NCCL with GPU LOCAL_RANK per process for a CUDA --device, else gloo.
+    info = init_distributed("nccl" if device.startswith("cuda") else "gloo")
+    if info.backend == "nccl":
+        device = str(info.device)
+    try:
+        options = _run_options(
+            pair, method, dataset, split, data_root, output_dir, seed, device, quick, workers, set_
+        )
+        run(options, console)
+    finally:
+        shutdown_distributed()
 
 
 @app.command("sweep")
@@ -292,7 +326,6 @@ def sweep_command(
 ) -> None:
     """Sample efficiency: refit stage-2 methods on fewer image-text pairs, record the points."""
     from .errors import ConfigError
-    from .runner import RunOptions
     from .sweep import run_sweep
 
     try:
@@ -300,17 +333,8 @@ def sweep_command(
     except ValueError:
         message = f"--pairs {pairs!r}: use comma-separated integers, e.g. 0,500,2000"
         raise ConfigError(message) from None
-    options = RunOptions(
-        pair=pair,
-        methods=method or [],
-        splits=split or [],
-        data_root=data_root,
-        output_dir=output_dir,
-        seed=seed,
-        device=device,
-        quick=quick,
-        num_workers=workers,
-        overrides=_parse_overrides(set_),
+    options = _run_options(
+        pair, method, None, split, data_root, output_dir, seed, device, quick, workers, set_
     )
     run_sweep(options, counts, console)
 
@@ -369,23 +393,37 @@ def zoo_build(
         typer.Option(min=1, help="CPU threads for torch (default: torch's; 1 on a busy machine)"),
     ] = None,
 ) -> None:
-    """Train the toy models that are not built yet; an interrupted build resumes."""
-    import time
-
+    """Train the toy models that are not built yet; an interrupted build resumes. Under
+    torchrun the ranks train each model together (DDP, gloo); rank 0 writes."""
     import torch
 
-    from .models.toy_zoo import build, zoo_entry, zoo_names
+    from .distributed import init_distributed, is_main, shutdown_distributed
+    from .models.toy_zoo import zoo_entry, zoo_names
 
     if threads is not None:
         torch.set_num_threads(threads)
+    init_distributed("gloo")  # toy models train on the CPU, also on a GPU machine
+    try:
+        entries = [zoo_entry(name, quick or None) for name in names or zoo_names()]
+        _build_toy_models(entries, console if is_main() else Console(quiet=True))
+    finally:
+        shutdown_distributed()
 
-    entries = [zoo_entry(name, quick or None) for name in names or zoo_names()]
-    todo = [entry for entry in entries if not entry.is_built]
-    for entry in entries:
-        if entry.is_built:
-            console.print(f"{entry.name}: cached ({entry.folder})")
+
+def _build_toy_models(entries: list[ZooEntry], out: Console) -> None:
+    """Build the ``entries`` rank 0 does not have yet, printing to ``out``."""
+    import time
+
+    from .distributed import broadcast_object
+    from .models.toy_zoo import build
+
+    built = broadcast_object([entry.is_built for entry in entries])  # rank 0 decides for all
+    todo = [entry for entry, done in zip(entries, built, strict=True) if not done]
+    for entry, done in zip(entries, built, strict=True):
+        if done:
+            out.print(f"{entry.name}: cached ({entry.folder})")
     if not todo:
-        console.print(f"all {len(entries)} toy models are cached; nothing to build")
+        out.print(f"all {len(entries)} toy models are cached; nothing to build")
         return
     started = time.perf_counter()
     for entry in todo:
@@ -398,12 +436,12 @@ def zoo_build(
             )
             raise typer.Exit(130) from None
         recall, geometry = card["retrieval"], card["geometry"]
-        console.print(
+        out.print(
             f"{entry.name}: built in {card['build_time_s']:.0f} s -> {entry.folder}\n"
             f"  test R@1 t2i {recall['t2i_r1']:.1f} i2t {recall['i2t_r1']:.1f}; "
             f"gap {geometry['modality_gap']:.2f}, matched cosine {geometry['matched_cosine']:.2f}"
         )
-    console.print(f"built {len(todo)} toy model(s) in {time.perf_counter() - started:.0f} s")
+    out.print(f"built {len(todo)} toy model(s) in {time.perf_counter() - started:.0f} s")
 
 
 @zoo_app.command("list")

@@ -17,9 +17,11 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
+from . import distributed
 from .data import ImageTextSet, TextCorpus, load_dataset, load_text_corpus, split_data_ref
 from .data.registry import corpus_summary, dataset_info
-from .embed import EmbeddingCache, EmbedStats, embed_set
+from .embed import EmbeddingCache, EmbedStats
+from .embed.sharded import embed_split_sharded
 from .errors import ConfigError, XbtError
 from .eval import Embeddings, evaluate_retrieval
 from .eval.compat import average_compatibility, compatibility_matrix, retrieval_flip_rates
@@ -129,13 +131,19 @@ class Runner:
         """``data`` embedded by model ``ref`` (cached on disk and in memory)."""
         key = (ref, split)
         if key not in self._galleries:
-            self._galleries[key] = embed_set(
-                self.handles[ref].get(),
-                data,
-                cache=self.cache,
-                stats=self.stats,
-                num_workers=self.options.num_workers,
+            model = self.handles[ref].get()
+            images, texts = (
+                embed_split_sharded(
+                    model,
+                    data,
+                    side,
+                    cache=self.cache,
+                    stats=self.stats,
+                    num_workers=self.options.num_workers,
+                )
+                for side in ("image", "text")
             )
+            self._galleries[key] = Embeddings(images=images, texts=texts)
         return self._galleries[key]
 
     def reference(self, ref: str, split: str, data: ImageTextSet) -> RetrievalResult:
@@ -176,9 +184,10 @@ class Runner:
                 self.run_chain(method, data) if self.spec.is_chain else self.run_pair(method, data)
             )
             result.cost.wall_time_s = round(time.perf_counter() - start, 3)
-            path = result.save(self.options.output_dir)
-            self.console.print(f"  wrote {path}")
+            if distributed.is_main():  # under torchrun, one rank writes
+                self.console.print(f"  wrote {result.save(self.options.output_dir)}")
             results.append(result)
+        distributed.barrier()  # every rank returns once the results are written
         return results
 
     def run_pair(self, method: str, data: PairData) -> RunResult:
@@ -310,11 +319,14 @@ def run(options: RunOptions, console: Console) -> list[RunResult]:
     """Run ``options.pair`` end to end; print what was reused and a summary table."""
     from .report.summary import print_summary
 
+    if not distributed.is_main():  # under torchrun, rank 0 reports
+        console = Console(quiet=True)
     runner = Runner(options, console)
     started = time.perf_counter()
     results = runner.run()
     reused = sum(runner.stats.reused.values())
-    encoded = sum(runner.stats.encoded.values())
+    # under torchrun each rank encodes its share of the rows and reads back all of them
+    encoded = sum(distributed.all_gather_object(sum(runner.stats.encoded.values())))
     console.print(
         f"embeddings: {encoded} computed, {reused} reused from the cache "
         f"({runner.cache.root}); total {time.perf_counter() - started:.1f} s"

@@ -20,13 +20,14 @@ from .report.result import METHOD_OLD, RunResult, SweepPoint
 from .runner import Runner, RunOptions, load_pair_data, score
 
 DEFAULT_COUNTS = (0, 500, 2000, 8000)
-SWEEP_METHODS = ("xbt", "distill", "finetune")
+SWEEP_METHODS = ("xbt", "xbt-gallery", "distill", "finetune")
+DEFAULT_SWEEP_METHODS = ("xbt", "distill", "finetune")
 
 
 def run_sweep(options: RunOptions, counts: Sequence[int], console: Console) -> list[RunResult]:
     """Run ``options.methods`` (default: xbt, distill, finetune) on all pairs and on the first
     ``n`` pairs for each of ``counts``; write each method's result with its sweep points."""
-    options = replace(options, methods=list(options.methods) or list(SWEEP_METHODS))
+    options = replace(options, methods=list(options.methods) or list(DEFAULT_SWEEP_METHODS))
     if any(n < 0 for n in counts) or not counts:
         raise XbtError(f"--pairs needs counts >= 0, e.g. 0,500,2000,8000; got {list(counts)}")
     runner = Runner(options, console)

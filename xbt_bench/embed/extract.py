@@ -9,6 +9,7 @@ L2-normalised float32 rows.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import time
@@ -266,28 +267,102 @@ def corpus_key(
     )
 
 
-def _cached(
+@dataclass(frozen=True)
+class Extraction:
+    """One cache entry to fill: its ``key``, its ``n_rows``, the ``batch_size``, and
+    ``embed(rows=...)``, which embeds a contiguous block of rows (default all) in batches."""
+
+    key: EmbeddingKey
+    n_rows: int
+    batch_size: int
+    embed: Callable[..., Iterator[np.ndarray]]
+
+
+def split_extraction(
+    model: Any,
+    data: ImageTextSet,
+    side: str,
+    *,
+    dtype: str = "float32",
+    batch_size: int | None = None,
+    num_workers: int | None = None,
+    amp: bool = True,
+) -> Extraction:
+    """How :func:`embed_split` embeds ``data``'s images or captions (options as there)."""
+    encoder = as_encoder(model)  # once: an identity may be costly to compute
+    key = split_key(encoder, data, side, dtype=dtype, amp=amp)
+    if side == "image":
+        size = batch_size or DEFAULT_IMAGE_BATCH
+        embed = functools.partial(
+            iter_image_embeddings, encoder, data, batch_size=size, num_workers=num_workers, amp=amp
+        )
+        return Extraction(key, data.n_images, size, embed)
+    size = batch_size or DEFAULT_TEXT_BATCH
+    return _text_extraction(key, encoder, data.captions, size, amp, f"{data.key} captions")
+
+
+def corpus_extraction(
+    model: Any,
+    corpus: TextCorpus,
+    *,
+    dtype: str = "float32",
+    batch_size: int = DEFAULT_TEXT_BATCH,
+    amp: bool = True,
+) -> Extraction:
+    """How :func:`embed_corpus` embeds ``corpus``'s texts (options as there)."""
+    encoder = as_encoder(model)
+    key = corpus_key(encoder, corpus, dtype=dtype, amp=amp)
+    return _text_extraction(key, encoder, corpus.texts, batch_size, amp, f"corpus {corpus.name}")
+
+
+def _text_extraction(
     key: EmbeddingKey,
-    compute: Callable[[], Iterator[np.ndarray]],
-    cache: EmbeddingCache | None,
+    encoder: Encoder,
+    texts: Sequence[str],
+    batch_size: int,
+    amp: bool,
+    desc: str,
+) -> Extraction:
+    embed = functools.partial(
+        iter_text_embeddings, encoder, texts, batch_size=batch_size, amp=amp, desc=desc
+    )
+    return Extraction(key, len(texts), batch_size, embed)
+
+
+def record_request(
     stats: EmbedStats | None,
-    mmap: bool,
+    cache: EmbeddingCache,
+    key: EmbeddingKey,
+    *,
+    rows: int,
+    computed: bool,
+    started: float,
+) -> None:
+    """Count a request for ``key``'s embeddings in ``stats`` (when given): ``rows`` computed
+    or reused, timed from ``started`` (a ``time.perf_counter()`` value)."""
+    if stats is None:
+        return
+    stats.add(
+        EmbedRecord(
+            model=key.model,
+            split=key.split,
+            side=key.side,
+            rows=rows,
+            computed=computed,
+            seconds=round(time.perf_counter() - started, 3),
+            path=str(cache.entry_dir(key)),
+        )
+    )
+
+
+def _cached(
+    extraction: Extraction, cache: EmbeddingCache | None, stats: EmbedStats | None, mmap: bool
 ) -> np.ndarray:
     cache = cache if cache is not None else EmbeddingCache()
     started = time.perf_counter()
-    array, computed = cache.get_or_compute(key, compute, mmap=mmap)
-    if stats is not None:
-        stats.add(
-            EmbedRecord(
-                model=key.model,
-                split=key.split,
-                side=key.side,
-                rows=len(array),
-                computed=computed,
-                seconds=round(time.perf_counter() - started, 3),
-                path=str(cache.entry_dir(key)),
-            )
-        )
+    key = extraction.key
+    array, computed = cache.get_or_compute(key, extraction.embed, mmap=mmap)
+    record_request(stats, cache, key, rows=len(array), computed=computed, started=started)
     return array
 
 
@@ -311,31 +386,10 @@ def embed_split(
     Returned in the storage ``dtype``, memory-mapped read-only when ``mmap``; ``stats``, when
     given, counts the forward passes done and the rows reused.
     """
-    encoder = as_encoder(model)  # once: an identity may be costly to compute
-    key = split_key(encoder, data, side, dtype=dtype, amp=amp)
-    if side == "image":
-
-        def compute() -> Iterator[np.ndarray]:
-            return iter_image_embeddings(
-                encoder,
-                data,
-                batch_size=batch_size or DEFAULT_IMAGE_BATCH,
-                num_workers=num_workers,
-                amp=amp,
-            )
-
-    else:
-
-        def compute() -> Iterator[np.ndarray]:
-            return iter_text_embeddings(
-                encoder,
-                data.captions,
-                batch_size=batch_size or DEFAULT_TEXT_BATCH,
-                amp=amp,
-                desc=f"{data.key} captions",
-            )
-
-    return _cached(key, compute, cache, stats, mmap)
+    extraction = split_extraction(
+        model, data, side, dtype=dtype, batch_size=batch_size, num_workers=num_workers, amp=amp
+    )
+    return _cached(extraction, cache, stats, mmap)
 
 
 def embed_corpus(
@@ -351,15 +405,8 @@ def embed_corpus(
 ) -> np.ndarray:
     """``corpus``'s texts embedded by ``model``'s text side, [len(texts), dim], cached as in
     :func:`embed_split`."""
-    encoder = as_encoder(model)
-    key = corpus_key(encoder, corpus, dtype=dtype, amp=amp)
-
-    def compute() -> Iterator[np.ndarray]:
-        return iter_text_embeddings(
-            encoder, corpus.texts, batch_size=batch_size, amp=amp, desc=f"corpus {corpus.name}"
-        )
-
-    return _cached(key, compute, cache, stats, mmap)
+    extraction = corpus_extraction(model, corpus, dtype=dtype, batch_size=batch_size, amp=amp)
+    return _cached(extraction, cache, stats, mmap)
 
 
 def embed_set(model: Any, data: ImageTextSet, **options: Any) -> Embeddings:

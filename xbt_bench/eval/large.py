@@ -32,9 +32,11 @@ from .retrieval import (
     DEFAULT_KS,
     EXACT_SEARCH,
     RetrievalResult,
-    _check_caption_image,
     _check_ks,
+    _check_pairing,
+    _result_from_ranks,
     validate_embeddings,
+    widening_ranks,
 )
 
 if TYPE_CHECKING:  # the cache module imports torch; reading shards does not need it
@@ -313,25 +315,12 @@ def sharded_positive_ranks(
             f"index holds {index.ntotal} vectors of dimension {index.d} but the gallery has "
             f"shape {gallery.shape}; build the index from this gallery"
         )
-    n_gallery = gallery.n_rows
-    ranks = np.full(queries.n_rows, k_max, dtype=np.int64)
-    todo = np.arange(queries.n_rows)
-    window = min(k_max + 1, n_gallery)
-    subset: np.ndarray | EmbeddingShards = queries
-    while todo.size:
-        scores, ids = search_sharded(subset, gallery, window, index=index, block_rows=block_rows)
-        is_positive = (ids >= 0) & (gallery_labels[ids] == query_labels[todo, None])
-        found = is_positive.any(axis=1)
-        best = scores[np.arange(len(ids)), is_positive.argmax(axis=1)]
-        above = np.minimum((scores > best[:, None]).sum(axis=1), k_max)
-        ranks[todo[found]] = above[found]
-        if window == n_gallery:
-            break
-        # As in positive_ranks: a tie block reaching the window's end may hide a tied positive.
-        todo = todo[~found & (scores[:, -1] >= scores[:, k_max - 1])]
-        window = min(4 * window, n_gallery)
-        subset = queries.take(todo) if todo.size else subset
-    return ranks
+
+    def search(todo: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+        subset = queries if todo.size == queries.n_rows else queries.take(todo)
+        return search_sharded(subset, gallery, window, index=index, block_rows=block_rows)
+
+    return widening_ranks(search, query_labels, gallery_labels, k_max)
 
 
 def evaluate_retrieval_sharded(
@@ -356,17 +345,9 @@ def evaluate_retrieval_sharded(
     image_gallery = as_shards(image_gallery, "image_gallery")
     image_queries = as_shards(image_queries, "image_queries")
     text_gallery = as_shards(text_gallery, "text_gallery")
-    if len(text_queries) != len(text_gallery):
-        raise InputError(
-            f"text_queries has {len(text_queries)} captions but text_gallery has "
-            f"{len(text_gallery)}; both must embed the same captions"
-        )
-    if len(image_queries) != len(image_gallery):
-        raise InputError(
-            f"image_queries has {len(image_queries)} images but image_gallery has "
-            f"{len(image_gallery)}; both must embed the same images"
-        )
-    caption_image = _check_caption_image(caption_image, len(text_queries), len(image_gallery))
+    caption_image = _check_pairing(
+        text_queries, image_gallery, image_queries, text_gallery, caption_image
+    )
     image_ids = np.arange(len(image_gallery))
     ranks = {}
     for name, queries, gallery, query_labels, gallery_labels in (
@@ -393,7 +374,4 @@ def evaluate_retrieval_sharded(
             block_rows=block_rows,
         )
         del index
-    metrics = {f"t2i_r{k}": 100.0 * float(np.mean(ranks["t2i"] < k)) for k in ks}
-    metrics |= {f"i2t_r{k}": 100.0 * float(np.mean(ranks["i2t"] < k)) for k in ks}
-    metrics["rsum"] = sum(metrics.values())
-    return RetrievalResult(metrics, ranks["t2i"] < 1, ranks["i2t"] < 1, search=label)
+    return _result_from_ranks(ranks["t2i"], ranks["i2t"], ks, label)

@@ -12,7 +12,7 @@ positive and the items it ties with are compared as the search scored them.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence, Sized
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -152,13 +152,30 @@ def positive_ranks(
             f"got shapes {query_labels.shape} and {gallery_labels.shape}"
         )
     index = build_index(gallery, index_factory)
-    n_gallery = index.ntotal
-    ranks = np.full(len(queries), k_max, dtype=np.int64)
-    todo = np.arange(len(queries))
+
+    def search(todo: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
+        subset = queries if todo.size == len(queries) else queries[todo]
+        return search_topk(subset, None, window, chunk_size=chunk_size, index=index)
+
+    return widening_ranks(search, query_labels, gallery_labels, k_max)
+
+
+def widening_ranks(
+    search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
+    query_labels: np.ndarray,
+    gallery_labels: np.ndarray,
+    k_max: int,
+) -> np.ndarray:
+    """:func:`positive_ranks` from top-``window`` searches: ``search(todo, window)`` returns
+    the scores and gallery ids, best first, of the queries ``todo`` (indices into
+    ``query_labels``). A window of k_max + 1 settles most queries; the rest are searched again
+    with a 4x wider one, up to the whole gallery."""
+    n_gallery = len(gallery_labels)
+    ranks = np.full(len(query_labels), k_max, dtype=np.int64)
+    todo = np.arange(len(query_labels))
     window = min(k_max + 1, n_gallery)
     while todo.size:
-        subset = queries if todo.size == len(queries) else queries[todo]
-        scores, ids = search_topk(subset, None, window, chunk_size=chunk_size, index=index)
+        scores, ids = search(todo, window)
         is_positive = (ids >= 0) & (gallery_labels[ids] == query_labels[todo, None])
         found = is_positive.any(axis=1)
         # Sorted best first, so the first positive in the window is the best-scoring one.
@@ -215,6 +232,38 @@ def _check_caption_image(caption_image: np.ndarray, n_captions: int, n_images: i
     return caption_image.astype(np.int64, copy=False)
 
 
+def _check_pairing(
+    text_queries: Sized,
+    image_gallery: Sized,
+    image_queries: Sized,
+    text_gallery: Sized,
+    caption_image: np.ndarray,
+) -> np.ndarray:
+    """``caption_image`` checked against the four sides of a T2I + I2T evaluation, after
+    checking that the queries and galleries embed the same captions and the same images."""
+    if len(text_queries) != len(text_gallery):
+        raise InputError(
+            f"text_queries has {len(text_queries)} captions but text_gallery has "
+            f"{len(text_gallery)}; both must embed the same captions"
+        )
+    if len(image_queries) != len(image_gallery):
+        raise InputError(
+            f"image_queries has {len(image_queries)} images but image_gallery has "
+            f"{len(image_gallery)}; both must embed the same images"
+        )
+    return _check_caption_image(caption_image, len(text_queries), len(image_gallery))
+
+
+def _result_from_ranks(
+    t2i: np.ndarray, i2t: np.ndarray, ks: tuple[int, ...], search: str
+) -> RetrievalResult:
+    """Recall@K in percent and rsum from each query's rank of its best positive."""
+    metrics = {f"t2i_r{k}": 100.0 * float(np.mean(t2i < k)) for k in ks}
+    metrics |= {f"i2t_r{k}": 100.0 * float(np.mean(i2t < k)) for k in ks}
+    metrics["rsum"] = sum(metrics.values())
+    return RetrievalResult(metrics, t2i < 1, i2t < 1, search=search)
+
+
 def evaluate_retrieval(
     *,
     text_queries: np.ndarray,
@@ -238,25 +287,14 @@ def evaluate_retrieval(
     text_gallery = validate_embeddings("text_gallery", text_gallery)
     _check_same_dim("text_queries", text_queries, "image_gallery", image_gallery)
     _check_same_dim("image_queries", image_queries, "text_gallery", text_gallery)
-    if len(text_queries) != len(text_gallery):
-        raise InputError(
-            f"text_queries has {len(text_queries)} captions but text_gallery has "
-            f"{len(text_gallery)}; both must embed the same captions"
-        )
-    if len(image_queries) != len(image_gallery):
-        raise InputError(
-            f"image_queries has {len(image_queries)} images but image_gallery has "
-            f"{len(image_gallery)}; both must embed the same images"
-        )
-    caption_image = _check_caption_image(caption_image, len(text_queries), len(image_gallery))
+    caption_image = _check_pairing(
+        text_queries, image_gallery, image_queries, text_gallery, caption_image
+    )
     image_ids = np.arange(len(image_gallery))
     options = {"index_factory": index_factory, "chunk_size": chunk_size}
     t2i = positive_ranks(text_queries, image_gallery, caption_image, image_ids, ks[-1], **options)
     i2t = positive_ranks(image_queries, text_gallery, image_ids, caption_image, ks[-1], **options)
-    metrics = {f"t2i_r{k}": 100.0 * float(np.mean(t2i < k)) for k in ks}
-    metrics |= {f"i2t_r{k}": 100.0 * float(np.mean(i2t < k)) for k in ks}
-    metrics["rsum"] = sum(metrics.values())
-    return RetrievalResult(metrics, t2i < 1, i2t < 1, search=index_factory or EXACT_SEARCH)
+    return _result_from_ranks(t2i, i2t, ks, index_factory or EXACT_SEARCH)
 
 
 def retrieval_matrix(

@@ -93,6 +93,15 @@ _CARDS = [
         "the reference recipe: ψ on text, then LoRA on frozen NEW towards ψ₀ anchors",
     ),
     (
+        "xbt-gallery",
+        "xbt",
+        "stages 1+2",
+        False,
+        "no (reads OLD's gallery embeddings)",
+        "xbt with anchors from OLD's gallery embeddings of the training pairs; LoRA on both "
+        "towers",
+    ),
+    (
         "distill",
         "xbt",
         "stage 2 with real OLD targets",

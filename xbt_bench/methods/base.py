@@ -193,9 +193,9 @@ class FitContext:
         """``data``'s images or captions embedded by OLD or NEW (cached), float32 unit rows.
 
         Counted as that model's forward passes unless ``count`` is False (query time)."""
-        from ..embed import embed_split
+        from ..embed.sharded import embed_split_sharded
 
-        array = embed_split(
+        array = embed_split_sharded(
             self.handle(which).get(),
             data,
             side,
@@ -209,10 +209,10 @@ class FitContext:
 
     def embed_corpus(self, which: Which) -> np.ndarray:
         """The text corpus embedded by OLD's or NEW's text tower (cached), counted."""
-        from ..embed import embed_corpus
+        from ..embed.sharded import embed_corpus_sharded
 
         check_corpus(self.text_corpus)
-        array = embed_corpus(
+        array = embed_corpus_sharded(
             self.handle(which).get(),
             self.text_corpus,
             cache=self.embeddings,

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import distributed
 from ..atomic import write_npy
 from ..data.base import ImageTextSet, fingerprint_of
 from ..errors import XbtError
@@ -159,7 +160,9 @@ def pretrain_projection(ctx: FitContext, cfg: ProjectionConfig) -> Stage1:
         return new_t[index], old_t[index]
 
     def loss_fn(pair: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        z, target = pair
+        # Under torchrun every rank maps the whole global batch (ψ is small), so the noise
+        # drawn, the loss and DDP's averaged gradient are those of one process.
+        z, target = (distributed.all_gather_with_grad(x) for x in pair)
         mapped = psi(add_noise(z, std))
         nce = info_nce(mapped, target, cfg.tau)
         cos = cosine_loss(mapped, target)
@@ -217,6 +220,58 @@ def surrogate_anchors(ctx: FitContext, stage1: Stage1, pairs: ImageTextSet) -> n
     return anchors
 
 
+def mean_anchors(caption_anchors: np.ndarray, pairs: ImageTextSet) -> np.ndarray:
+    """normalize(mean of a(t) over each image's captions), [n_images, d_old]."""
+    sums = np.zeros((pairs.n_images, caption_anchors.shape[1]), dtype=np.float64)
+    np.add.at(sums, pairs.caption_image, caption_anchors)
+    sums /= np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    return sums.astype(np.float32)
+
+
+# Training images are preprocessed once into an in-memory table when it fits this budget (the
+# toy world's 8k pairs: ~100 MB); larger sets are decoded and preprocessed batch by batch.
+PIXEL_TABLE_BYTES = 2 << 30
+_pixel_tables: dict[tuple[str, str], torch.Tensor] = {}
+
+
+class PixelSource:
+    """Preprocessed images of ``data`` by row: from a table built once (and shared by the
+    methods of a run) when all rows fit in ``budget`` bytes, else preprocessed per call."""
+
+    def __init__(
+        self, data: ImageTextSet, preprocess: Callable, signature: str, budget: int | None = None
+    ) -> None:
+        self.data, self.preprocess = data, preprocess
+        budget = PIXEL_TABLE_BYTES if budget is None else budget
+        key = (data.fingerprint, signature)
+        self.table = _pixel_tables.get(key)
+        if self.table is None:
+            first = preprocess(data.load_image(0))
+            if first.numel() * first.element_size() * data.n_images <= budget:
+                rows = [first] + [preprocess(data.load_image(i)) for i in range(1, data.n_images)]
+                self.table = torch.stack(rows)
+                _pixel_tables.clear()  # keep one table: a run trains on one pair set
+                _pixel_tables[key] = self.table
+
+    def __call__(self, rows: np.ndarray) -> torch.Tensor:
+        """The preprocessed images of ``rows`` stacked into a batch."""
+        if self.table is not None:
+            return self.table[torch.from_numpy(rows)]
+        return torch.stack([self.preprocess(self.data.load_image(int(i))) for i in rows])
+
+
+def text_tower_frozen(clip: nn.Module, psi: nn.Module) -> bool:
+    """Whether φ_txt = ψ(N_txt) cannot change in training: nothing outside the image tower
+    (``visual``) of ``clip`` trains, and ψ is frozen."""
+    if any(p.requires_grad for p in psi.parameters()):
+        return False
+    return not any(
+        p.requires_grad
+        for name, p in clip.named_parameters()
+        if not name.startswith("visual.") and "logit_scale" not in name
+    )
+
+
 @dataclass
 class Stage2Setup:
     """Everything one stage-2 run needs: the encoder being trained, its loss and batches."""
@@ -238,7 +293,8 @@ def prepare_stage2(ctx: FitContext, cfg: Stage2Config, stage1: Stage1, mode: str
     Loss, with φ = ψ ∘ NEW' the query encoders and (T_txt, T_img) the targets of a batch:
     InfoNCE(φ_img, T_txt) + InfoNCE(φ_txt, T_img) + InfoNCE(φ_img, φ_txt)
     + w·[(1 − cos(φ_txt, T_txt)) + (1 − cos(φ_img, T_img))].
-    Targets: ``surrogate`` anchors T_txt = T_img = ψ₀(N_txt(t)); ``gallery`` anchors
+    Targets: ``surrogate`` anchors T_txt = ψ₀(N_txt(t)) and T_img the same (``image_anchor``
+    "caption") or its mean over the image's captions ("mean"); ``gallery`` anchors
     T_txt = O_txt(t), T_img = O_img(x) read from the embedding cache; ``distill``: the same
     computed by OLD inside every step.
     """
@@ -262,7 +318,10 @@ def prepare_stage2(ctx: FitContext, cfg: Stage2Config, stage1: Stage1, mode: str
     text_targets = image_targets = None
     old: LoadedModel | None = None
     if anchors == "surrogate":
-        text_targets = torch.from_numpy(surrogate_anchors(ctx, stage1, pairs)).to(device)
+        caption_anchors = surrogate_anchors(ctx, stage1, pairs)
+        text_targets = torch.from_numpy(caption_anchors).to(device)
+        if cast(Any, cfg).image_anchor == "mean":
+            image_targets = torch.from_numpy(mean_anchors(caption_anchors, pairs)).to(device)
     elif anchors == "gallery":
         text_targets = torch.from_numpy(ctx.gallery_embeddings(pairs, "text")).to(device)
         image_targets = torch.from_numpy(ctx.gallery_embeddings(pairs, "image")).to(device)
@@ -273,6 +332,17 @@ def prepare_stage2(ctx: FitContext, cfg: Stage2Config, stage1: Stage1, mode: str
 
     captions_of = _captions_by_image(pairs)
     batch = min(cfg.batch, pairs.n_images)
+    new_pixels = PixelSource(pairs, new.preprocess, new.preprocess_signature)
+    old_pixels = (
+        PixelSource(pairs, old.preprocess, old.preprocess_signature) if old is not None else None
+    )
+    # With the text side frozen (LoRA on the image tower only, ψ frozen), φ_txt(t) = ψ₀(N_txt(t))
+    # is a fixed table (the surrogate anchors): look it up instead of running NEW's text tower.
+    fixed_text = (
+        torch.from_numpy(surrogate_anchors(ctx, stage1, pairs)).to(device)
+        if text_tower_frozen(clip, psi)
+        else None
+    )
 
     def batch_at(step: int) -> dict[str, Any]:
         rng = np.random.default_rng([ctx.seed, 2, step])
@@ -284,16 +354,16 @@ def prepare_stage2(ctx: FitContext, cfg: Stage2Config, stage1: Stage1, mode: str
                 for i, r in zip(images, picks, strict=True)
             ]
         )
-        pil = [pairs.load_image(int(i)) for i in images]
         texts = [pairs.captions[int(c)] for c in captions]
         out = {
-            "images": torch.stack([new.preprocess(im) for im in pil]).to(device),
-            "tokens": new.tokenizer(texts).to(device),
+            "images": new_pixels(images).to(device),
             "image_index": torch.from_numpy(images).to(device),
             "caption_index": torch.from_numpy(captions).to(device),
         }
-        if old is not None:
-            out["old_images"] = torch.stack([old.preprocess(im) for im in pil]).to(device)
+        if fixed_text is None:
+            out["tokens"] = new.tokenizer(texts).to(device)
+        if old is not None and old_pixels is not None:
+            out["old_images"] = old_pixels(images).to(device)
             out["old_tokens"] = old.tokenizer(texts).to(device)
         return out
 
@@ -310,8 +380,16 @@ def prepare_stage2(ctx: FitContext, cfg: Stage2Config, stage1: Stage1, mode: str
 
     def loss_fn(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         image_q = encoder.encode_image(batch["images"])
-        text_q = encoder.encode_text(batch["tokens"])
+        if fixed_text is None:
+            text_q = encoder.encode_text(batch["tokens"])
+        else:
+            text_q = fixed_text[batch["caption_index"]]
         text_t, image_t = targets(batch)
+        # Under torchrun: every rank scores the global batch, so DDP's averaged gradient is
+        # that of one process on it (as open_clip's ClipLoss with gather_with_grad).
+        image_q, text_q, text_t, image_t = (
+            distributed.all_gather_with_grad(x) for x in (image_q, text_q, text_t, image_t)
+        )
         i2t = info_nce(image_q, text_t, cfg.stage2_tau)
         t2i = info_nce(text_q, image_t, cfg.stage2_tau)
         image_text = info_nce(image_q, text_q, cfg.stage2_tau)
@@ -338,11 +416,14 @@ def prepare_stage2(ctx: FitContext, cfg: Stage2Config, stage1: Stage1, mode: str
     info = {
         "mode": mode,
         "anchors": anchors,
+        "image_anchor": cast(Any, cfg).image_anchor if anchors == "surrogate" else None,
         "pairs": pairs.key,
         "pair_images": pairs.n_images,
         "pair_captions": len(pairs.captions),
         "psi": "frozen" if cfg.psi_lr_scale == 0 else f"trainable (lr x {cfg.psi_lr_scale:g})",
         "trainable_in_stage2": count_parameters(encoder, trainable_only=True),
+        "text_side": "fixed table ψ₀(N_txt)" if fixed_text is not None else "trained",
+        "pixels": "in-memory table" if new_pixels.table is not None else "per batch",
     }
     if mode != "finetune":
         lora = cast(Any, cfg)
@@ -392,9 +473,11 @@ def _params_cost(ctx: FitContext, trainable: int) -> Cost:
     return Cost(trainable_params=trainable, new_params=count_parameters(ctx.new.get().model))
 
 
-def fit_stage2(ctx: FitContext, mode: str) -> FittedMethod:
-    """Stage 1, then stage 2 of ``mode``; the query encoders are the trained NEW' + ψ."""
-    cfg = cast(Stage2Config, parse_config(mode, ctx.config))
+def fit_stage2(ctx: FitContext, mode: str, name: str | None = None) -> FittedMethod:
+    """Stage 1, then stage 2 of ``mode``; the query encoders are the trained NEW' + ψ.
+    ``name`` is the registered method (a variant of ``mode`` with its own defaults)."""
+    name = name or mode
+    cfg = cast(Stage2Config, parse_config(name, ctx.config))
     check_pairs(ctx.train_pairs, cfg.pairs)
     stage1 = pretrain_projection(ctx, cfg)
     setup = prepare_stage2(ctx, cfg, stage1, mode)
@@ -404,12 +487,14 @@ def fit_stage2(ctx: FitContext, mode: str) -> FittedMethod:
         setup.batch_at,
         setup.train_config,
         setup.checkpoint_dir,
-        desc=f"{mode} stage 2",
+        desc=f"{name} stage 2",
         param_groups=setup.param_groups,
+        find_unused_parameters=mode == "finetune",  # NEW's logit_scale trains, no loss uses it
     )
     in_loop = cfg.steps * setup.batch
     ctx.count_forward("new", "image", in_loop)
-    ctx.count_forward("new", "text", in_loop)
+    if setup.info["text_side"] == "trained":
+        ctx.count_forward("new", "text", in_loop)
     if mode == "distill":
         ctx.count_forward("old", "image", in_loop)
         ctx.count_forward("old", "text", in_loop)
@@ -419,10 +504,10 @@ def fit_stage2(ctx: FitContext, mode: str) -> FittedMethod:
     encoder = setup.encoder.finish()
 
     def encode(side: Side) -> Callable[[ImageTextSet], np.ndarray]:
-        from ..embed import embed_split
+        from ..embed.sharded import embed_split_sharded
 
         return lambda data: np.asarray(
-            embed_split(
+            embed_split_sharded(
                 encoder,
                 data,
                 side,
@@ -433,7 +518,7 @@ def fit_stage2(ctx: FitContext, mode: str) -> FittedMethod:
         )
 
     return FittedMethod(
-        name=mode,
+        name=name,
         gallery="old",
         dim=encoder.psi.out_dim,
         image_encoder=encode("image"),
@@ -452,6 +537,13 @@ def fit_stage2(ctx: FitContext, mode: str) -> FittedMethod:
 def fit_xbt(ctx: FitContext) -> FittedMethod:
     """XBT: stage 1 on text, then LoRA on the frozen NEW towards anchors; stage 2 runs no OLD."""
     return fit_stage2(ctx, "xbt")
+
+
+@measured
+def fit_xbt_gallery(ctx: FitContext) -> FittedMethod:
+    """XBT whose anchors are OLD's gallery embeddings of the training pairs (read from the
+    embedding cache, as a deployed system holds them), LoRA on both towers; no OLD forward."""
+    return fit_stage2(ctx, "xbt", "xbt-gallery")
 
 
 @measured

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .. import distributed
 from ..atomic import write_json, write_npy, write_with
 from ..data.base import fingerprint_of
 from ..data.toy import ToyConfig, toy_images, toy_split
@@ -409,13 +410,18 @@ def _save_open_clip_layout(entry: ZooEntry, model: torch.nn.Module) -> None:
 
 
 def build(entry: ZooEntry) -> dict[str, Any]:
-    """Train ``entry`` (resuming an interrupted build), save it and write its card."""
+    """Train ``entry`` (resuming an interrupted build), save it and write its card.
+
+    Under torchrun every rank calls it: the loss gathers the features of the global batch
+    (open_clip's ``gather_with_grad``), rank 0 evaluates and writes, and every rank gets the card.
+    """
     from open_clip.loss import ClipLoss
 
     started = time.perf_counter()
     model, tokenizer = _create_model(entry)
     batches = _pretrain_batches(entry, model, tokenizer)
-    clip_loss = ClipLoss()
+    world = distributed.world_size()
+    clip_loss = ClipLoss(gather_with_grad=True, rank=distributed.rank(), world_size=world)
 
     def loss_fn(batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         image_features, text_features, logit_scale = model(*batch)
@@ -428,6 +434,21 @@ def build(entry: ZooEntry) -> dict[str, Any]:
     log: TrainLog = train(
         model, loss_fn, batches, entry.settings.train_config(), train_dir, desc=entry.name
     )
+    card = None
+    if distributed.is_main():
+        card = _finish_build(entry, model, tokenizer, log, started, train_dir)
+    return distributed.broadcast_object(card)
+
+
+def _finish_build(
+    entry: ZooEntry,
+    model: torch.nn.Module,
+    tokenizer: Any,
+    log: TrainLog,
+    started: float,
+    train_dir: Path,
+) -> dict[str, Any]:
+    """Evaluate the trained ``model``, save it in open_clip's layout and write its card."""
     evaluation = evaluate_toy_model(model, tokenizer, entry.settings.data)
     _save_open_clip_layout(entry, model)
     params = sum(p.numel() for p in model.parameters())
@@ -436,7 +457,7 @@ def build(entry: ZooEntry) -> dict[str, Any]:
         "content_hash": entry.content_hash,
         "embed_dim": int(entry.model_config["embed_dim"]),
         "parameters": params,
-        "temperature_final": round(float(1.0 / model.logit_scale.exp()), 5),
+        "temperature_final": round(float(1.0 / model.logit_scale.detach().exp()), 5),
         **evaluation,
         "build_time_s": round(time.perf_counter() - started, 1),
         "train_time_s": round(log.wall_time_s, 1),
@@ -462,6 +483,6 @@ def ensure_checkpoint(
     entry = zoo_entry(name, quick)
     if settings is not None:
         entry = replace(entry, settings=settings)
-    if not entry.is_built:
+    if not distributed.broadcast_object(entry.is_built):  # rank 0 decides for every rank
         build(entry)
     return entry.weights_path

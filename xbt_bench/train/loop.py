@@ -10,6 +10,15 @@ batches it would have seen and ends with bit-identical weights (on CPU).
 the training curve (per ``log_every`` steps: the mean of each loss scalar and the lr) and
 the config; it is written atomically every ``checkpoint_every`` steps
 and after the last step, so a finished run's rerun returns at once.
+
+Under ``torchrun`` (a process group of more than one, see :mod:`xbt_bench.distributed`) the
+same call is data-parallel: ``batch_at(step)`` still returns the *global* batch, each rank
+keeps its contiguous slice of it, and the module trains inside
+:class:`~torch.nn.parallel.DistributedDataParallel` (gloo on CPU, NCCL on GPU), which averages
+the gradients over ranks. A ``loss_fn`` that gathers its rows across ranks
+(:func:`~xbt_bench.distributed.all_gather_with_grad`) therefore gets exactly the gradient of
+its loss on the global batch, as one process would. Only rank 0 writes the checkpoint and the
+log; every rank resumes from rank 0's checkpoint; the logged scalars are means over ranks.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from .. import distributed
 from ..atomic import write_json, write_with
 from ..errors import ConfigError
 
@@ -219,6 +229,15 @@ def _as_loss_dict(out: torch.Tensor | Mapping[str, torch.Tensor]) -> Mapping[str
     return {"loss": out}
 
 
+def _global_scalars(losses: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """The loss scalars of a step as floats, averaged over ranks under torchrun (so the curve
+    holds the loss of the global batch, which every rank's gathered loss already equals)."""
+    values = [torch.as_tensor(value).detach().double().reshape(()) for value in losses.values()]
+    if distributed.is_distributed():
+        values = list(distributed.all_reduce(torch.stack(values), "mean"))
+    return {key: float(value) for key, value in zip(losses, values, strict=True)}
+
+
 def _to_device(batch: Any, device: torch.device) -> Any:
     """``batch`` with every tensor in it (nested in tuples, lists, dicts) moved to ``device``."""
     if isinstance(batch, torch.Tensor):
@@ -230,6 +249,48 @@ def _to_device(batch: Any, device: torch.device) -> Any:
     return batch
 
 
+class _LossModule(torch.nn.Module):
+    """``loss_fn`` as the forward of a module that owns ``module``: DDP hooks the gradients of
+    parameters used in its wrapped module's forward, and loss functions here close over the bare
+    module, so the loss itself is the forward DDP runs."""
+
+    def __init__(self, module: torch.nn.Module, loss_fn: Callable[[Any], Any]) -> None:
+        super().__init__()
+        self.module = module
+        self.loss_fn = loss_fn
+
+    def forward(self, batch: Any) -> Any:
+        return self.loss_fn(batch)
+
+
+def _data_parallel(
+    module: torch.nn.Module,
+    loss_fn: Callable[[Any], Any],
+    device: torch.device,
+    find_unused_parameters: bool,
+) -> Callable[[Any], Any]:
+    """``loss_fn`` run through DistributedDataParallel over ``module`` (which broadcasts rank
+    0's parameters and buffers now, and averages gradients over ranks in every backward)."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    device_ids = None
+    if device.type == "cuda":
+        device_ids = [device.index if device.index is not None else torch.cuda.current_device()]
+    return DistributedDataParallel(
+        _LossModule(module, loss_fn),
+        device_ids=device_ids,
+        find_unused_parameters=find_unused_parameters,
+    )
+
+
+def _local_batch(batch: Any, desc: str) -> Any:
+    """This rank's slice of the global ``batch`` (the batch itself in one process)."""
+    try:
+        return distributed.local_slice(batch)
+    except ConfigError as error:
+        raise ConfigError(f"{desc}: {error}") from None
+
+
 def train(
     module: torch.nn.Module,
     loss_fn: Callable[[Any], torch.Tensor | Mapping[str, torch.Tensor]],
@@ -238,6 +299,7 @@ def train(
     checkpoint_dir: Path,
     desc: str = "training",
     param_groups: Iterable[Mapping[str, Any]] | None = None,
+    find_unused_parameters: bool = False,
 ) -> TrainLog:
     """Train ``module``'s trainable parameters for ``config.steps`` steps, resuming if possible.
 
@@ -247,9 +309,16 @@ def train(
     replaces the default grouping (no weight decay on biases, gains and ``logit_scale``). A
     rerun into the same ``checkpoint_dir`` continues from the last checkpoint; a finished run
     loads its final weights into ``module`` and returns its log without training.
+
+    Under torchrun every rank calls it with the same arguments; the global batch must split
+    evenly over the ranks (ConfigError otherwise). See the module docstring. Set
+    ``find_unused_parameters`` when some trainable parameter gets no gradient from the loss
+    (DDP then searches the graph every step and leaves such a gradient as one process would).
     """
     checkpoint_dir = Path(checkpoint_dir)
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    main = distributed.is_main()
+    if main:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
     path = checkpoint_dir / CHECKPOINT_NAME
     device = torch.device(config.device)
     module.to(device)
@@ -266,8 +335,12 @@ def train(
     # Sums of each logged scalar since the last curve entry (kept in checkpoints for resume).
     sums: dict[str, float] = {}
     count = 0
-    if path.exists():
+    # Rank 0's checkpoint for every rank: the ranks need not share a filesystem.
+    saved = None
+    if main and path.exists():
         saved = torch.load(path, map_location="cpu", weights_only=False)
+    saved = distributed.broadcast_object(saved)
+    if saved is not None:
         _check_resumable(saved["config"], config, path)
         _load_trainable_state(module, saved["trainable"])
         step = saved["step"]
@@ -300,6 +373,9 @@ def train(
         write_with(path, lambda tmp: torch.save(state, tmp))
 
     trainable = [p for g in groups for p in g["params"]]
+    compute_loss = loss_fn
+    if distributed.is_distributed():
+        compute_loss = _data_parallel(module, loss_fn, device, find_unused_parameters)
     use_autocast = device.type == "cuda"
     was_training = module.training
     module.train()
@@ -314,12 +390,12 @@ def train(
     )
     last_loss = f"{log.final_loss:.4f}" if log.curve else "-"
     try:
-        with Progress(*columns, transient=False) as progress:
+        with Progress(*columns, transient=False, disable=not main) as progress:
             task = progress.add_task(desc, total=config.steps, completed=step, loss=last_loss)
             while step < config.steps:
-                batch = _to_device(batch_at(step), device)
+                batch = _to_device(_local_batch(batch_at(step), desc), device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
-                    losses = _as_loss_dict(loss_fn(batch))
+                    losses = _as_loss_dict(compute_loss(batch))
                 optimizer.zero_grad(set_to_none=True)
                 losses["loss"].backward()
                 if config.grad_clip is not None:
@@ -328,8 +404,8 @@ def train(
                 optimizer.step()
                 scheduler.step()
                 step += 1
-                for key, value in losses.items():
-                    sums[key] = sums.get(key, 0.0) + float(torch.as_tensor(value).detach())
+                for key, value in _global_scalars(losses).items():
+                    sums[key] = sums.get(key, 0.0) + value
                 count += 1
                 if step % config.log_every == 0 or step == config.steps:
                     means = {key: total / count for key, total in sums.items()}
@@ -340,8 +416,11 @@ def train(
                 if step % config.checkpoint_every == 0 or step == config.steps:
                     log.wall_time_s += time.perf_counter() - started
                     started = time.perf_counter()
-                    save_checkpoint()
+                    if main:
+                        save_checkpoint()
     finally:
         module.train(was_training)
-    write_json(checkpoint_dir / LOG_NAME, log.to_dict())
+    if main:
+        write_json(checkpoint_dir / LOG_NAME, log.to_dict())
+    distributed.barrier()  # every rank returns once the files are written
     return log
