@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo test lint clean-venv gpu-wheels
+.PHONY: demo results test lint clean-venv gpu-wheels
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,6 +15,13 @@ $(BIN)/.installed: pyproject.toml
 
 demo: $(BIN)/.installed
 	$(BIN)/xbt-bench run --pair toy-s-to-m
+	$(BIN)/xbt-bench publish
+
+# Everything committed under results/ and leaderboards/: the demo, the xbt-gallery variant and
+# the sample-efficiency sweep (about 15 more minutes on 2 CPU cores).
+results: demo
+	$(BIN)/xbt-bench run --pair toy-s-to-m --method xbt-gallery
+	$(BIN)/xbt-bench sweep --pair toy-s-to-m
 	$(BIN)/xbt-bench publish
 
 test: $(BIN)/.installed

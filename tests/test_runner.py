@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from xbt_bench.data.toy import ToyConfig, toy_split
-from xbt_bench.methods import methods
+from xbt_bench.methods import default_methods, methods
 from xbt_bench.report.result import RunResult
 
 SMALL_WORLD = ToyConfig(
@@ -94,7 +94,8 @@ def test_every_registered_method_runs_and_is_scored(
     captured = capsys.readouterr()
     assert code == 0, captured.err
     files = sorted(out.glob(f"{small_pair}/*/*.json"))
-    assert {f.stem for f in files} == set(methods.names())
+    assert {f.stem for f in files} == set(default_methods())
+    assert set(methods.names()) - set(default_methods()) == {"xbt-gallery"}  # a variant
     results = {r.method: r for r in map(RunResult.from_json, files)}
     for path in files:
         raw = json.loads(path.read_text())
@@ -116,10 +117,17 @@ def test_every_registered_method_runs_and_is_scored(
     assert results["xbt"].cost.forward_passes["old_text"] == stage1_old
     assert results["xbt"].cost.forward_passes["old_image"] == 0
     assert results["distill"].cost.forward_passes["old_image"] > 0  # ...distill's does
-    # xbt-gallery reads OLD's cached gallery embeddings of the training pairs: no OLD forward
-    assert results["xbt-gallery"].cost.forward_passes["old_image"] == 0
-    assert results["xbt-gallery"].info["stage2"]["anchors"] == "gallery"
     assert 0 < results["xbt"].cost.trainable_share < results["finetune"].cost.trainable_share
+
+    # a variant runs when named; xbt-gallery reads OLD's cached gallery embeddings of the
+    # training pairs: no OLD forward pass
+    code = run_cli(["run", "--pair", small_pair, "--output-dir", str(out),
+                    "--method", "xbt-gallery", *tiny_settings()])
+    assert code == 0, capsys.readouterr().err
+    gallery = RunResult.from_json(out / small_pair / files[0].parent.name / "xbt-gallery.json")
+    assert gallery.cost.forward_passes["old_image"] == 0
+    assert gallery.info["stage2"]["anchors"] == "gallery"
+    assert gallery.config["lora_towers"] == "both"
 
     # a rerun reuses every cache and gives the same numbers
     code = run_cli(["run", "--pair", small_pair, "--output-dir", str(out),

@@ -183,8 +183,10 @@ def methods_list() -> None:
     for name in methods.names():
         card = method_cards[name]
         query = "yes" if card.old_at_query else "no"
-        table.add_row(name, card.trains, query, card.old_in_training, card.notes)
+        label = name if card.in_default_run else f"{name} (variant)"
+        table.add_row(label, card.trains, query, card.old_in_training, card.notes)
     console.print(table)
+    console.print("variants run only when named: xbt-bench run --pair P --method NAME")
 
 
 @methods_app.command("show")
@@ -275,7 +277,7 @@ def _run_options(
 def run_command(
     pair: Annotated[str, typer.Option(help="registered pair, e.g. toy-s-to-m")],
     method: Annotated[
-        list[str] | None, typer.Option(help="method to run (repeatable; default: all)")
+        list[str] | None, typer.Option(help="method to run (repeatable; default: all but variants)")
     ] = None,
     dataset: Annotated[str | None, typer.Option(help="evaluation dataset")] = None,
     split: SplitOption = None,

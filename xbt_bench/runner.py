@@ -66,9 +66,11 @@ class PairData:
 
 
 def resolve_methods(names: Sequence[str]) -> list[str]:
-    """The canonical method names to run (all registered ones when ``names`` is empty)."""
+    """The canonical method names to run (all but the variants when ``names`` is empty)."""
     if not names:
-        return method_registry.names()
+        from .methods import default_methods
+
+        return default_methods()
     resolved = [method_registry.canonical(name) for name in names]
     return list(dict.fromkeys(resolved))
 

@@ -28,6 +28,8 @@ class MethodCard:
     old_at_query: bool
     old_in_training: str
     notes: str
+    # Variants (other settings of a method, for analysis) run only when named with --method.
+    in_default_run: bool = True
 
 
 methods: Registry[Callable[[FitContext], FittedMethod]] = Registry(
@@ -98,8 +100,7 @@ _CARDS = [
         "stages 1+2",
         False,
         "no (reads OLD's gallery embeddings)",
-        "xbt with anchors from OLD's gallery embeddings of the training pairs; LoRA on both "
-        "towers",
+        "xbt with anchors from OLD's gallery embeddings of the training pairs; LoRA on both towers",
     ),
     (
         "distill",
@@ -118,13 +119,20 @@ _CARDS = [
         "not parameter-efficient: shows what PEFT saves",
     ),
 ]
+_VARIANTS = {"xbt-gallery"}
 for _name, _module, _trains, _query, _training, _notes in _CARDS:
     _function = "fit_" + _name.replace("-", "_")
     register_method(
         _name,
         f"xbt_bench.methods.{_module}:{_function}",
-        MethodCard(_name, _trains, _query, _training, _notes),
+        MethodCard(_name, _trains, _query, _training, _notes, _name not in _VARIANTS),
     )
+
+
+def default_methods() -> list[str]:
+    """The methods ``xbt-bench run`` fits when none is named: all but the variants."""
+    return [name for name in methods.names() if method_cards[name].in_default_run]
+
 
 __all__ = [
     "Cost",
@@ -132,6 +140,7 @@ __all__ = [
     "FittedMethod",
     "MethodCard",
     "ModelHandle",
+    "default_methods",
     "describe_settings",
     "method_cards",
     "methods",
