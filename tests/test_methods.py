@@ -441,6 +441,8 @@ def test_methods_list_cli_shows_the_table(capsys) -> None:
     assert exit_.value.code in (0, None)
     out = capsys.readouterr().out
     rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.startswith("│ ")}
+    assert "xbt-gallery (variant)" in rows  # variants run only when named
     for name in methods.names():
-        cells = [cell.strip() for cell in rows[name].split("│")]
+        label = name if method_cards[name].in_default_run else f"{name} (variant)"
+        cells = [cell.strip() for cell in rows[label].split("│")]
         assert cells[3] == ("yes" if name in ("old", "slerp") else "no"), cells

@@ -20,7 +20,8 @@ if TYPE_CHECKING:
     from .models.toy_zoo import ZooEntry
     from .runner import RunOptions
 
-console = Console()
+# Piped or logged output keeps whole numbers in the summary tables (rich would wrap it at 80).
+console = Console(width=None if sys.stdout.isatty() else 140)
 err_console = Console(stderr=True)
 
 app = typer.Typer(

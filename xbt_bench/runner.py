@@ -271,6 +271,7 @@ class Runner:
             cost=Cost(
                 wall_time_s=0.0,
                 fit_time_s=round(cost.wall_time_s, 3),
+                training_time_s=round(cost.training_time_s, 3),
                 forward_passes={
                     "old_image": cost.old_image_forwards,
                     "old_text": cost.old_text_forwards,

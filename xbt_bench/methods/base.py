@@ -80,6 +80,8 @@ class Cost:
     """
 
     wall_time_s: float = 0.0
+    # Training steps' time as recorded in their checkpoints (kept across resumes and reruns).
+    training_time_s: float = 0.0
     old_image_forwards: int = 0
     old_text_forwards: int = 0
     new_image_forwards: int = 0

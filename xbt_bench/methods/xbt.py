@@ -465,12 +465,16 @@ def fit_xbt_proj(ctx: FitContext) -> FittedMethod:
         text_encoder=_mapped_encoder(ctx, stage1.psi, "text"),
         config=cfg.model_dump(),
         info={"stage1": stage1.info},
-        cost=_params_cost(ctx, psi_params),
+        cost=_params_cost(ctx, psi_params, stage1.info["wall_time_s"]),
     )
 
 
-def _params_cost(ctx: FitContext, trainable: int) -> Cost:
-    return Cost(trainable_params=trainable, new_params=count_parameters(ctx.new.get().model))
+def _params_cost(ctx: FitContext, trainable: int, training_time_s: float) -> Cost:
+    return Cost(
+        trainable_params=trainable,
+        new_params=count_parameters(ctx.new.get().model),
+        training_time_s=training_time_s,
+    )
 
 
 def fit_stage2(ctx: FitContext, mode: str, name: str | None = None) -> FittedMethod:
@@ -529,7 +533,7 @@ def fit_stage2(ctx: FitContext, mode: str, name: str | None = None) -> FittedMet
             "stage2": {**setup.info, **_log_info(log, setup.checkpoint_dir)},
             "encoder_identity": encoder.identity,
         },
-        cost=_params_cost(ctx, trained),
+        cost=_params_cost(ctx, trained, stage1.info["wall_time_s"] + log.wall_time_s),
     )
 
 

@@ -260,6 +260,12 @@ class Cost(BaseModel):
 
     wall_time_s: float = Field(ge=0, description="the whole run of this method, embedding included")
     fit_time_s: float = Field(0.0, ge=0, description="fitting or training the method alone")
+    training_time_s: float = Field(
+        0.0,
+        ge=0,
+        description="time its training steps took when they ran (from the checkpoints' logs, so "
+        "it survives resumes and cached reruns; stage 1 included for stage-2 methods)",
+    )
     forward_passes: dict[str, int] = Field(
         default_factory=dict, description="embeddings computed per model (cache hits excluded)"
     )
