@@ -152,6 +152,12 @@ def test_sweep_records_points_per_pair_count(small_pair: str, tmp_path: Path, ca
     assert all(set(p.metrics) == set(KEYS) for p in result.sweep)
     # 60 pairs is the full run: its point is the run's own method->old score
     assert result.sweep[-1].metrics == result.metrics["method->old"]
+    # a plain rerun with the same settings keeps the recorded points; other settings drop them
+    run = ["run", "--pair", small_pair, "--method", "xbt", "--output-dir", str(out)]
+    assert run_cli([*run, *tiny_settings()]) == 0
+    assert RunResult.from_json(path).sweep == result.sweep
+    assert run_cli([*run, *tiny_settings(), "--set", "lora_rank=2"]) == 0
+    assert RunResult.from_json(path).sweep == []
     assert run_cli(["sweep", "--pair", small_pair, "--method", "slerp"]) == 1
     assert "do not train on image-text pairs" in capsys.readouterr().err
 

@@ -75,6 +75,25 @@ def resolve_methods(names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(resolved))
 
 
+def keep_sweep(result: RunResult, results_dir: Path) -> RunResult:
+    """``result`` with the sweep points of the file it replaces, when that file holds a sweep of
+    the same method with the same config, seed and full-pairs scores (a plain rerun must not
+    drop the points ``xbt-bench sweep`` recorded); otherwise ``result`` unchanged."""
+    path = result.path_in(results_dir)
+    if result.sweep or not path.exists():
+        return result
+    try:
+        previous = RunResult.from_json(path)
+    except XbtError:
+        return result
+    same = (previous.config, previous.seed, previous.splits) == (
+        result.config,
+        result.seed,
+        result.splits,
+    )
+    return result.model_copy(update={"sweep": previous.sweep}) if same else result
+
+
 def load_pair_data(spec: PairSpec, options: RunOptions) -> PairData:
     """The evaluation splits and training data a run of ``spec`` needs."""
     root = options.data_root
@@ -186,6 +205,7 @@ class Runner:
                 self.run_chain(method, data) if self.spec.is_chain else self.run_pair(method, data)
             )
             result.cost.wall_time_s = round(time.perf_counter() - start, 3)
+            result = keep_sweep(result, self.options.output_dir)
             if distributed.is_main():  # under torchrun, one rank writes
                 self.console.print(f"  wrote {result.save(self.options.output_dir)}")
             results.append(result)
