@@ -600,3 +600,21 @@ def test_torchrun_run_command_matches_one_process_and_rank_0_writes(
         re.search(r"embeddings: (\d+) computed", text)[1] for text in (stdout[0], single_out)
     ]
     assert computed[0] == computed[1] and int(computed[0]) > 0
+
+
+def test_torchrun_sweep_command_records_points_and_rank_0_writes(
+    ddp_refs: tuple[str, str], tmp_path: Path
+) -> None:
+    pair = write_folder_pair(tmp_path, *ddp_refs)
+    settings = [arg for key, value in XBT_DDP.items() for arg in ("--set", f"{key}={value}")]
+    logs = tmp_path / "logs"
+    env = {"XBT_BENCH_PAIRS": str(tmp_path / "pairs"), "XBT_BENCH_HOME": str(tmp_path / "home")}
+    launch = ["--redirects", "3", "--log-dir", str(logs), "-m", "xbt_bench"]
+    sweep = ["sweep", "--pair", pair, "--method", "xbt", "--pairs", "0,8", *settings]
+    torchrun(*launch, *sweep, "--output-dir", str(tmp_path / "out"), **env)
+    (path,) = (tmp_path / "out").glob(f"{pair}/*/xbt.json")
+    result = RunResult.from_json(path)
+    assert [p.n_pairs for p in result.sweep][:2] == [0, 8]
+    assert result.sweep[-1].metrics == result.metrics["method->old"]
+    stdout = {int(p.parent.name): p.read_text() for p in logs.glob("*/attempt_0/*/stdout.log")}
+    assert "wrote" in stdout[0] and stdout[1].strip() == ""

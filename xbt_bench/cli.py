@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -274,6 +276,19 @@ def _run_options(
     )
 
 
+@contextmanager
+def _torchrun_job(device: str) -> Iterator[str]:
+    """Join the torchrun job (if launched by one) for the command's duration; yields the device
+    to use: NCCL with GPU LOCAL_RANK per process for a CUDA ``device``, gloo otherwise."""
+    from .distributed import init_distributed, shutdown_distributed
+
+    info = init_distributed("nccl" if device.startswith("cuda") else "gloo")
+    try:
+        yield str(info.device) if info.backend == "nccl" else device
+    finally:
+        shutdown_distributed()
+
+
 @app.command("run")
 def run_command(
     pair: Annotated[str, typer.Option(help="registered pair, e.g. toy-s-to-m")],
@@ -292,20 +307,13 @@ def run_command(
 ) -> None:
     """Run a pair end to end: embed, fit every method, score every setting, write results.
     Under torchrun the ranks share the embedding and the training (DDP); rank 0 writes."""
-    from .distributed import init_distributed, shutdown_distributed
     from .runner import run
 
-    # Under torchrun: NCCL with GPU LOCAL_RANK per process for a CUDA --device, else gloo.
-    info = init_distributed("nccl" if device.startswith("cuda") else "gloo")
-    if info.backend == "nccl":
-        device = str(info.device)
-    try:
+    with _torchrun_job(device) as device:
         options = _run_options(
             pair, method, dataset, split, data_root, output_dir, seed, device, quick, workers, set_
         )
         run(options, console)
-    finally:
-        shutdown_distributed()
 
 
 @app.command("sweep")
@@ -327,7 +335,8 @@ def sweep_command(
     workers: WorkersOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Sample efficiency: refit stage-2 methods on fewer image-text pairs, record the points."""
+    """Sample efficiency: refit stage-2 methods on fewer image-text pairs, record the points.
+    Under torchrun the ranks share embedding and training (DDP); rank 0 writes."""
     from .errors import ConfigError
     from .sweep import run_sweep
 
@@ -336,10 +345,11 @@ def sweep_command(
     except ValueError:
         message = f"--pairs {pairs!r}: use comma-separated integers, e.g. 0,500,2000"
         raise ConfigError(message) from None
-    options = _run_options(
-        pair, method, None, split, data_root, output_dir, seed, device, quick, workers, set_
-    )
-    run_sweep(options, counts, console)
+    with _torchrun_job(device) as device:
+        options = _run_options(
+            pair, method, None, split, data_root, output_dir, seed, device, quick, workers, set_
+        )
+        run_sweep(options, counts, console)
 
 
 @app.command("leaderboard")

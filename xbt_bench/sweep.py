@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from rich.console import Console
 
+from . import distributed
 from .errors import XbtError
 from .eval import Embeddings
 from .report.result import METHOD_OLD, RunResult, SweepPoint
@@ -28,6 +29,8 @@ def run_sweep(options: RunOptions, counts: Sequence[int], console: Console) -> l
     """Run ``options.methods`` (default: xbt, distill, finetune) on all pairs and on the first
     ``n`` pairs for each of ``counts``; write each method's result with its sweep points."""
     options = replace(options, methods=list(options.methods) or list(DEFAULT_SWEEP_METHODS))
+    if not distributed.is_main():  # under torchrun, rank 0 reports
+        console = Console(quiet=True)
     if any(n < 0 for n in counts) or not counts:
         raise XbtError(f"--pairs needs counts >= 0, e.g. 0,500,2000,8000; got {list(counts)}")
     runner = Runner(options, console)
@@ -58,6 +61,8 @@ def run_sweep(options: RunOptions, counts: Sequence[int], console: Console) -> l
         runner.options = options
         sweep = [SweepPoint(n_pairs=n, metrics=points[n]) for n in sorted(points)]
         result = result.model_copy(update={"sweep": sweep})
-        console.print(f"  wrote {result.save(options.output_dir)}")
+        if distributed.is_main():  # under torchrun, one rank writes
+            console.print(f"  wrote {result.save(options.output_dir)}")
         results.append(result)
+    distributed.barrier()
     return results
