@@ -189,7 +189,8 @@ def test_each_rank_embeds_its_share_and_reuses_the_cache(two_ranks: Path) -> Non
 def test_a_failing_rank_fails_every_rank_and_caches_nothing(two_ranks: Path) -> None:
     for rank in (0, 1):
         failure = _report(two_ranks, rank)["failure"]
-        assert "rank 1: OSError: image 20 is unreadable" in failure
+        assert "rank 1: InputError: image 20 of random/dist cannot be read" in failure
+        assert "(OSError: image 20 is unreadable)" in failure
         assert "nothing was cached" in failure
     failed = two_ranks / "cache" / "failed"
     assert not list(failed.glob("*/manifest.json"))

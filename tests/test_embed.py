@@ -308,3 +308,23 @@ def test_manifest_is_the_commit_point(cache: EmbeddingCache) -> None:
     manifest["key"]["model"] = "m@2"
     manifest_path.write_text(json.dumps(manifest))
     assert cache.load(key) is None
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_an_unreadable_image_is_named_in_one_line(
+    tiny: LoadedModel, tmp_path: Path, workers: int
+) -> None:
+    good = random_set(6)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+
+    def load_image(i: int) -> Image.Image:
+        return Image.open(broken) if i == 4 else good.load_image(i)
+
+    data = dataclasses.replace(good, load_image=load_image)
+    with pytest.raises(XbtError) as error:
+        embed_images(tiny, data, batch_size=2, num_workers=workers)
+    message = str(error.value)
+    assert "\n" not in message and "Traceback" not in message
+    assert message.startswith(f"image 4 of {data.key} cannot be read (UnidentifiedImageError")
+    assert str(broken) in message and "replace the file" in message

@@ -32,7 +32,7 @@ from rich.progress import (
 )
 
 from ..data.base import ImageTextSet, TextCorpus
-from ..errors import XbtError
+from ..errors import InputError, XbtError
 from ..eval.retrieval import Embeddings
 from .cache import SIDES, EmbeddingCache, EmbeddingKey, EmbedRecord, EmbedStats, console
 
@@ -115,6 +115,16 @@ def default_num_workers() -> int:
     return min(4, os.cpu_count() or 1)
 
 
+@dataclass(frozen=True)
+class _Unreadable:
+    """An image that failed to load or preprocess in a data-loader worker: carried back as
+    data, so that the main process can name it in one line (a worker's exception would come
+    back wrapped in the worker's traceback)."""
+
+    row: int
+    error: str
+
+
 class _ImageRows(torch.utils.data.Dataset):
     def __init__(self, data: ImageTextSet, preprocess: Callable, rows: range):
         self.load_image = data.load_image
@@ -124,8 +134,20 @@ class _ImageRows(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, i: int) -> torch.Tensor:
-        return self.preprocess(self.load_image(self.rows[i]))
+    def __getitem__(self, i: int) -> torch.Tensor | _Unreadable:
+        row = self.rows[i]
+        try:
+            return self.preprocess(self.load_image(row))
+        except Exception as error:  # noqa: BLE001 - reported by iter_image_embeddings
+            return _Unreadable(row, f"{type(error).__name__}: {error}")
+
+
+def _collate(items: list[torch.Tensor | _Unreadable]) -> torch.Tensor | _Unreadable:
+    """A batch of preprocessed images, or the first unreadable image in it."""
+    for item in items:
+        if isinstance(item, _Unreadable):
+            return item
+    return torch.utils.data.default_collate(items)
 
 
 def _check_rows(rows: range | None, n: int, what: str) -> range:
@@ -192,10 +214,16 @@ def iter_image_embeddings(
         batch_size=batch_size,
         num_workers=workers,
         pin_memory=encoder.device.type == "cuda",
+        collate_fn=_collate,
     )
     with _progress() as progress:
         task = progress.add_task(f"embed {data.key} images", total=len(rows))
         for images in loader:
+            if isinstance(images, _Unreadable):
+                raise InputError(
+                    f"image {images.row} of {data.key} cannot be read ({images.error}); "
+                    "replace the file or drop its rows from the dataset's annotations"
+                )
             yield _encode(encoder, encoder.encode_image, images, amp)
             progress.advance(task, len(images))
 
