@@ -338,11 +338,13 @@ def prepare_stage2(ctx: FitContext, cfg: Stage2Config, stage1: Stage1, mode: str
     )
     # With the text side frozen (LoRA on the image tower only, ψ frozen), φ_txt(t) = ψ₀(N_txt(t))
     # is a fixed table (the surrogate anchors): look it up instead of running NEW's text tower.
-    fixed_text = (
-        torch.from_numpy(surrogate_anchors(ctx, stage1, pairs)).to(device)
-        if text_tower_frozen(clip, psi)
-        else None
-    )
+    fixed_text = None
+    if text_tower_frozen(clip, psi):
+        fixed_text = (
+            text_targets  # already the surrogate anchors: read and counted once
+            if anchors == "surrogate"
+            else torch.from_numpy(surrogate_anchors(ctx, stage1, pairs)).to(device)
+        )
 
     def batch_at(step: int) -> dict[str, Any]:
         rng = np.random.default_rng([ctx.seed, 2, step])
