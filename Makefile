@@ -29,6 +29,7 @@ test: $(BIN)/.installed
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 clean-venv:
 	rm -rf $(VENV)

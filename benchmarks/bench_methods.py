@@ -17,19 +17,20 @@ import argparse
 import json
 import statistics
 import time
-from typing import Any, cast
+from typing import Any
 
 import torch
 from rich.console import Console
 from rich.table import Table
 
 from xbt_bench.data import load_dataset, load_text_corpus, split_data_ref
-from xbt_bench.methods import FitContext, ModelHandle, parse_config
-from xbt_bench.methods.configs import Stage2Config
-from xbt_bench.methods.xbt import STAGE2_MODES, Stage2Setup, prepare_stage2, pretrain_projection
+from xbt_bench.methods import FitContext, ModelHandle, methods
+from xbt_bench.methods.stage1 import pretrain_projection
+from xbt_bench.methods.stage2 import Stage2Setup, prepare_stage2
 from xbt_bench.models.lora import count_parameters
+from xbt_bench.pairs import load_pair
 from xbt_bench.paths import cache_dir
-from xbt_bench.zoo import load_pair
+from xbt_bench.sweep import sweepable_methods
 
 
 def _optimizer(setup: Stage2Setup) -> torch.optim.Optimizer:
@@ -81,22 +82,21 @@ def main() -> None:
     train_pairs = load_dataset(*split_data_ref(pair.data.pairs))
     support = load_dataset(*split_data_ref(pair.data.support))
     setups: dict[str, Stage2Setup] = {}
-    for mode in STAGE2_MODES:
+    for mode in sweepable_methods():
+        method = methods.get(mode)
         config = {**pair.method_config(mode), **overrides}
-        known = parse_config(mode, {}).model_dump()
         ctx = FitContext(
-            pair=pair,
             old=old,
             new=new,
             text_corpus=corpus,
             train_pairs=train_pairs,
             support=support,
             work_dir=cache_dir("runs", pair.name),
-            config={k: v for k, v in config.items() if k in known},
+            config={k: v for k, v in config.items() if k in method.settings.model_fields},
             device=args.device,
         )
-        cfg = cast(Stage2Config, parse_config(mode, ctx.config))
-        setups[mode] = prepare_stage2(ctx, cfg, pretrain_projection(ctx, cfg), mode)
+        cfg = method.parse_settings(ctx.config)
+        setups[mode] = prepare_stage2(ctx, mode, cfg, pretrain_projection(ctx, cfg))
         setups[mode].encoder.train()
     optimizers = {mode: _optimizer(setup) for mode, setup in setups.items()}
     times: dict[str, list[float]] = {mode: [] for mode in setups}
@@ -121,7 +121,7 @@ def main() -> None:
                 "batch": setup.batch,
                 "median_step_s": round(median, 4),
                 "ratio_to_xbt": round(median / base, 3),
-                "old_forwards_per_step": 2 * setup.batch if mode == "distill" else 0,
+                "old_forwards_per_step": 2 * setup.batch if setup.targets.old_forwards else 0,
                 "trainable_stage2": trainable,
                 "trainable_total": trainable + psi,
                 "share_of_new": round((trainable + psi) / new_params, 4),

@@ -10,6 +10,7 @@ tokenisation included), so its total is what a new user waits for.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -44,7 +45,8 @@ def main() -> None:
     args = parser.parse_args()
 
     total = fresh_build(args.names, args.quick) if args.fresh else None
-    from xbt_bench.models.toy_zoo import build, zoo_entry, zoo_names
+    from xbt_bench.models.toy_models import CARD_NAME, zoo_entry, zoo_names
+    from xbt_bench.toy.build import build
 
     table = Table(title="Toy zoo on the toy test split (1000 images x 5 captions)")
     columns = (
@@ -56,8 +58,9 @@ def main() -> None:
         table.add_column(column, justify="right")
     build_total = 0.0
     for name in args.names or zoo_names():
-        entry = zoo_entry(name, args.quick or None)
-        card = entry.card() if entry.is_built else build(entry)
+        entry = zoo_entry(name, args.quick)
+        built = entry.folder / CARD_NAME
+        card = json.loads(built.read_text()) if entry.is_built else build(entry)
         build_total += card["build_time_s"]
         recall, geometry = card["retrieval"], card["geometry"]
         table.add_row(

@@ -133,7 +133,7 @@ def synthetic_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
             wall_time_s=95.0,
             fit_time_s=80.2,
             trainable_params=41_000,
-            trainable_share=0.021,
+            new_params=1_952_381,
             peak_memory_mb=900.0,
             forward_passes={"new": 3000},
         ),
@@ -196,3 +196,41 @@ def synthetic_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cost=costs["xbt"],
     ).save(root)
     return root
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+@pytest.fixture(scope="module")
+def small_pair(tmp_path_factory: pytest.TempPathFactory, monkeypatch_module) -> str:
+    """A registered pair of the toy models whose data are folder datasets and a text file."""
+    from support import SMALL_WORLD, write_folder_dataset
+
+    from xbt_bench.data.toy import toy_split
+
+    root = tmp_path_factory.mktemp("small-world")
+    for split in ("pairs", "support", "test"):
+        write_folder_dataset(root / "shapes", split)
+    captions = toy_split("text", SMALL_WORLD).captions
+    (root / "captions.txt").write_text("\n".join(captions) + "\n")
+    pairs_dir = root / "pairs"
+    pairs_dir.mkdir()
+    shapes = root / "shapes"
+    (pairs_dir / "small-s-to-m.toml").write_text(
+        f"""description = "toy-s to toy-m on a small folder dataset"
+old = "zoo:toy-s"
+new = "zoo:toy-m"
+dataset = "folder:{shapes}"
+splits = ["test"]
+
+[data]
+text = "{root / "captions.txt"}"
+pairs = "folder:{shapes}:pairs"
+support = "folder:{shapes}:support"
+"""
+    )
+    monkeypatch_module.setenv("XBT_BENCH_PAIRS", str(pairs_dir))
+    return "small-s-to-m"

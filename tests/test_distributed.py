@@ -26,14 +26,16 @@ from xbt_bench.errors import XbtError
 from xbt_bench.eval import Embeddings
 from xbt_bench.losses import info_nce
 from xbt_bench.methods import FitContext, ModelHandle, methods
-from xbt_bench.methods import xbt as xbt_module
+from xbt_bench.methods import stage2 as stage2_module
 from xbt_bench.methods.base import SIDES, FittedMethod
-from xbt_bench.methods.configs import config_class
 from xbt_bench.models.loading import load_model
-from xbt_bench.models.toy_zoo import ZooSettings, ensure_checkpoint
+from xbt_bench.models.toy_models import ZooSettings
 from xbt_bench.report.result import RunResult
 from xbt_bench.runner import score
+from xbt_bench.toy.build import ensure_checkpoint
 from xbt_bench.train import TrainConfig, train
+
+pytestmark = pytest.mark.slow  # torchrun subprocesses (minutes)
 
 ROOT = Path(__file__).resolve().parents[1]
 N_IMAGES = 23  # not a multiple of the batch sizes or of the ranks
@@ -339,17 +341,16 @@ def fit_stage2(
     """``method`` (xbt, distill or finetune) on the tiny toy world with the XBT_DDP settings it
     has; with ``kill_at``, stage 2 raises Killed before that step."""
     ctx = FitContext(
-        pair=None,
         old=ModelHandle(old_ref),
         new=ModelHandle(new_ref),
         text_corpus=toy_text_corpus(TOY_DDP),
         train_pairs=toy_split("pairs", TOY_DDP),
         support=toy_split("support", TOY_DDP),
         work_dir=work_dir,
-        config={k: v for k, v in XBT_DDP.items() if k in config_class(method).model_fields},
+        config={k: v for k, v in XBT_DDP.items() if k in methods.get(method).settings.model_fields},
         num_workers=0,
     )
-    real_train = xbt_module.train
+    real_train = stage2_module.train
 
     def killable_train(module, loss_fn, batch_at, config, checkpoint_dir, desc="", **kw):  # noqa: ANN001, ANN202
         def batches(step: int) -> object:
@@ -359,11 +360,11 @@ def fit_stage2(
 
         return real_train(module, loss_fn, batches, config, checkpoint_dir, desc=desc, **kw)
 
-    xbt_module.train = killable_train
+    stage2_module.train = killable_train
     try:
         return ctx, methods.get(method)(ctx)
     finally:
-        xbt_module.train = real_train
+        stage2_module.train = real_train
 
 
 def query_metrics(ctx: FitContext, fitted: FittedMethod) -> dict[str, float]:
@@ -376,7 +377,7 @@ def query_metrics(ctx: FitContext, fitted: FittedMethod) -> dict[str, float]:
 
 def stage2_weights(checkpoint_dir: str | Path) -> dict[str, torch.Tensor]:
     """The trained weights (LoRA and ψ) in a finished stage-2 checkpoint."""
-    saved = torch.load(Path(checkpoint_dir) / "last.pt", map_location="cpu", weights_only=False)
+    saved = torch.load(Path(checkpoint_dir) / "last.pt", map_location="cpu", weights_only=True)
     return saved["trainable"]
 
 
@@ -394,8 +395,9 @@ sys.path.insert(0, {str(Path(__file__).parent)!r})
 import test_distributed as t
 from xbt_bench import distributed
 from xbt_bench.errors import ConfigError
-from xbt_bench.models.toy_zoo import ensure_checkpoint
+from xbt_bench.toy.build import ensure_checkpoint
 from xbt_bench.train import train
+
 
 old_ref, new_ref, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
 info = distributed.init_distributed()
@@ -481,7 +483,10 @@ def test_ddp_loop_equals_one_process_and_only_rank_0_writes(ddp_runs: Path, tmp_
     assert [e["step"] for e in first["loop_curve"]] == [4, 8, 12]
     for ours, theirs in zip(first["loop_curve"], log.curve, strict=True):
         assert ours["loss"] == pytest.approx(theirs["loss"], rel=1e-5)
-    assert {p.name for p in (ddp_runs / "loop-rank0").iterdir()} == {"last.pt", "train_log.json"}
+    written = {p.name for p in (ddp_runs / "loop-rank0").iterdir()}
+    assert written == {
+        "last.pt", "last.pt.sha256", "previous.pt", "previous.pt.sha256", "train_log.json"
+    }
     assert not (ddp_runs / "loop-rank1").exists()  # rank 1 wrote nothing, not even the folder
     for report in (first, second):
         assert "uneven: a global batch of 5 does not split over 2 processes" in report["uneven"]

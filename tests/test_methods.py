@@ -16,9 +16,10 @@ from xbt_bench.cli import main
 from xbt_bench.data.base import ImageTextSet
 from xbt_bench.data.toy import ToyConfig, toy_split, toy_text_corpus
 from xbt_bench.errors import ConfigError, NotFoundError, XbtError
-from xbt_bench.methods import FitContext, ModelHandle, method_cards, methods, resolve_config
-from xbt_bench.methods import xbt as xbt_module
+from xbt_bench.methods import FitContext, ModelHandle, methods
+from xbt_bench.methods import stage2 as stage2_module
 from xbt_bench.methods.closed_form import slerp
+from xbt_bench.methods.stage1 import pretrain_projection
 from xbt_bench.models.projection import procrustes_map
 
 WIDE_MODEL = "xbt-test-tiny-wide"
@@ -32,7 +33,12 @@ TOY = ToyConfig(
 )
 STAGE1 = {"proj_steps": 20, "proj_batch": 32, "proj_hidden": 32, "proj_warmup": 2}
 STAGE2 = {**STAGE1, "steps": 6, "batch": 8, "warmup": 2, "checkpoint_every": 3}
-SETTINGS = {"xbt-proj": STAGE1, "xbt": STAGE2, "distill": STAGE2, "finetune": STAGE2}
+
+
+def tiny(method: str) -> dict[str, Any]:
+    """The tiny training settings, for every method that has them (every trained one)."""
+    fields = methods.get(method).settings.model_fields
+    return {key: value for key, value in STAGE2.items() if key in fields}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -85,14 +91,13 @@ def make_ctx(
     **settings: Any,
 ) -> FitContext:
     return FitContext(
-        pair=None,
         old=ModelHandle(refs["old"]),
         new=ModelHandle(refs[new]),
         text_corpus=toy["corpus"],
         train_pairs=toy["pairs"],
         support=toy["support"],
         work_dir=work_dir,
-        config={**SETTINGS.get(method, {}), **settings},
+        config={**tiny(method), **settings},
         seed=seed,
         num_workers=0,
     )
@@ -115,8 +120,9 @@ def test_every_method_gives_unit_queries_in_the_gallery_space(refs, toy, tmp_pat
     assert images.dtype == np.float32 and texts.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(images, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(texts, axis=1), 1.0, atol=1e-5)
-    assert fitted.needs_old_at_query == method_cards[method].old_at_query
-    assert fitted.cost.wall_time_s > 0 and fitted.cost.peak_memory_mb > 0
+    assert fitted.needs_old_at_query == methods.get(method).old_at_query
+    assert fitted.cost.fit_time_s > 0 and fitted.cost.peak_memory_mb > 0
+    assert fitted.config == methods.get(method).parse_settings(ctx.config).model_dump()
     if method == "new":
         assert not ctx.old.loaded  # new->new never touches OLD
     if method in ("xbt", "distill", "finetune"):
@@ -160,8 +166,8 @@ def test_procrustes_method_maps_new_text_close_to_old_text(refs, toy, tmp_path) 
     mapped = np.sum(fitted.encode_texts(support) * old.encode_texts(support), axis=1).mean()
     raw = np.sum(identity.encode_texts(support) * old.encode_texts(support), axis=1).mean()
     assert mapped > raw + 0.05  # the fitted rotation aligns NEW's texts with OLD's
-    assert fitted.cost.old_text_forwards == len(toy["corpus"].texts)
-    assert fitted.cost.new_text_forwards == len(toy["corpus"].texts)
+    assert fitted.cost.forward_passes["old_text"] == len(toy["corpus"].texts)
+    assert fitted.cost.forward_passes["new_text"] == len(toy["corpus"].texts)
 
 
 def test_slerp_endpoints_and_midpoint() -> None:
@@ -188,9 +194,11 @@ def test_slerp_method_endpoints_are_old_and_procrustes(refs, toy, tmp_path) -> N
         at_new.encode_images(test), procrustes.encode_images(test), atol=1e-5
     )
     _, chosen = fit(refs, toy, tmp_path, "slerp")
-    scores = chosen.info["support_rsum_by_alpha"]
-    assert len(scores) == 11 and chosen.info["alpha"] in {float(a) for a in scores}
-    assert scores[f"{chosen.info['alpha']:g}"] == max(scores.values())
+    for direction in ("i2t", "t2i"):  # per direction: best R@1 on support, ties to smaller α
+        scores = chosen.info["support_score_by_alpha"][direction]
+        alpha = chosen.info["alpha"][direction]
+        assert len(scores) == 11 and scores[f"{alpha:g}"] == max(scores.values())
+        assert all(scores[key] < max(scores.values()) for key in scores if float(key) < alpha)
 
 
 def test_identity_is_not_applicable_when_dims_differ(refs, toy, tmp_path) -> None:
@@ -226,7 +234,7 @@ def test_stage2_never_runs_old_except_distill(refs, toy, tmp_path, monkeypatch, 
     ctx = make_ctx(refs, toy, tmp_path, method, **extra)
     old_calls = _count_forwards(ctx.old.get().model)
     during: dict[str, int] = {}
-    real_train = xbt_module.train
+    real_train = stage2_module.train
 
     def watched_train(module, loss_fn, batch_at, config, checkpoint_dir, desc="", **kw):  # noqa: ANN001, ANN202
         before = dict(old_calls)
@@ -235,20 +243,20 @@ def test_stage2_never_runs_old_except_distill(refs, toy, tmp_path, monkeypatch, 
             during.update({side: old_calls[side] - before[side] for side in old_calls})
         return log
 
-    monkeypatch.setattr(xbt_module, "train", watched_train)
+    monkeypatch.setattr(stage2_module, "train", watched_train)
     fitted = methods.get(method)(ctx)
-    cost = fitted.cost
+    passes = fitted.cost.forward_passes
     if method == "distill":
         assert during == {"image": 6 * 8, "text": 6 * 8}  # OLD in the loop, every step
-        assert cost.old_image_forwards == 48 and cost.gallery_embeddings_reused == 0
+        assert passes["old_image"] == 48 and passes["old_gallery_reused"] == 0
     else:
         assert during == {"image": 0, "text": 0}
-        assert cost.old_image_forwards == 0
-        assert cost.old_text_forwards == len(toy["corpus"].texts)  # stage 1's text pairs only
+        assert passes["old_image"] == 0
+        assert passes["old_text"] == len(toy["corpus"].texts)  # stage 1's text pairs only
         pairs = toy["pairs"]
         reused = pairs.n_images + len(pairs.captions) if anchors == "gallery" else 0
-        assert cost.gallery_embeddings_reused == reused
-    assert cost.new_image_forwards == 48
+        assert passes["old_gallery_reused"] == reused
+    assert passes["new_image"] == 48
 
 
 @pytest.mark.parametrize("method", ["xbt", "finetune"])
@@ -290,7 +298,7 @@ def test_stage2_changes_queries_and_stage1_is_shared(refs, toy, tmp_path) -> Non
 
 
 def test_mean_image_anchor_averages_the_captions_anchors(refs, toy, tmp_path) -> None:
-    from xbt_bench.methods.xbt import mean_anchors
+    from xbt_bench.methods.stage2 import mean_anchors
 
     pairs = toy["pairs"].subset(2)
     anchors = np.eye(len(pairs.captions), 4, dtype=np.float32)[:, ::-1].copy()
@@ -316,13 +324,9 @@ def test_mean_image_anchor_averages_the_captions_anchors(refs, toy, tmp_path) ->
 def test_a_frozen_text_side_is_a_table_equal_to_running_the_text_tower(
     refs, toy, tmp_path, method, settings, fixed
 ) -> None:
-    from xbt_bench.methods.configs import parse_config
-
     ctx = make_ctx(refs, toy, tmp_path, method, **settings)
-    cfg = parse_config(method, ctx.config)
-    setup = xbt_module.prepare_stage2(
-        ctx, cfg, xbt_module.pretrain_projection(ctx, cfg), method
-    )
+    cfg = methods.get(method).parse_settings(ctx.config)
+    setup = stage2_module.prepare_stage2(ctx, method, cfg, pretrain_projection(ctx, cfg))
     assert setup.info["text_side"] == ("fixed table ψ₀(N_txt)" if fixed else "trained")
     assert setup.info["pixels"] == "in-memory table"
     batch = setup.batch_at(0)
@@ -338,7 +342,7 @@ def test_a_frozen_text_side_is_a_table_equal_to_running_the_text_tower(
         running = setup.encoder.encode_text(new.tokenizer(texts))
         losses = setup.loss_fn(batch)
     if fixed:
-        table = xbt_module.surrogate_anchors(ctx, xbt_module.pretrain_projection(ctx, cfg), pairs)
+        table = stage2_module.surrogate_anchors(ctx, pretrain_projection(ctx, cfg), pairs)
         np.testing.assert_allclose(
             table[batch["caption_index"].numpy()], running.numpy(), atol=1e-5
         )
@@ -348,14 +352,17 @@ def test_a_frozen_text_side_is_a_table_equal_to_running_the_text_tower(
 def test_pixels_are_preprocessed_per_batch_over_the_memory_budget(refs, toy) -> None:
     new = ModelHandle(refs["new"]).get()
     pairs = toy["pairs"]
-    xbt_module._pixel_tables.clear()
-    source = xbt_module.PixelSource(pairs, new.preprocess, "sig", budget=1)
-    assert source.table is None
+    shared: dict = {}
+    source = stage2_module.PixelSource(pairs, new.preprocess, "sig", shared, budget=1)
+    assert source.table is None and not shared
     rows = np.array([3, 0, 3])
     expected = torch.stack([new.preprocess(pairs.load_image(int(i))) for i in rows])
     assert torch.equal(source(rows), expected)
-    table = xbt_module.PixelSource(pairs, new.preprocess, "sig")
+    table = stage2_module.PixelSource(pairs, new.preprocess, "sig", shared)
     assert table.table is not None and torch.equal(table(rows), expected)
+    # A second source of the same run reuses the run's table instead of preprocessing again.
+    again = stage2_module.PixelSource(pairs, lambda image: 1 / 0, "sig", shared)
+    assert again.table is table.table
 
 
 def test_same_seed_same_queries_other_seed_other_queries(refs, toy, tmp_path) -> None:
@@ -373,7 +380,7 @@ def test_resume_after_a_kill_gives_the_same_queries(refs, toy, tmp_path, monkeyp
     test = toy["test"]
     settings = {"lora_towers": "both", "psi_lr_scale": 0.5}
     _, straight = fit(refs, toy, tmp_path / "straight", "xbt", **settings)
-    real_train = xbt_module.train
+    real_train = stage2_module.train
 
     def killed_at_step_4(module, loss_fn, batch_at, config, checkpoint_dir, desc="", **kw):  # noqa: ANN001, ANN202
         def batches(step: int):  # noqa: ANN202
@@ -383,10 +390,10 @@ def test_resume_after_a_kill_gives_the_same_queries(refs, toy, tmp_path, monkeyp
 
         return real_train(module, loss_fn, batches, config, checkpoint_dir, desc=desc, **kw)
 
-    monkeypatch.setattr(xbt_module, "train", killed_at_step_4)
+    monkeypatch.setattr(stage2_module, "train", killed_at_step_4)
     with pytest.raises(KeyboardInterrupt):
         fit(refs, toy, tmp_path / "killed", "xbt", **settings)
-    monkeypatch.setattr(xbt_module, "train", real_train)
+    monkeypatch.setattr(stage2_module, "train", real_train)
     _, resumed = fit(refs, toy, tmp_path / "killed", "xbt", **settings)
     assert resumed.info["stage2"]["resumed_from_step"] == 3  # the checkpoint before the kill
     np.testing.assert_array_equal(resumed.encode_images(test), straight.encode_images(test))
@@ -402,7 +409,7 @@ class _EmptyCorpus:
 @pytest.mark.parametrize(
     ("method", "settings", "message"),
     [
-        ("xbt", {"pairs": 0}, "needs image–text pairs"),
+        ("xbt", {"pairs": -1}, "pairs=-1"),
         ("xbt", {"lora_rank": 0}, "lora_rank=0"),
         ("distill", {"lora_rank": -2}, "lora_rank=-2"),
         ("xbt", {"lora_rnk": 4}, "did you mean 'lora_rank'"),
@@ -427,12 +434,19 @@ def test_unknown_method_suggests_the_closest() -> None:
         methods.get("xtb")
 
 
-def test_resolve_config_layers_defaults_pair_and_overrides() -> None:
-    config = resolve_config("xbt", {"lora_rank": 16, "steps": 10}, {"steps": 20})
-    assert config["lora_rank"] == 16 and config["steps"] == 20
-    assert config["lora_towers"] == "image" and config["anchors"] == "surrogate"
+def test_zero_pairs_is_stage_one_alone(refs, toy, tmp_path) -> None:
+    _, proj = fit(refs, toy, tmp_path, "xbt-proj")
+    _, zero = fit(refs, toy, tmp_path, "xbt", pairs=0)
+    assert "stage2" not in zero.info
+    np.testing.assert_array_equal(zero.encode_images(toy["test"]), proj.encode_images(toy["test"]))
+
+
+def test_settings_are_defaults_under_given_values() -> None:
+    settings = methods.get("xbt").parse_settings({"lora_rank": 16, "steps": 20})
+    assert settings.lora_rank == 16 and settings.steps == 20
+    assert settings.lora_towers == "image" and settings.anchors == "surrogate"
     with pytest.raises(ConfigError, match="method 'procrustes' has no setting 'steps'"):
-        resolve_config("procrustes", {"steps": 3})
+        methods.get("procrustes").parse_settings({"steps": 3})
 
 
 def test_methods_list_cli_shows_the_table(capsys) -> None:
@@ -443,6 +457,6 @@ def test_methods_list_cli_shows_the_table(capsys) -> None:
     rows = {line.split("│")[1].strip(): line for line in out.splitlines() if line.startswith("│ ")}
     assert "xbt-gallery (variant)" in rows  # variants run only when named
     for name in methods.names():
-        label = name if method_cards[name].in_default_run else f"{name} (variant)"
+        label = f"{name} (variant)" if methods.get(name).variant else name
         cells = [cell.strip() for cell in rows[label].split("│")]
         assert cells[3] == ("yes" if name in ("old", "slerp") else "no"), cells

@@ -113,10 +113,18 @@ def test_minimal_file_without_splits_loads(tmp_path: Path):
     assert result.compatibility.cells_held == 5
 
 
+def _sha8(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
 def test_paths_and_provenance(tmp_path: Path):
     assert _result().relative_path() == Path("toy-s-to-m/toy-shapes/xbt.json")
     approx = _result(approximate_index="IVF64,Flat", dataset="wds/cars")
-    assert approx.relative_path() == Path("toy-s-to-m/wds_cars/xbt.approx-IVF64_Flat.json")
+    path = approx.relative_path()  # unsafe names: a readable slug plus a hash of the name
+    assert path.parts[:2] == ("toy-s-to-m", f"wds_cars-{_sha8('wds/cars')}")
+    assert path.name == f"xbt.approx-IVF64_Flat-{_sha8('IVF64,Flat')}.json"
     assert git_revision(tmp_path) is None  # not a git checkout: no crash, no revision
     assert collect_versions()["faiss"]
 

@@ -1,4 +1,5 @@
-"""The toy model zoo: configs, content hashes, tiny builds, resume and the generic loader."""
+"""The toy model zoo: configs, content hashes, shipped weights, tiny builds, resume and the
+generic loader."""
 
 from __future__ import annotations
 
@@ -12,17 +13,20 @@ import pytest
 import torch
 from PIL import Image
 
+from xbt_bench.atomic import sha256_of
 from xbt_bench.data.toy import ToyConfig, toy_images
 from xbt_bench.errors import ConfigError, NotFoundError
-from xbt_bench.models import toy_zoo
+from xbt_bench.models import toy_models
 from xbt_bench.models.loading import load_model
-from xbt_bench.models.toy_zoo import (
-    ZooSettings,
+from xbt_bench.models.toy_models import ZooSettings, zoo_entry, zoo_names
+from xbt_bench.toy import build as toy_build
+from xbt_bench.toy.build import (
     embedding_geometry,
     ensure_checkpoint,
+    ensure_zoo_models,
+    evaluate_toy_model,
     image_tensor,
-    zoo_entry,
-    zoo_names,
+    ship,
 )
 
 TINY_DATA = ToyConfig(
@@ -77,12 +81,28 @@ def test_content_hash_follows_every_setting() -> None:
     assert entry.folder.name == f"toy-s-{entry.content_hash}"
 
 
-def test_quick_builds_come_from_the_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("XBT_BENCH_ZOO_QUICK", "1")
-    quick = zoo_entry("toy-m")
-    assert quick.settings.steps <= toy_zoo.QUICK_MAX_STEPS
-    assert quick.settings.data == toy_zoo.QUICK_TOY_CONFIG
-    assert quick.content_hash != zoo_entry("toy-m", quick=False).content_hash
+def test_quick_recipes_are_small_and_hashed_apart() -> None:
+    quick = zoo_entry("toy-m", quick=True)
+    assert quick.settings.steps <= toy_models.QUICK_MAX_STEPS
+    assert quick.settings.data == toy_models.QUICK_TOY_CONFIG
+    assert quick.content_hash != zoo_entry("toy-m").content_hash
+    assert not quick.ships_weights  # quick builds are never shipped
+
+
+@pytest.mark.parametrize("name", zoo_names())
+def test_shipped_weights_match_their_card_and_recipe(name: str) -> None:
+    entry = zoo_entry(name)
+    card = entry.shipped_card()
+    assert card is not None and entry.ships_weights, f"{name} ships no weights"
+    assert card["content_hash"] == entry.content_hash  # the recipe they were built from
+    assert sha256_of(entry.shipped_weights) == card["weights_sha256"]
+    assert card["weights_dtype"] == "float16"
+    assert load_model(f"zoo:{name}").weights_path == entry.shipped_weights
+
+
+def test_shipped_weights_stay_small() -> None:
+    total = sum(zoo_entry(name).shipped_weights.stat().st_size for name in zoo_names())
+    assert total <= 40 * 2**20
 
 
 def test_unknown_name_suggests_the_closest() -> None:
@@ -106,7 +126,7 @@ def test_tiny_build_loads_through_the_generic_loader(fresh_home: Path) -> None:
     entry = replace(zoo_entry("toy-s", quick=False), settings=TINY)
     assert weights == entry.weights_path and weights.parent.parent == fresh_home / "zoo"
     card = json.loads((weights.parent / "card.json").read_text())
-    assert card["retrieval"]["t2i_r1"] >= 0 and set(card["geometry"]) == {
+    assert set(card["geometry"]) == {
         "matched_cosine", "modality_gap", "image_intra_cosine", "text_intra_cosine"
     }
     assert [p["step"] for p in card["curve"]][-1] == 6
@@ -128,25 +148,42 @@ def test_tiny_build_loads_through_the_generic_loader(fresh_home: Path) -> None:
         a = by_file.model.encode_image(via_preprocess, normalize=True)
         b = by_dir.model.encode_image(via_preprocess, normalize=True)
     assert torch.equal(a, b)
+    again = evaluate_toy_model(by_file.model, by_file.tokenizer, TINY_DATA)
+    assert card["retrieval"] == again["retrieval"] and card["geometry"] == again["geometry"]
 
 
-def test_zoo_refs_build_and_load_through_load_model(
-    fresh_home: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # Quick builds shrunk further, so that `zoo:toy-m` builds in seconds here.
-    monkeypatch.setenv("XBT_BENCH_ZOO_QUICK", "1")
-    monkeypatch.setattr(toy_zoo, "QUICK_TOY_CONFIG", TINY_DATA)
-    monkeypatch.setattr(toy_zoo, "QUICK_MAX_STEPS", 3)
-    monkeypatch.setattr(toy_zoo, "QUICK_BATCH_SIZE", 16)
-    loaded = load_model("zoo:toy-m")
-    entry = zoo_entry("toy-m")
-    assert loaded.weights_path == entry.weights_path and entry.is_built
-    assert loaded.embed_dim == entry.model_config["embed_dim"]
-    assert entry.card()["settings"]["steps"] == 3
-    tokens = loaded.tokenizer(["a small red circle in the center"])
-    assert tokens.shape == (1, entry.model_config["text_cfg"]["context_length"])
-    with torch.no_grad():
-        assert loaded.model.encode_text(tokens).shape == (1, loaded.embed_dim)
+@pytest.fixture()
+def own_zoo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A model zoo of its own holding toy-s's config with the tiny recipe and no weights."""
+    folder = tmp_path / "zoo" / "models"
+    folder.mkdir(parents=True)
+    entry = zoo_entry("toy-s")
+    (folder / "toy-s.json").write_text(json.dumps(entry.model_config))
+    recipe = TINY.to_dict()
+    (folder / "toy-s.train.json").write_text(json.dumps(recipe))
+    monkeypatch.setattr(toy_models, "model_zoo", lambda: tmp_path / "zoo")
+    return folder
+
+
+def test_zoo_refs_load_shipped_weights_else_a_build(fresh_home: Path, own_zoo: Path) -> None:
+    with pytest.raises(NotFoundError, match="xbt-bench zoo build toy-s"):
+        load_model("zoo:toy-s")
+    ensure_zoo_models(["zoo:toy-s", "ViT-B-32:openai"])  # what the runner does first
+    entry = zoo_entry("toy-s")
+    built = load_model("zoo:toy-s")
+    assert built.weights_path == entry.built_weights and entry.is_built
+    assert entry.card()["settings"]["steps"] == TINY.steps
+    shipped_path = ship(entry)
+    assert shipped_path == own_zoo / "toy-s.safetensors" and entry.ships_weights
+    shipped = load_model("zoo:toy-s")
+    assert shipped.weights_path == shipped_path and shipped.identity != built.identity
+    with torch.no_grad():  # fp16 weights: the same model up to half-precision rounding
+        tokens = built.tokenizer(["a small red circle in the center"])
+        a = built.model.encode_text(tokens, normalize=True)
+        b = shipped.model.encode_text(tokens, normalize=True)
+    assert 0 < float((a - b).abs().max()) < 1e-2
+    card = entry.shipped_card()
+    assert card["weights_sha256"] == sha256_of(shipped_path) and "retrieval" in card
 
 
 def test_second_build_is_a_noop_and_resume_is_exact(
@@ -158,12 +195,12 @@ def test_second_build_is_a_noop_and_resume_is_exact(
         raise AssertionError("a built toy model was trained again")
 
     with monkeypatch.context() as patch:
-        patch.setattr(toy_zoo, "train", no_training)
+        patch.setattr(toy_build, "train", no_training)
         assert ensure_checkpoint("toy-s", settings=TINY).read_bytes() == reference
 
     # A build interrupted at step 4 (checkpoint at step 3) resumes to the same weights.
     monkeypatch.setenv("XBT_BENCH_HOME", str(tmp_path_factory.mktemp("resume-home")))
-    real_train = toy_zoo.train
+    real_train = toy_build.train
     resumed_from = []
 
     def interrupted(module, loss_fn, batch_at, config, checkpoint_dir, desc):  # noqa: ANN001
@@ -181,10 +218,10 @@ def test_second_build_is_a_noop_and_resume_is_exact(
         return log
 
     with monkeypatch.context() as patch:
-        patch.setattr(toy_zoo, "train", interrupted)
+        patch.setattr(toy_build, "train", interrupted)
         with pytest.raises(KeyboardInterrupt):
             ensure_checkpoint("toy-s", settings=TINY)
-    monkeypatch.setattr(toy_zoo, "train", recording)
+    monkeypatch.setattr(toy_build, "train", recording)
     assert ensure_checkpoint("toy-s", settings=TINY).read_bytes() == reference
     assert resumed_from == [3]
 
@@ -200,16 +237,16 @@ def test_cli_build_then_cached_and_list(
         assert exit_.value.code in (0, None)
         return capsys.readouterr().out
 
-    monkeypatch.setattr(toy_zoo, "QUICK_TOY_CONFIG", TINY_DATA)
-    monkeypatch.setattr(toy_zoo, "QUICK_MAX_STEPS", 2)
-    monkeypatch.setattr(toy_zoo, "QUICK_BATCH_SIZE", 16)
+    monkeypatch.setattr(toy_models, "QUICK_TOY_CONFIG", TINY_DATA)
+    monkeypatch.setattr(toy_models, "QUICK_MAX_STEPS", 2)
+    monkeypatch.setattr(toy_models, "QUICK_BATCH_SIZE", 16)
     out = run("zoo", "build", "toy-s", "--quick", "--threads", "1")
     assert "toy-s: built in" in out and "gap" in out
     out = run("zoo", "build", "toy-s", "--quick")
     assert "all 1 toy models are cached; nothing to build" in out
     rows = [line for line in run("zoo", "list", "--quick").splitlines() if "toy-" in line]
-    assert any("toy-s" in r and "yes" in r for r in rows)
-    assert any("toy-l" in r and " no " in r for r in rows)
+    assert any("toy-s" in r and "built" in r for r in rows)
+    assert any("toy-l" in r and "none" in r for r in rows)
 
 
 def test_captions_longer_than_the_context_are_refused(fresh_home: Path) -> None:
@@ -217,14 +254,14 @@ def test_captions_longer_than_the_context_are_refused(fresh_home: Path) -> None:
     text_cfg = {**entry.model_config["text_cfg"], "context_length": 12}
     short = {**entry.model_config, "text_cfg": text_cfg}
     with pytest.raises(ConfigError, match="raise text_cfg.context_length"):
-        toy_zoo.build(replace(entry, model_config=short, settings=TINY))
+        toy_build.build(replace(entry, model_config=short, settings=TINY))
 
 
 def test_batches_walk_each_epoch_once_and_span_epoch_ends() -> None:
     images = np.arange(10, dtype=np.uint8)[:, None, None, None].repeat(2, 1).repeat(2, 2)
     images = images.repeat(3, 3)
     tokens = torch.arange(20)[:, None] * 10 + torch.arange(3)  # 2 captions per image
-    batches = toy_zoo._PretrainBatches(
+    batches = toy_build._PretrainBatches(
         images=images, tokens=tokens, captions_per_image=2, batch_size=4, seed=0,
         mean=(0.0, 0.0, 0.0), std=(1 / 255, 1 / 255, 1 / 255),
     )
@@ -236,5 +273,5 @@ def test_batches_walk_each_epoch_once_and_span_epoch_ends() -> None:
         seen += image_ids.tolist()
     assert sorted(seen[:10]) == list(range(10)) and sorted(seen[10:]) == list(range(10))
     assert seen[:10] != seen[10:]
-    again = toy_zoo._PretrainBatches(**{**batches.__dict__, "_orders": {}})
+    again = toy_build._PretrainBatches(**{**batches.__dict__, "_orders": {}})
     assert torch.equal(again(3)[1], batches(3)[1])

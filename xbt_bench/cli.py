@@ -16,10 +16,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from .errors import XbtError
+from .errors import XbtError, validation_message
 
 if TYPE_CHECKING:
-    from .models.toy_zoo import ZooEntry
+    from .models.toy_models import ZooEntry
     from .runner import RunOptions
 
 # Piped or logged output keeps whole numbers in the summary tables (rich would wrap it at 80).
@@ -49,7 +49,7 @@ methods_app = typer.Typer(
 )
 app.add_typer(methods_app, name="methods")
 zoo_app = typer.Typer(
-    help="Toy open_clip models trained on the toy world (model_zoo/models/toy-*.json).",
+    help="Toy open_clip models of the toy world (model_zoo/models: configs, recipes, weights).",
     no_args_is_help=True,
 )
 app.add_typer(zoo_app, name="zoo")
@@ -58,23 +58,29 @@ app.add_typer(zoo_app, name="zoo")
 @pairs_app.command("list")
 def pairs_list() -> None:
     """Show every registered pair as a table."""
-    from .zoo import pair_registry, parse_pair_file
+    from .pairs import pair_registry, parse_pair_file, shadowed_pairs
 
     registry = pair_registry()
     table = Table(title="Registered pairs")
     for column in ("name", "old", "new", "dataset", "description"):
         table.add_column(column, overflow="fold")
+    notes = []
     for name in registry.names():
         spec = parse_pair_file(registry.get(name))
         old_new = " -> ".join(spec.chain[1:]) if spec.is_chain else spec.new
-        table.add_row(name, spec.old, old_new, spec.dataset, spec.description)
+        hidden = shadowed_pairs(name)
+        table.add_row(name + (" *" if hidden else ""), spec.old, old_new, spec.dataset,
+                      spec.description)  # fmt: skip
+        notes += [f"* {name}: {registry.get(name)} replaces {path}" for path in hidden]
     console.print(table)
+    if notes:
+        console.print("\n".join(notes), highlight=False, soft_wrap=True)
 
 
 @pairs_app.command("show")
 def pairs_show(name: Annotated[str, typer.Argument(help="pair name, e.g. toy-s-to-m")]) -> None:
     """Print one pair's file (validated) and where it lives."""
-    from .zoo import load_pair, pair_registry
+    from .pairs import load_pair, pair_registry
 
     spec = load_pair(name)
     console.print(f"[bold]{spec.name}[/bold]  ({pair_registry().get(spec.name)})")
@@ -100,8 +106,8 @@ def pairs_add(
     force: Annotated[bool, typer.Option(help="overwrite an existing file")] = False,
 ) -> None:
     """Write a validated pair file from flags."""
+    from .pairs import DataRefs, PairSpec, write_pair
     from .paths import home
-    from .zoo import PairData, PairSpec, write_pair
 
     spec = PairSpec(
         name=name,
@@ -111,7 +117,7 @@ def pairs_add(
         via=via or [],
         dataset=dataset,
         splits=split or ["test"],
-        data=PairData(text=text, pairs=pairs, support=support),
+        data=DataRefs(text=text, pairs=pairs, support=support),
     )
     path = write_pair(spec, directory or home() / "pairs", overwrite=force)
     console.print(f"wrote {path}")
@@ -178,16 +184,16 @@ def datasets_check(
 @methods_app.command("list")
 def methods_list() -> None:
     """Show every registered method: what it trains and when it needs OLD."""
-    from .methods import method_cards, methods
+    from .methods import method_names, methods
 
     table = Table(title="Methods (SPEC §3)")
     for column in ("method", "trains", "OLD at query time", "OLD in training", "notes"):
         table.add_column(column, overflow="fold")
-    for name in methods.names():
-        card = method_cards[name]
-        query = "yes" if card.old_at_query else "no"
-        label = name if card.in_default_run else f"{name} (variant)"
-        table.add_row(label, card.trains, query, card.old_in_training, card.notes)
+    for name in method_names():
+        method = methods.get(name)
+        query = "yes" if method.old_at_query else "no"
+        label = f"{name} (variant)" if method.variant else name
+        table.add_row(label, method.trains, query, method.old_in_training, method.notes)
     console.print(table)
     console.print("variants run only when named: xbt-bench run --pair P --method NAME")
 
@@ -196,15 +202,14 @@ def methods_list() -> None:
 def methods_show(name: Annotated[str, typer.Argument(help="method name, e.g. xbt")]) -> None:
     """Show one method's settings with their defaults (set them in a pair file's
     ``[methods.NAME]`` table or with ``xbt-bench run --set KEY=VALUE``)."""
-    from .methods import describe_settings, method_cards, methods
+    from .methods import methods
 
-    name = methods.canonical(name)
-    card = method_cards[name]
-    console.print(f"[bold]{name}[/bold]: {card.notes}")
-    table = Table(title=f"{name} settings")
+    method = methods.get(name)
+    console.print(f"[bold]{method.name}[/bold]: {method.notes}")
+    table = Table(title=f"{method.name} settings")
     for column in ("setting", "default", "meaning"):
         table.add_column(column, overflow="fold")
-    for setting, default, meaning in describe_settings(name):
+    for setting, default, meaning in method.describe_settings():
         table.add_row(setting, default, meaning)
     console.print(table if table.rows else "(no settings)")
 
@@ -238,7 +243,9 @@ DataRootOption = Annotated[Path | None, typer.Option(help="root folder of on-dis
 ResultsOption = Annotated[Path, typer.Option(help="where result JSONs go")]
 SeedOption = Annotated[int, typer.Option(help="seed of every random choice")]
 DeviceOption = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1")]
-WorkersOption = Annotated[int | None, typer.Option(help="data-loader workers (default: up to 4)")]
+WorkersOption = Annotated[
+    int | None, typer.Option(min=0, help="data-loader workers (default: up to 4)")
+]
 SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", help="method setting KEY=VALUE for every method that has it"),
@@ -258,9 +265,13 @@ def _run_options(
     workers: int | None,
     settings: list[str] | None,
 ) -> RunOptions:
-    """The options ``run`` and ``sweep`` share, in their order there, as RunOptions."""
+    """The options ``run`` and ``sweep`` share, in their order there, as RunOptions; the
+    output folder is checked before any work."""
+    from .errors import ConfigError
     from .runner import RunOptions
 
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ConfigError(f"--output-dir {output_dir} is a file; give a folder for the results")
     return RunOptions(
         pair=pair,
         methods=methods or [],
@@ -280,9 +291,9 @@ def _run_options(
 def _torchrun_job(device: str) -> Iterator[str]:
     """Join the torchrun job (if launched by one) for the command's duration; yields the device
     to use: NCCL with GPU LOCAL_RANK per process for a CUDA ``device``, gloo otherwise."""
-    from .distributed import init_distributed, shutdown_distributed
+    from .distributed import check_device, init_distributed, shutdown_distributed
 
-    info = init_distributed("nccl" if device.startswith("cuda") else "gloo")
+    info = init_distributed("nccl" if check_device(device).startswith("cuda") else "gloo")
     try:
         yield str(info.device) if info.backend == "nccl" else device
     finally:
@@ -321,7 +332,8 @@ def sweep_command(
     pair: Annotated[str, typer.Option(help="registered pair, e.g. toy-s-to-m")],
     method: Annotated[
         list[str] | None,
-        typer.Option(help="stage-2 method (repeatable; default: xbt, distill, finetune)"),
+        typer.Option(help="method that trains on image-text pairs (repeatable; default: all "
+                     "but variants)"),
     ] = None,
     pairs: Annotated[
         str, typer.Option("--pairs", help="comma-separated numbers of image-text pairs")
@@ -390,7 +402,7 @@ def publish(
 QuickOption = Annotated[
     bool,
     typer.Option(
-        "--quick", help="quick builds (few steps, small data; for tests; env XBT_BENCH_ZOO_QUICK)"
+        "--quick", help="the quick recipes (few steps, small data: checks the build path)"
     ),
 ]
 
@@ -401,80 +413,101 @@ def zoo_build(
         list[str] | None, typer.Argument(help="toy models to build (default: all)")
     ] = None,
     quick: QuickOption = False,
+    ship: Annotated[
+        bool,
+        typer.Option(help="copy the builds into model_zoo/models as the shipped fp16 weights"),
+    ] = False,
     threads: Annotated[
         int | None,
         typer.Option(min=1, help="CPU threads for torch (default: torch's; 1 on a busy machine)"),
     ] = None,
 ) -> None:
-    """Train the toy models that are not built yet; an interrupted build resumes. Under
-    torchrun the ranks train each model together (DDP, gloo); rank 0 writes."""
+    """Rebuild toy models from their recipes into the cache (an interrupted build resumes).
+    The shipped weights stay what zoo:NAME loads unless --ship replaces them. Under torchrun the
+    ranks train each model together (DDP, gloo); rank 0 writes."""
     import torch
 
     from .distributed import init_distributed, is_main, shutdown_distributed
-    from .models.toy_zoo import zoo_entry, zoo_names
+    from .models.toy_models import zoo_entry, zoo_names
 
     if threads is not None:
         torch.set_num_threads(threads)
+    if ship and quick:
+        raise XbtError("--ship copies full builds into the model zoo; quick builds are for tests")
     init_distributed("gloo")  # toy models train on the CPU, also on a GPU machine
     try:
-        entries = [zoo_entry(name, quick or None) for name in names or zoo_names()]
-        _build_toy_models(entries, console if is_main() else Console(quiet=True))
+        entries = [zoo_entry(name, quick) for name in names or zoo_names()]
+        out = console if is_main() else Console(quiet=True)
+        _build_toy_models(entries, out)
+        if ship and is_main():
+            from .toy.build import ship as ship_weights
+
+            for entry in entries:
+                out.print(f"{entry.name}: shipped {ship_weights(entry)}", highlight=False)
     finally:
         shutdown_distributed()
 
 
 def _build_toy_models(entries: list[ZooEntry], out: Console) -> None:
-    """Build the ``entries`` rank 0 does not have yet, printing to ``out``."""
+    """Build the ``entries`` rank 0 has no build of yet, printing to ``out`` how each compares
+    with its shipped weights."""
     import time
 
     from .distributed import broadcast_object
-    from .models.toy_zoo import build
+    from .toy.build import build
 
     built = broadcast_object([entry.is_built for entry in entries])  # rank 0 decides for all
     todo = [entry for entry, done in zip(entries, built, strict=True) if not done]
     for entry, done in zip(entries, built, strict=True):
         if done:
-            out.print(f"{entry.name}: cached ({entry.folder})")
+            out.print(f"{entry.name}: cached ({entry.folder})", highlight=False)
     if not todo:
         out.print(f"all {len(entries)} toy models are cached; nothing to build")
         return
     started = time.perf_counter()
     for entry in todo:
-        try:
-            card = build(entry)
-        except KeyboardInterrupt:
-            err_console.print(
-                f"interrupted while building {entry.name}; rerun `xbt-bench zoo build` to "
-                "resume from its last checkpoint"
-            )
-            raise typer.Exit(130) from None
+        card = build(entry)
         recall, geometry = card["retrieval"], card["geometry"]
         out.print(
             f"{entry.name}: built in {card['build_time_s']:.0f} s -> {entry.folder}\n"
             f"  test R@1 t2i {recall['t2i_r1']:.1f} i2t {recall['i2t_r1']:.1f}; "
-            f"gap {geometry['modality_gap']:.2f}, matched cosine {geometry['matched_cosine']:.2f}"
+            f"gap {geometry['modality_gap']:.2f}, matched cosine {geometry['matched_cosine']:.2f}",
+            highlight=False,
         )
+        shipped = entry.shipped_card()
+        if shipped is not None and shipped.get("content_hash") == entry.content_hash:
+            theirs = shipped["retrieval"]
+            out.print(
+                f"  shipped weights: t2i {theirs['t2i_r1']:.1f} i2t {theirs['i2t_r1']:.1f}. "
+                "Another machine or thread count rounds floats differently, so a rebuild "
+                "differs slightly from the shipped model; zoo:NAME still loads the shipped "
+                f"weights (use local-dir:{entry.folder} for this build, or --ship)",
+                highlight=False,
+            )
     out.print(f"built {len(todo)} toy model(s) in {time.perf_counter() - started:.0f} s")
 
 
 @zoo_app.command("list")
 def zoo_list(quick: QuickOption = False) -> None:
-    """Show each toy model: built or not, its size, test retrieval, geometry and path."""
-    from .models.toy_zoo import zoo_entry, zoo_names
+    """Show each toy model: where its weights are, its size, test retrieval and geometry."""
+    from .models.toy_models import zoo_entry, zoo_names
 
     table = Table(title="Toy models (R@1 and geometry on the toy test split)")
-    columns = ("model", "built", "dim", "towers", "tau", "R@1 t2i/i2t", "match", "gap", "intra i/t")
+    columns = (
+        "model", "weights", "dim", "towers", "tau", "R@1 t2i/i2t", "match", "gap", "intra i/t"
+    )
     for column in columns:
-        table.add_column(column, no_wrap=column in ("model", "built"), overflow="fold")
+        table.add_column(column, no_wrap=column in ("model", "weights"), overflow="fold")
     paths = []
     for name in zoo_names():
-        entry = zoo_entry(name, quick or None)
+        entry = zoo_entry(name, quick)
         vision, text = entry.model_config["vision_cfg"], entry.model_config["text_cfg"]
         settings = entry.settings
-        card = entry.card() if entry.is_built else None
+        card = entry.card()
+        source = "shipped" if entry.ships_weights else "built" if entry.is_built else "none"
         row = [
             name,
-            "yes" if card else "no",
+            source,
             str(entry.model_config["embed_dim"]),
             f"vit {vision['width']}x{vision['layers']}/{vision['patch_size']} "
             f"txt {text['width']}x{text['layers']}",
@@ -495,6 +528,43 @@ def zoo_list(quick: QuickOption = False) -> None:
     console.print(table)
     console.print("towers: width x layers (/patch px); tau~ = learned temperature")
     console.print("\n".join(paths), soft_wrap=True, highlight=False)
+
+
+cache_app = typer.Typer(help="The cache under $XBT_BENCH_HOME.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+
+
+@cache_app.command("prune")
+def cache_prune(
+    older_than: Annotated[
+        float,
+        typer.Option(min=0, help="only what is at least this many hours old (a younger leftover "
+                     "may belong to a run still going; 0 removes all)"),
+    ] = 1.0,
+    dry_run: Annotated[bool, typer.Option(help="list what would be removed")] = False,
+) -> None:
+    """Remove what interrupted runs left behind: abandoned embedding attempts, temporary files
+    of unfinished writes and damaged files set aside; report the space freed."""
+    import shutil
+
+    from .atomic import leftovers
+    from .embed import EmbeddingCache
+    from .paths import home
+
+    def size(path: Path) -> int:
+        files = path.rglob("*") if path.is_dir() else [path]
+        return sum(p.stat().st_size for p in files if p.is_file())
+
+    min_age = older_than * 3600
+    found = [*EmbeddingCache().abandoned_attempts(min_age), *leftovers(home(), min_age)]
+    total = 0
+    for path in found:
+        total += size(path)
+        console.print(f"{'would remove' if dry_run else 'removed'} {path}", highlight=False)
+        if not dry_run:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+    verb = "would free" if dry_run else "freed"
+    console.print(f"{len(found)} leftover(s); {verb} {total / 2**20:.1f} MiB under {home()}")
 
 
 @app.command("embed")
@@ -531,16 +601,36 @@ def embed_command(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the CLI; user errors print one line and exit 1, with no traceback."""
+    """Run the CLI; user errors (bad input, bad options) print one line and exit 1 (2 for a bad
+    command line), Ctrl-C says how to resume and exits 130; none prints a traceback."""
     from pydantic import ValidationError
 
+    # Command-line mistakes are click's UsageError (typer raises it from its own copy of click
+    # in recent versions): the base class of typer.BadParameter.
+    usage_error = typer.BadParameter.__mro__[1]
+
+    def fail(message: str, code: int) -> None:
+        err_console.print(message, highlight=False, soft_wrap=True)
+        sys.exit(code)
+
     try:
-        app(args=argv, prog_name="xbt-bench")
+        code = app(args=argv, prog_name="xbt-bench", standalone_mode=False)
     except XbtError as error:
-        err_console.print(f"[red]error:[/red] {error}", highlight=False, soft_wrap=True)
-        sys.exit(1)
+        fail(f"[red]error:[/red] {error}", 1)
     except ValidationError as error:
-        first = error.errors()[0]
-        field = ".".join(str(part) for part in first["loc"])
-        err_console.print(f"[red]error:[/red] {field}: {first['msg']}", soft_wrap=True)
-        sys.exit(1)
+        field, message, _ = validation_message(error)
+        fail(f"[red]error:[/red] {field}: {message}", 1)
+    except usage_error as error:
+        if type(error).__name__ == "NoArgsIsHelpError":  # a bare group: show what it offers
+            fail(error.format_message(), 0)
+        where = error.ctx.command_path if error.ctx is not None else "xbt-bench"
+        fail(f"[red]error:[/red] {error.format_message()} (see `{where} --help`)", 2)
+    except (KeyboardInterrupt, typer.Abort):
+        code = 130
+    if code == 130:  # typer turns Ctrl-C into exit code 130
+        fail(
+            "interrupted; rerun the same command to resume: finished embeddings, checkpoints "
+            "and results are kept, training continues from its last checkpoint",
+            130,
+        )
+    sys.exit(code if isinstance(code, int) else 0)

@@ -74,6 +74,31 @@ def _default_device(local_rank: int) -> torch.device:
     return torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
 
 
+def check_device(text: str) -> str:
+    """``text`` when it names a torch device this machine has; XbtError with the fix otherwise
+    (an unknown name, CUDA on a machine without it, a GPU index beyond the count)."""
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        message = f"--device {text!r} is not a torch device; use cpu, cuda or cuda:N"
+        raise XbtError(message) from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "no CUDA"
+            raise XbtError(
+                f"--device {text}: CUDA is not available on this machine (torch {torch.__version__}"
+                f" built with {build}, no usable GPU); use --device cpu"
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise XbtError(
+                f"--device {text}: this machine has {torch.cuda.device_count()} GPU(s), "
+                f"cuda:0..cuda:{torch.cuda.device_count() - 1}"
+            )
+    elif device.type != "cpu":
+        raise XbtError(f"--device {text!r}: xbt-bench runs on cpu or cuda devices")
+    return text
+
+
 def dist_info() -> DistInfo:
     """This process's :class:`DistInfo` (rank 0 of 1 when no group is active)."""
     local_rank = int(os.environ.get("LOCAL_RANK", "0")) if is_distributed() else 0

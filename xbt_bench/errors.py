@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
+
 
 class XbtError(Exception):
     """An error caused by user input (a name, a file, a setting) whose message says the fix."""
@@ -20,3 +27,42 @@ class ConfigError(XbtError, ValueError):
 
 class InputError(XbtError, ValueError):
     """Data handed to a function is malformed (wrong shape, NaN, ids out of range)."""
+
+
+def _edit_distance(a: str, b: str) -> int:
+    """Optimal-string-alignment distance: insertions, deletions, substitutions and swaps of
+    two neighbours (so ``tset`` is one edit from ``test``, two from ``text``)."""
+    rows = [list(range(len(b) + 1))]
+    for i, ca in enumerate(a, 1):
+        row = [i] + [0] * len(b)
+        for j, cb in enumerate(b, 1):
+            row[j] = min(rows[-1][j] + 1, row[j - 1] + 1, rows[-1][j - 1] + (ca != cb))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                row[j] = min(row[j], rows[-2][j - 2] + 1)
+        rows.append(row)
+    return rows[-1][-1]
+
+
+def did_you_mean(name: str, choices: Iterable[str], known: str = "known") -> str:
+    """``"did you mean 'x'?"`` for the closest of ``choices`` (fewest edits, then difflib's
+    similarity) when it is close enough, else ``"known: a, b, c"``."""
+    choices = list(dict.fromkeys(choices))
+
+    def score(choice: str) -> tuple[int, float]:
+        ratio = difflib.SequenceMatcher(None, name.lower(), choice.lower()).ratio()
+        return _edit_distance(name.lower(), choice.lower()), -ratio
+
+    if choices:
+        best = min(choices, key=score)
+        edits, ratio = score(best)
+        if edits <= max(1, len(name) // 3) or -ratio >= 0.6:
+            return f"did you mean {best!r}?"
+    return f"{known}: {', '.join(sorted(choices)) or '(none)'}"
+
+
+def validation_message(error: ValidationError) -> tuple[str, str, str]:
+    """The first problem pydantic found, as ``(field, message, error type)``; ``field`` is the
+    dotted location (``"(top level)"`` when the whole object is at fault)."""
+    first = error.errors()[0]
+    field = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    return field, first["msg"], first["type"]

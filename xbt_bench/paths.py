@@ -1,9 +1,20 @@
-"""Where xbt-bench keeps its caches: ``$XBT_BENCH_HOME`` or the user's cache directory."""
+"""Where xbt-bench keeps its files: the model zoo it ships, and its caches (``$XBT_BENCH_HOME``
+or the user's cache directory)."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+
+_PACKAGE = Path(__file__).resolve().parent
+
+
+def model_zoo() -> Path:
+    """The model zoo folder (``pairs/*.toml``, toy model configs, recipes and weights): the
+    repository's ``model_zoo/`` in a source checkout or editable install, else the copy a wheel
+    installs as ``xbt_bench/model_zoo``."""
+    source = _PACKAGE.parent / "model_zoo"
+    return source if (source / "pairs").is_dir() else _PACKAGE / "model_zoo"
 
 
 def home() -> Path:
@@ -20,3 +31,13 @@ def cache_dir(*parts: str) -> Path:
     path = home().joinpath(*parts)
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def relative_to_home(path: str | os.PathLike[str]) -> str:
+    """``path`` as ``$XBT_BENCH_HOME/...`` when it lies under the cache root (results record no
+    machine's absolute paths), else as given."""
+    path = Path(path)
+    try:
+        return f"$XBT_BENCH_HOME/{path.resolve().relative_to(home().resolve()).as_posix()}"
+    except ValueError:
+        return str(path)

@@ -1,17 +1,18 @@
 """One small registry type for pairs, methods and datasets (after lm-eval's registry).
 
 Entries are registered with a decorator or as lazy ``"module:attr"`` strings that are
-imported on first use, so listing names never imports heavy code.
+imported on first use, so listing names never imports heavy code. A registry may also take a
+``populate`` function, called once before its first lookup, that imports the modules whose
+decorators fill it (built-ins and entry points of installed packages).
 """
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from collections.abc import Callable, Iterator
 from typing import Generic, TypeVar
 
-from .errors import NotFoundError, XbtError
+from .errors import NotFoundError, XbtError, did_you_mean
 
 T = TypeVar("T")
 
@@ -19,11 +20,20 @@ T = TypeVar("T")
 class Registry(Generic[T]):
     """Named entries of one kind (``kind`` names them in errors, ``hint`` says how to list)."""
 
-    def __init__(self, kind: str, hint: str = "") -> None:
+    def __init__(
+        self, kind: str, hint: str = "", populate: Callable[[], None] | None = None
+    ) -> None:
         self.kind = kind
         self.hint = hint
         self._entries: dict[str, T | str] = {}
         self._aliases: dict[str, str] = {}
+        self._populate = populate
+
+    def _populated(self) -> None:
+        """Run ``populate`` once (it may register entries, so it is cleared first)."""
+        if self._populate is not None:
+            populate, self._populate = self._populate, None
+            populate()
 
     def register(
         self, name: str, obj: T | str | None = None, *, aliases: tuple[str, ...] = ()
@@ -54,17 +64,12 @@ class Registry(Generic[T]):
 
     def canonical(self, name: str) -> str:
         """The registered name for ``name`` or an alias of it; NotFoundError otherwise."""
+        self._populated()
         if name in self._entries:
             return name
         if name in self._aliases:
             return self._aliases[name]
-        choices = [*self._entries, *self._aliases]
-        close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
-        message = f"{self.kind} {name!r} not found"
-        if close:
-            message += f"; did you mean {close[0]!r}?"
-        else:
-            message += f"; known: {', '.join(sorted(self._entries)) or '(none)'}"
+        message = f"{self.kind} {name!r} not found; {did_you_mean(name, self._entries)}"
         if self.hint:
             message += f" (see `{self.hint}`)"
         raise NotFoundError(message)
@@ -81,13 +86,15 @@ class Registry(Generic[T]):
 
     def names(self) -> list[str]:
         """Registered names (not aliases), in registration order."""
+        self._populated()
         return list(self._entries)
 
     def __contains__(self, name: object) -> bool:
+        self._populated()
         return name in self._entries or name in self._aliases
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._entries)
+        return iter(self.names())
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.names())

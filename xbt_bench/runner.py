@@ -22,20 +22,27 @@ from .data import ImageTextSet, TextCorpus, load_dataset, load_text_corpus, spli
 from .data.registry import corpus_summary, dataset_info
 from .embed import EmbeddingCache, EmbedStats
 from .embed.sharded import embed_split_sharded
-from .errors import ConfigError, XbtError
+from .errors import ConfigError, XbtError, did_you_mean
 from .eval import Embeddings, evaluate_retrieval
-from .eval.compat import average_compatibility, compatibility_matrix, retrieval_flip_rates
+from .eval.compat import (
+    METHOD_OLD,
+    NEW_NEW,
+    OLD_OLD,
+    average_compatibility,
+    compatibility_matrix,
+    retrieval_flip_rates,
+)
 from .eval.retrieval import METRIC_KEYS, RetrievalResult
-from .methods import methods as method_registry
+from .methods import MethodSpec, methods
 from .methods.base import FitContext, FittedMethod, ModelHandle
-from .paths import cache_dir
-from .report.result import METHOD_OLD, NEW_NEW, OLD_OLD, ChainMatrix, Cost, RunResult, SplitResult
-from .zoo import PairSpec, load_pair
+from .pairs import PairSpec, load_pair, pair_registry, shadowed_pairs
+from .paths import cache_dir, relative_to_home
+from .report.result import ChainMatrix, RunResult, SplitResult
+from .toy.build import ensure_zoo_models
 
-# --quick: fewer training steps and pairs for smoke runs (keys a method's config lacks are
+# --quick: fewer training steps and pairs for smoke runs (keys a method's settings lack are
 # left out for that method).
 QUICK_OVERRIDES: dict[str, Any] = {"proj_steps": 300, "steps": 60, "pairs": 1000}
-REFERENCE_SETTINGS = {"old": OLD_OLD, "new": NEW_NEW}
 
 
 @dataclass
@@ -71,11 +78,11 @@ def resolve_methods(names: Sequence[str]) -> list[str]:
         from .methods import default_methods
 
         return default_methods()
-    resolved = [method_registry.canonical(name) for name in names]
+    resolved = [methods.canonical(name) for name in names]
     return list(dict.fromkeys(resolved))
 
 
-def keep_sweep(result: RunResult, results_dir: Path) -> RunResult:
+def keep_sweep(result: RunResult, results_dir: Path, console: Console) -> RunResult:
     """``result`` with the sweep points of the file it replaces, when that file holds a sweep of
     the same method with the same config, seed and full-pairs scores (a plain rerun must not
     drop the points ``xbt-bench sweep`` recorded); otherwise ``result`` unchanged."""
@@ -84,7 +91,13 @@ def keep_sweep(result: RunResult, results_dir: Path) -> RunResult:
         return result
     try:
         previous = RunResult.from_json(path)
-    except XbtError:
+    except XbtError as error:
+        console.print(
+            f"[yellow]replacing an unreadable result file; any sweep points it held are lost "
+            f"({error})[/yellow]",
+            highlight=False,
+            soft_wrap=True,
+        )
         return result
     same = (previous.config, previous.seed, previous.splits) == (
         result.config,
@@ -94,8 +107,9 @@ def keep_sweep(result: RunResult, results_dir: Path) -> RunResult:
     return result.model_copy(update={"sweep": previous.sweep}) if same else result
 
 
-def load_pair_data(spec: PairSpec, options: RunOptions) -> PairData:
-    """The evaluation splits and training data a run of ``spec`` needs."""
+def load_pair_data(spec: PairSpec, options: RunOptions, console: Console) -> PairData:
+    """The evaluation splits and training data a run of ``spec`` needs (ConfigError when an
+    evaluation split is a training or support split; a warning when it is the text corpus)."""
     root = options.data_root
     dataset = options.dataset or spec.dataset
     if options.splits:
@@ -117,19 +131,44 @@ def load_pair_data(spec: PairSpec, options: RunOptions) -> PairData:
             f"pair {spec.name!r}: an evaluation split is also a training or support split; "
             "set data.pairs and data.support to other splits than the ones evaluated"
         )
+    for split in eval_sets:
+        if spec.data.text == f"{dataset}:{split}":
+            console.print(
+                f"[yellow]warning: split {split!r} is pair {spec.name!r}'s stage-1 text corpus "
+                f"(data.text = {spec.data.text}); methods fitted on its captions score them "
+                "too well: report a split the pair does not train on[/yellow]",
+                highlight=False,
+                soft_wrap=True,
+            )
     return PairData(eval_sets, text_corpus, train_pairs, support)
 
 
-def method_config(spec: PairSpec, method: str, options: RunOptions) -> dict[str, Any]:
-    """Pair-file settings for ``method``, updated by --quick and command-line overrides."""
-    from .methods.configs import config_class
-
-    config = spec.method_config(method)
-    known = set(config_class(method).model_fields)
-    if options.quick:
-        config |= {k: v for k, v in QUICK_OVERRIDES.items() if k in known}
-    config |= {k: v for k, v in options.overrides.items() if k in known}
+def method_config(spec: PairSpec, method: MethodSpec, options: RunOptions) -> dict[str, Any]:
+    """Pair-file settings for ``method``, updated by --quick and the command line's ``--set``
+    (each applied to the methods that have that setting)."""
+    config = spec.method_config(method.name)
+    layers = [QUICK_OVERRIDES] if options.quick else []
+    for layer in [*layers, options.overrides]:
+        unknown = set(method.unknown_settings(layer))
+        config |= {key: value for key, value in layer.items() if key not in unknown}
     return config
+
+
+def check_settings(spec: PairSpec, names: Sequence[str], options: RunOptions) -> None:
+    """Before any work: every ``--set`` key belongs to at least one of the methods ``names``
+    (ConfigError with the closest setting otherwise), and every method's effective settings
+    validate."""
+    selected = [methods.get(name) for name in names]
+    for key in options.overrides:
+        if all(key in method.unknown_settings([key]) for method in selected):
+            known = sorted({field for method in selected for field in method.settings.model_fields})
+            hint = did_you_mean(key, known, "settings of these methods")
+            raise ConfigError(
+                f"--set {key}=...: no selected method ({', '.join(names)}) has a setting {key!r}; "
+                f"{hint} (see `xbt-bench methods show NAME`)"
+            )
+    for method in selected:
+        method.parse_settings(method_config(spec, method, options))
 
 
 class Runner:
@@ -139,12 +178,23 @@ class Runner:
         self.options = options
         self.console = console
         self.spec = load_pair(options.pair)
+        for hidden in shadowed_pairs(self.spec.name):
+            console.print(
+                f"[yellow]pair {self.spec.name!r}: {pair_registry().get(self.spec.name)} "
+                f"replaces {hidden} (same name); rename your file to run both[/yellow]",
+                highlight=False,
+                soft_wrap=True,
+            )
         self.method_names = resolve_methods(options.methods)
+        check_settings(self.spec, self.method_names, options)
         self.dataset = options.dataset or self.spec.dataset
         self.cache = EmbeddingCache()
         self.stats = EmbedStats()
+        ensure_zoo_models(self.spec.chain)
         self.handles = {ref: ModelHandle(ref, options.device) for ref in self.spec.chain}
         self.work_dir = cache_dir("runs", self.spec.name)
+        # What the methods of this run share (e.g. preprocessed training images).
+        self.shared: dict[Any, Any] = {}
         self._galleries: dict[tuple[str, str], Embeddings] = {}
         self._references: dict[tuple[str, str], RetrievalResult] = {}
 
@@ -178,26 +228,26 @@ class Runner:
     def fit(self, method: str, old: str, new: str, data: PairData) -> FittedMethod:
         """Fit ``method`` for the upgrade ``old`` -> ``new``."""
         context = FitContext(
-            pair=self.spec,
             old=self.handles[old],
             new=self.handles[new],
             text_corpus=data.text_corpus,
             train_pairs=data.train_pairs,
             support=data.support,
             work_dir=self.work_dir,
-            config=method_config(self.spec, method, self.options),
+            config=method_config(self.spec, methods.get(method), self.options),
             seed=self.options.seed,
             device=self.options.device,
             embeddings=self.cache,
             embed_stats=self.stats,
             num_workers=self.options.num_workers,
+            shared=self.shared,
         )
         self.console.print(f"[bold]{method}[/bold]: {old} -> {new}")
-        return method_registry.get(method)(context)
+        return methods.get(method)(context)
 
     def run(self) -> list[RunResult]:
         """Fit and score every method; write and return the results."""
-        data = load_pair_data(self.spec, self.options)
+        data = load_pair_data(self.spec, self.options, self.console)
         results = []
         for method in self.method_names:
             start = time.perf_counter()
@@ -205,7 +255,7 @@ class Runner:
                 self.run_chain(method, data) if self.spec.is_chain else self.run_pair(method, data)
             )
             result.cost.wall_time_s = round(time.perf_counter() - start, 3)
-            result = keep_sweep(result, self.options.output_dir)
+            result = keep_sweep(result, self.options.output_dir, self.console)
             if distributed.is_main():  # under torchrun, one rank writes
                 self.console.print(f"  wrote {result.save(self.options.output_dir)}")
             results.append(result)
@@ -224,8 +274,7 @@ class Runner:
             gallery_ref = old if fitted.gallery == "old" else new
             scored = score(queries, self.gallery(gallery_ref, split, eval_set), eval_set)
             metrics = {OLD_OLD: old_old.metrics, NEW_NEW: new_new.metrics}
-            setting = REFERENCE_SETTINGS.get(method, METHOD_OLD)
-            if setting == METHOD_OLD:
+            if methods.get(method).deploys == METHOD_OLD:
                 metrics[METHOD_OLD] = scored.metrics
             splits[split] = SplitResult(
                 metrics=metrics, flips=retrieval_flip_rates(old_old, scored)
@@ -252,8 +301,7 @@ class Runner:
             last = len(chain) - 1
             metrics = {OLD_OLD: cells[0, 0].metrics, NEW_NEW: cells[last, last].metrics}
             metrics |= {f"v{i}->v{j}": cell.metrics for (i, j), cell in cells.items()}
-            setting = REFERENCE_SETTINGS.get(method, METHOD_OLD)
-            if setting == METHOD_OLD:
+            if methods.get(method).deploys == METHOD_OLD:
                 metrics[METHOD_OLD] = cells[last, 0].metrics
             matrices = {key: compatibility_matrix(cells, key) for key in METRIC_KEYS}
             splits[split] = SplitResult(
@@ -266,11 +314,20 @@ class Runner:
         fitted = fits[len(chain) - 1, 0]
         return self.result(method, fitted, splits, data)
 
+    def fingerprints(self, data: PairData) -> dict[str, str]:
+        """Identities of the models (name and weights hash) and of the evaluated data."""
+        chain = self.spec.chain
+        names = ["old", *[f"via{i}" for i in range(1, len(chain) - 1)], "new"]
+        models = zip(names, chain, strict=True)
+        out = {name: self.handles[ref].get().identity for name, ref in models}
+        return out | {
+            f"data:{split}": eval_set.fingerprint for split, eval_set in data.eval_sets.items()
+        }
+
     def result(
         self, method: str, fitted: FittedMethod, splits: dict[str, SplitResult], data: PairData
     ) -> RunResult:
         """The typed result of one method (cost, config, curves and provenance included)."""
-        cost = fitted.cost
         info, curves = split_curves(fitted.info)
         info["data"] = {
             "text_corpus": corpus_summary(data.text_corpus),
@@ -284,31 +341,20 @@ class Runner:
             method=method,
             dataset=self.dataset,
             split=next(iter(splits)),
-            setting=REFERENCE_SETTINGS.get(method, METHOD_OLD),
+            setting=methods.get(method).deploys,
             splits=splits,
             applicable=fitted.applicable,
             not_applicable_reason=fitted.reason or None,
-            cost=Cost(
-                wall_time_s=0.0,
-                fit_time_s=round(cost.wall_time_s, 3),
-                training_time_s=round(cost.training_time_s, 3),
-                forward_passes={
-                    "old_image": cost.old_image_forwards,
-                    "old_text": cost.old_text_forwards,
-                    "new_image": cost.new_image_forwards,
-                    "new_text": cost.new_text_forwards,
-                    "old_gallery_reused": cost.gallery_embeddings_reused,
-                },
-                trainable_params=cost.trainable_params,
-                trainable_share=cost.trainable_share,
-                peak_memory_mb=cost.peak_memory_mb or None,
-                device=cost.device,
-            ),
+            cost=fitted.cost,
             config={**fitted.config, "quick": self.options.quick},
             info=info,
             training_curves=curves,
             seed=self.options.seed,
-            artifacts={"embeddings": str(self.cache.root), "checkpoints": str(self.work_dir)},
+            artifacts={
+                "embeddings": relative_to_home(self.cache.root),
+                "checkpoints": relative_to_home(self.work_dir),
+            },
+            fingerprints=self.fingerprints(data),
         )
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -109,3 +110,12 @@ class TextCorpus:
         """A corpus of the unique, non-empty, stripped ``texts`` in first-seen order."""
         unique = list(dict.fromkeys(t.strip() for t in texts if t and t.strip()))
         return cls(name=name, texts=unique, source=source)
+
+
+def not_utf8(path: Path, error: UnicodeDecodeError) -> str:
+    """A one-line message naming the line of ``path`` that is not UTF-8, and the fix."""
+    line = path.read_bytes()[: error.start].count(b"\n") + 1
+    return (
+        f"{path} line {line} is not UTF-8 text (byte {error.object[error.start]:#04x} at offset "
+        f"{error.start}); save the file as UTF-8"
+    )

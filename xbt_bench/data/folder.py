@@ -33,7 +33,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError, NotFoundError, XbtError
-from .base import ImageTextSet, fingerprint_of
+from .base import ImageTextSet, fingerprint_of, not_utf8
 
 FINGERPRINT_VERSION = "image-text/1"
 IMAGE_COLUMNS = ("image", "filepath", "file_name", "filename")
@@ -252,7 +252,9 @@ def load_folder_dataset(path: str, split: str, root: Path | str | None = None) -
     try:
         is_csv = annotation.suffix.lower() == ".csv"
         rows = _csv_rows(annotation) if is_csv else _jsonl_rows(annotation)
-    except (UnicodeDecodeError, csv.Error) as error:
+    except UnicodeDecodeError as error:
+        raise ConfigError(not_utf8(annotation, error)) from None
+    except csv.Error as error:
         raise ConfigError(f"cannot read {annotation}: {error}") from None
     if not rows:
         raise XbtError(f"annotation file {annotation} has no image,caption rows (it is empty)")

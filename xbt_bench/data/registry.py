@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
-from ..errors import ConfigError, NotFoundError, XbtError
+from ..errors import ConfigError, NotFoundError, XbtError, did_you_mean
 from ..registry import Registry
-from .base import ImageTextSet, TextCorpus
+from .base import ImageTextSet, TextCorpus, not_utf8
 
 DatasetLoader = Callable[[str, "Path | str | None"], ImageTextSet]
 
@@ -138,9 +138,20 @@ def split_data_ref(ref: str) -> tuple[str, str]:
     return name, split
 
 
+def check_split(name: str, split: str) -> str:
+    """``split`` when dataset ``name`` has it (any split for ``folder:`` and ``wds/`` datasets);
+    NotFoundError with the closest name otherwise (also for an unknown dataset)."""
+    info = dataset_info(name)
+    if "any" in info.splits or split in info.splits:
+        return split
+    raise NotFoundError(
+        f"dataset {name!r} has no split {split!r}; {did_you_mean(split, info.splits, 'its splits')}"
+    )
+
+
 def load_dataset(name: str, split: str, root: Path | str | None = None) -> ImageTextSet:
     """The ``split`` of dataset ``name`` (found under ``root`` for datasets on disk)."""
-    return resolve_dataset(name)(split, root)
+    return resolve_dataset(name)(check_split(name, split), root)
 
 
 @dataclass(frozen=True)
@@ -161,16 +172,42 @@ class DatasetCheck:
         return None if self.expected is None else self.expected == (self.n_images, self.n_captions)
 
 
-def check_dataset(name: str, split: str, root: Path | str | None = None) -> DatasetCheck:
-    """Load ``name:split`` (every file checked), decode its first and last image, and count."""
+def _decode_problem(data: ImageTextSet, index: int) -> str:
+    """Why image ``index`` of ``data`` cannot be decoded in full ("" when it can)."""
+    try:
+        image = data.load_image(index)
+        image.load()  # decodes every byte: a truncated or empty file fails here
+    except Exception as error:  # noqa: BLE001 - every decoding failure is reported, by row
+        return f"{type(error).__name__}: {error}"
+    return ""
+
+
+def check_dataset(
+    name: str, split: str, root: Path | str | None = None, progress: bool = True
+) -> DatasetCheck:
+    """Load ``name:split`` (every file checked), decode every image in full, and count;
+    XbtError naming the first image that does not decode (and how many do not)."""
+    from concurrent.futures import ThreadPoolExecutor
+
     import numpy as np
+    from rich.progress import Progress
 
     data = load_dataset(name, split, root)
-    for index in sorted({0, data.n_images - 1}):
-        try:
-            data.load_image(index)
-        except (OSError, ValueError) as error:
-            raise XbtError(f"{data.key}: image {index} cannot be decoded: {error}") from None
+    with Progress(transient=True, disable=not progress) as bar, ThreadPoolExecutor(4) as pool:
+        task = bar.add_task(f"decode {data.key} images", total=data.n_images)
+        problems = {}
+        for index, problem in enumerate(
+            pool.map(lambda i: _decode_problem(data, i), range(data.n_images), chunksize=64)
+        ):
+            if problem:
+                problems[index] = problem
+            bar.advance(task)
+    if problems:
+        first = min(problems)
+        raise XbtError(
+            f"{data.key}: {len(problems)} of {data.n_images} images cannot be decoded; the first "
+            f"is image {first} ({problems[first]}); replace the files or drop their rows"
+        )
     counts = np.bincount(data.caption_image, minlength=data.n_images)
     describe = getattr(data.load_image, "describe", None)
     sources = describe() if callable(describe) else {"source": "generated"}
@@ -198,7 +235,7 @@ def load_text_corpus(ref: str, root: Path | str | None = None) -> TextCorpus:
         try:
             lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
         except UnicodeDecodeError as error:
-            raise XbtError(f"text corpus file {path} is not UTF-8 text: {error}") from None
+            raise XbtError(f"text corpus {not_utf8(path, error)}") from None
         if not lines:
             raise XbtError(f"text corpus file {path} has no captions; write one caption per line")
         return TextCorpus.from_texts(

@@ -5,6 +5,11 @@ An entry is a folder ``root/<digest>/`` named by the hash of its :class:`Embeddi
 ``manifest.json``, written last and atomically: an entry without a manifest does not exist, so
 a crash mid-way never leaves a stale or partial entry behind. Several writers (one per rank of a
 distributed extraction) may write shards into the same attempt folder; one of them commits.
+
+The manifest records each shard's SHA-256 and whether every row had unit norm. An entry is
+verified the first time a cache object reads it: a shard whose bytes, shape, finiteness or row
+norms do not match is reported in one line naming the entry and treated as absent, so the
+caller recomputes it (a damaged cache never turns into wrong numbers).
 """
 
 from __future__ import annotations
@@ -17,19 +22,21 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 from rich.console import Console
 
-from ..atomic import write_json, write_npy
+from ..atomic import sha256_of, write_json, write_npy
 from ..errors import ConfigError, XbtError
 from ..paths import cache_dir
 
 MANIFEST = "manifest.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# How far from 1 a stored row's norm may be (float16 storage rounds to ~1e-3).
+UNIT_NORM_TOLERANCE = {"float32": 1e-4, "float16": 4e-3}
 DEFAULT_SHARD_ROWS = 65536
 STORAGE_DTYPES = ("float32", "float16")
 SIDES = ("image", "text")
@@ -37,7 +44,6 @@ SIDES = ("image", "text")
 STALE_ATTEMPT_SECONDS = 3600.0
 _SHARD_NAME = re.compile(r"rows-(\d{12})-(\d{12})\.npy")
 
-console = Console(stderr=True)
 
 
 @dataclass(frozen=True)
@@ -79,6 +85,7 @@ class Shard:
     path: str  # relative to the entry folder
     start: int
     end: int
+    sha256: str = ""
 
 
 @dataclass
@@ -222,6 +229,9 @@ class ShardWriter:
         dtypes = {str(a.dtype) for a in arrays}
         if len(dims) != 1 or dtypes != {self.key.dtype}:
             raise XbtError(f"{where}: shards disagree (dims {dims}, dtypes {dtypes})")
+        shards = [replace(shard, sha256=sha256_of(entry / shard.path)) for shard in shards]
+        tolerance = UNIT_NORM_TOLERANCE[self.key.dtype]
+        unit_rows = all(_norm_error(array) <= tolerance for array in arrays)
         manifest = {
             "format": FORMAT_VERSION,
             "key": asdict(self.key),
@@ -230,6 +240,7 @@ class ShardWriter:
             "dim": dims.pop(),
             "dtype": self.key.dtype,
             "shards": [asdict(s) for s in shards],
+            "unit_rows": unit_rows,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **extra,
         }
@@ -243,11 +254,29 @@ class ShardWriter:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def _norm_error(rows: np.ndarray) -> float:
+    """The largest distance of a row's norm from 1 (inf when a value is not finite)."""
+    error = 0.0
+    for start in range(0, len(rows), 1 << 16):
+        block = np.asarray(rows[start : start + (1 << 16)], dtype=np.float32)
+        error = max(error, float(np.abs(np.linalg.norm(block, axis=1) - 1.0).max(initial=0.0)))
+    return error if np.isfinite(error) else float("inf")
+
+
 class EmbeddingCache:
     """Embeddings on disk under ``root`` (default ``$XBT_BENCH_HOME/embeddings``)."""
 
-    def __init__(self, root: str | os.PathLike[str] | None = None, shard_rows: int | None = None):
+    def __init__(
+        self,
+        root: str | os.PathLike[str] | None = None,
+        shard_rows: int | None = None,
+        console: Console | None = None,
+    ):
         self.root = Path(root) if root is not None else cache_dir("embeddings")
+        # Where the cache says what it reused, computed or found damaged.
+        self.console = console if console is not None else Console(stderr=True)
+        # Shard files this object has verified, by (path, size, mtime): each is checked once.
+        self._verified: set[tuple[str, int, int]] = set()
         self.shard_rows = DEFAULT_SHARD_ROWS if shard_rows is None else int(shard_rows)
         if self.shard_rows < 1:
             raise ConfigError(f"shard_rows must be positive, got {shard_rows}")
@@ -275,18 +304,41 @@ class EmbeddingCache:
         entry = self.entry_dir(key)
         arrays = []
         for shard in manifest["shards"]:
+            path = entry / shard["path"]
             try:
-                array = np.load(entry / shard["path"], mmap_mode="r" if mmap else None)
-            except (OSError, ValueError):
-                array = None
-            if array is None or array.shape != (shard["end"] - shard["start"], manifest["dim"]):
-                console.print(
-                    f"[yellow]cached embeddings for {key.describe()} are damaged "
-                    f"({entry / shard['path']}); treating them as absent[/yellow]"
+                array = np.load(path, mmap_mode="r" if mmap else None)
+                problem = self._verify(path, array, shard, manifest)
+            except (OSError, ValueError) as error:
+                problem = f"unreadable ({type(error).__name__})"
+            if problem:
+                self.console.print(
+                    f"[yellow]cached embeddings for {key.describe()} failed verification: "
+                    f"{path} {problem}; recomputing them (entry {entry})[/yellow]",
+                    highlight=False,
+                    soft_wrap=True,
                 )
                 return None
             arrays.append(array)
         return arrays
+
+    def _verify(self, path: Path, array: np.ndarray, shard: dict, manifest: dict) -> str:
+        """Why a shard cannot be trusted ("" when it can): checked once per file version."""
+        stat = path.stat()
+        seen = (str(path), stat.st_size, stat.st_mtime_ns)
+        rows = shard["end"] - shard["start"]
+        if array.shape != (rows, manifest["dim"]):
+            return f"has shape {array.shape}, the manifest says ({rows}, {manifest['dim']})"
+        if seen in self._verified:
+            return ""
+        if sha256_of(path) != shard.get("sha256"):
+            return "does not match the checksum recorded when it was written"
+        error = _norm_error(array)
+        if not np.isfinite(error):
+            return "holds NaN or inf values"
+        if manifest.get("unit_rows") and error > UNIT_NORM_TOLERANCE[manifest["dtype"]]:
+            return f"holds rows whose norm is {error:.3g} from 1 (they were unit rows)"
+        self._verified.add(seen)
+        return ""
 
     def load(self, key: EmbeddingKey, mmap: bool = True) -> np.ndarray | None:
         """``key``'s embeddings [rows, dim] in the stored dtype, or None when absent.
@@ -300,8 +352,8 @@ class EmbeddingCache:
         return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
     def contains(self, key: EmbeddingKey) -> bool:
-        """Whether a complete entry for ``key`` exists."""
-        return self.manifest(key) is not None
+        """Whether a complete entry for ``key`` exists and passes verification."""
+        return self.load_shards(key) is not None
 
     def writer(self, key: EmbeddingKey, attempt: str | None = None) -> ShardWriter:
         """A writer for ``key``'s shards (give all ranks the same ``attempt`` name)."""
@@ -322,7 +374,7 @@ class EmbeddingCache:
         """
         cached = self.load(key, mmap=mmap)
         if cached is not None:
-            console.print(
+            self.console.print(
                 f"reused cached embeddings for {key.describe()}: {cached.shape[0]}x"
                 f"{cached.shape[1]} {cached.dtype} ({self.entry_dir(key)})",
                 highlight=False,
@@ -344,7 +396,7 @@ class EmbeddingCache:
                 f"embeddings for {key.describe()} vanished from {self.root} after being "
                 "written; is another process clearing the cache?"
             )
-        console.print(
+        self.console.print(
             f"computed and cached embeddings for {key.describe()}: {n_rows}x{loaded.shape[1]} "
             f"{loaded.dtype} in {time.perf_counter() - started:.1f}s",
             highlight=False,
@@ -362,3 +414,24 @@ class EmbeddingCache:
                 and now - folder.stat().st_mtime > STALE_ATTEMPT_SECONDS
             ):
                 shutil.rmtree(folder, ignore_errors=True)
+
+    def abandoned_attempts(self, min_age_s: float = STALE_ATTEMPT_SECONDS) -> list[Path]:
+        """Attempt folders no manifest uses (a killed or failed extraction's shards) whose last
+        change is at least ``min_age_s`` old (a younger one may belong to a running writer)."""
+        now = time.time()
+        found = []
+        entries = sorted(p for p in self.root.iterdir() if p.is_dir()) if self.root.is_dir() else []
+        for entry in entries:
+            try:
+                manifest = json.loads((entry / MANIFEST).read_text())
+                used = {shard["path"].split("/")[0] for shard in manifest.get("shards", [])}
+            except (OSError, ValueError):
+                used = set()
+            for folder in entry.iterdir():
+                if (
+                    folder.is_dir()
+                    and folder.name not in used
+                    and now - folder.stat().st_mtime >= min_age_s
+                ):
+                    found.append(folder)
+        return found

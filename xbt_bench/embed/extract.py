@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -34,7 +35,7 @@ from rich.progress import (
 from ..data.base import ImageTextSet, TextCorpus
 from ..errors import InputError, XbtError
 from ..eval.retrieval import Embeddings
-from .cache import SIDES, EmbeddingCache, EmbeddingKey, EmbedRecord, EmbedStats, console
+from .cache import SIDES, EmbeddingCache, EmbeddingKey, EmbedRecord, EmbedStats
 
 DEFAULT_IMAGE_BATCH = 256
 DEFAULT_TEXT_BATCH = 1024
@@ -183,6 +184,7 @@ def _encode(
 
 
 def _progress() -> Progress:
+    console = Console(stderr=True)
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),

@@ -20,7 +20,7 @@ import numpy as np
 from .. import distributed
 from ..data.base import ImageTextSet, TextCorpus
 from ..errors import XbtError
-from .cache import EmbeddingCache, EmbedStats, console
+from .cache import EmbeddingCache, EmbedStats
 from .extract import (
     Extraction,
     corpus_extraction,
@@ -41,7 +41,7 @@ def _sharded(
     rank, world = distributed.rank(), distributed.world_size()
     rows = distributed.shard_range(n_rows, rank, world, align=extraction.batch_size)
     # Rank 0 decides for everyone, so that no rank waits in a collective the others skip.
-    computed = distributed.broadcast_object(not cache.contains(key))
+    computed = distributed.broadcast_object(not cache.contains(key))  # verified
     if computed:
         attempt = distributed.broadcast_object(f"attempt-ranks-{uuid.uuid4().hex[:12]}")
         writer = cache.writer(key, attempt=attempt)
@@ -78,7 +78,7 @@ def _sharded(
     record_request(stats, cache, key, rows=counted, computed=computed, started=started)
     if distributed.is_main():
         verb = f"computed on {world} ranks and cached" if computed else "reused cached"
-        console.print(
+        cache.console.print(
             f"{verb} embeddings for {key.describe()}: {array.shape[0]}x{array.shape[1]} "
             f"{array.dtype} in {time.perf_counter() - started:.1f}s",
             highlight=False,

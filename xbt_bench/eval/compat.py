@@ -13,6 +13,10 @@ import numpy as np
 from ..errors import InputError
 from .retrieval import METRIC_KEYS, RECALL_KEYS, RetrievalResult
 
+# The settings (query encoder -> gallery encoder) a result reports.
+OLD_OLD, NEW_NEW, METHOD_OLD = "old->old", "new->new", "method->old"
+SETTINGS = (OLD_OLD, NEW_NEW, METHOD_OLD)
+
 
 def _value(metrics: Mapping[str, float], key: str, setting: str) -> float:
     if key not in metrics:

@@ -1,150 +1,178 @@
 """The method registry: every way of building a backward-compatible query encoder (SPEC §3).
 
-Each entry is a function ``fit(ctx: FitContext) -> FittedMethod`` (see :mod:`.base`),
-registered lazily so that listing methods imports no torch. Each has a :class:`MethodCard`
-(what it trains and when it needs OLD) and a settings class in :mod:`.configs`.
+A method is one function in one module, declared once with :func:`register_method`, which
+carries everything the runner, the sweep, the leaderboard and the CLI need to know about it::
 
-    from xbt_bench.methods import methods, FitContext
+    @register_method(
+        "procrustes",
+        kind="closed form",
+        trains="closed form",
+        old_in_training="text embeddings only",
+        notes="orthogonal map fitted on text pairs; smaller side zero-padded",
+    )
+    def fit_procrustes(ctx: FitContext, settings: MethodConfig) -> FittedMethod: ...
+
+The registry validates the method's settings (its ``settings`` class over the pair file's and
+the command line's values), times the fit, tracks its peak memory and fills its cost. Built-in
+methods are the modules of this package (adding a method is adding a module); an installed
+package adds its own through the entry-point group ``xbt_bench.methods`` (each entry point
+names a module whose import registers them). Nothing is imported until the registry is first
+asked for a method.
+
+    from xbt_bench.methods import methods
     fitted = methods.get("xbt")(ctx)        # the runner's one call
     queries = fitted.encode_texts(test_set)  # [n_captions, dim] in fitted.gallery's space
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import importlib
+import pkgutil
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from importlib import metadata
+from typing import Any, Literal
 
+from ..errors import XbtError
+from ..eval.compat import METHOD_OLD, NEW_NEW, OLD_OLD
 from ..registry import Registry
-from .base import Cost, FitContext, FittedMethod, ModelHandle
-from .configs import CONFIGS, MethodConfig, describe_settings, parse_config, resolve_config
+from .base import Cost, FitContext, FittedMethod, ModelHandle, measured
+from .settings import MethodConfig, describe_settings, parse_settings, unknown_settings
+
+ENTRY_POINT_GROUP = "xbt_bench.methods"
+Kind = Literal["reference", "closed form", "trained"]
+KIND_ORDER = {"reference": 0, "closed form": 1, "trained": 2}
+Deploys = Literal["old->old", "new->new", "method->old"]
+Fit = Callable[[FitContext, Any], FittedMethod]
 
 
 @dataclass(frozen=True)
-class MethodCard:
-    """What ``xbt-bench methods list`` shows about a method (SPEC §3's table)."""
+class MethodSpec:
+    """One registered method: its fit function, settings class and card (SPEC §3's table).
+
+    - ``kind``: ``reference`` (old, new: scored, never fitted), ``closed form`` (fitted without
+      training, deterministic) or ``trained`` (stochastic: ``xbt-bench run --seeds N`` repeats
+      it);
+    - ``trains``, ``old_in_training``, ``notes``: what ``methods list`` prints;
+    - ``old_at_query``: whether its queries need OLD at query time;
+    - ``variant``: another setting of a method, run only when named with ``--method``;
+    - ``deploys``: the setting its queries are scored in (``method->old``, or the references'
+      own ``old->old`` / ``new->new``);
+    - ``sweepable``: trains on image–text pairs, so ``xbt-bench sweep`` refits it on fewer.
+    """
 
     name: str
+    fit: Fit
+    settings: type[MethodConfig]
+    kind: Kind
     trains: str
     old_at_query: bool
     old_in_training: str
     notes: str
-    # Variants (other settings of a method, for analysis) run only when named with --method.
-    in_default_run: bool = True
+    variant: bool = False
+    deploys: Deploys = METHOD_OLD
+    sweepable: bool = False
+
+    def parse_settings(self, values: Mapping[str, Any] | MethodConfig | None) -> MethodConfig:
+        """``values`` over this method's defaults; ConfigError naming the bad key."""
+        return parse_settings(self.name, self.settings, values)
+
+    def describe_settings(self) -> list[tuple[str, str, str]]:
+        """``(name, default, description)`` of each setting."""
+        return describe_settings(self.settings)
+
+    def unknown_settings(self, keys: Any) -> list[str]:
+        """The ``keys`` this method has no setting for."""
+        return unknown_settings(self.settings, keys)
+
+    def __call__(self, ctx: FitContext) -> FittedMethod:
+        """Fit on ``ctx`` (settings from ``ctx.config``): timed, with peak memory and cost."""
+        settings = self.parse_settings(ctx.config)
+        fitted = measured(ctx, lambda: self.fit(ctx, settings))
+        fitted.config = settings.model_dump()
+        fitted.needs_old_at_query = self.old_at_query
+        return fitted
 
 
-methods: Registry[Callable[[FitContext], FittedMethod]] = Registry(
-    "method", hint="xbt-bench methods list"
+def _populate() -> None:
+    """Import this package's modules (whose decorators register the built-in methods), then
+    every ``xbt_bench.methods`` entry point."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+    for entry_point in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            entry_point.load()
+        except Exception as error:  # noqa: BLE001 - a broken plugin is named, not a traceback
+            raise XbtError(
+                f"methods of the installed package entry point {entry_point.name!r} "
+                f"({entry_point.value}) could not be loaded: {type(error).__name__}: {error}; "
+                "fix or uninstall that package"
+            ) from error
+
+
+methods: Registry[MethodSpec] = Registry(
+    "method", hint="xbt-bench methods list", populate=_populate
 )
-method_cards: dict[str, MethodCard] = {}
 
 
 def register_method(
     name: str,
-    target: str,
-    card: MethodCard,
+    *,
+    kind: Kind,
+    trains: str,
+    notes: str,
     settings: type[MethodConfig] = MethodConfig,
-) -> None:
-    """Register ``target`` (a lazy ``"module:function"``) under ``name`` with its card and
-    settings class."""
-    methods.register(name, target)
-    method_cards[name] = card
-    CONFIGS.setdefault(name, settings)
+    old_at_query: bool = False,
+    old_in_training: str = "no",
+    variant: bool = False,
+    deploys: Deploys = METHOD_OLD,
+    sweepable: bool = False,
+) -> Callable[[Fit], Fit]:
+    """Declare the decorated ``fit(ctx, settings) -> FittedMethod`` as method ``name``
+    (fields as :class:`MethodSpec`); the function itself is returned unchanged."""
+    if deploys not in (OLD_OLD, NEW_NEW, METHOD_OLD):
+        raise XbtError(f"method {name!r}: deploys={deploys!r} is not a setting")
+
+    def decorator(fit: Fit) -> Fit:
+        spec = MethodSpec(
+            name=name,
+            fit=fit,
+            settings=settings,
+            kind=kind,
+            trains=trains,
+            old_at_query=old_at_query,
+            old_in_training=old_in_training,
+            notes=notes,
+            variant=variant,
+            deploys=deploys,
+            sweepable=sweepable,
+        )
+        methods.register(name, spec)
+        return fit
+
+    return decorator
 
 
-_CARDS = [
-    ("old", "reference", "–", True, "–", "old→old: the reference to beat"),
-    ("new", "reference", "–", False, "–", "new→new: full backfill of the gallery with NEW"),
-    (
-        "identity",
-        "reference",
-        "–",
-        False,
-        "no",
-        "raw NEW queries vs OLD gallery (only when dims match): shows incompatibility",
-    ),
-    (
-        "procrustes",
-        "closed_form",
-        "closed form",
-        False,
-        "text embeddings only",
-        "orthogonal map fitted on text pairs; smaller side zero-padded",
-    ),
-    (
-        "slerp",
-        "closed_form",
-        "closed form",
-        True,
-        "text embeddings only",
-        "spherical interpolation of OLD query and Procrustes(NEW query); α chosen on support",
-    ),
-    (
-        "xbt-proj",
-        "xbt",
-        "stage 1",
-        False,
-        "text embeddings only",
-        "ablation: ψ alone on the frozen NEW",
-    ),
-    (
-        "xbt",
-        "xbt",
-        "stages 1+2",
-        False,
-        "no (stage 2)",
-        "the reference recipe: ψ on text, then LoRA on frozen NEW towards ψ₀ anchors",
-    ),
-    (
-        "xbt-gallery",
-        "xbt",
-        "stages 1+2",
-        False,
-        "no (reads OLD's gallery embeddings)",
-        "xbt with anchors from OLD's gallery embeddings of the training pairs; LoRA on both towers",
-    ),
-    (
-        "distill",
-        "xbt",
-        "stage 2 with real OLD targets",
-        False,
-        "yes",
-        "as xbt, but targets from OLD run in the loop (the old-model-in-the-loop cost baseline)",
-    ),
-    (
-        "finetune",
-        "xbt",
-        "all NEW weights + ψ",
-        False,
-        "no",
-        "not parameter-efficient: shows what PEFT saves",
-    ),
-]
-_VARIANTS = {"xbt-gallery"}
-for _name, _module, _trains, _query, _training, _notes in _CARDS:
-    _function = "fit_" + _name.replace("-", "_")
-    register_method(
-        _name,
-        f"xbt_bench.methods.{_module}:{_function}",
-        MethodCard(_name, _trains, _query, _training, _notes, _name not in _VARIANTS),
-    )
+def method_names() -> list[str]:
+    """Every registered method: references, then closed forms, then trained ones (each kind
+    in registration order)."""
+    return sorted(methods.names(), key=lambda name: KIND_ORDER[methods.get(name).kind])
 
 
 def default_methods() -> list[str]:
     """The methods ``xbt-bench run`` fits when none is named: all but the variants."""
-    return [name for name in methods.names() if method_cards[name].in_default_run]
+    return [name for name in method_names() if not methods.get(name).variant]
 
 
 __all__ = [
     "Cost",
     "FitContext",
     "FittedMethod",
-    "MethodCard",
+    "MethodConfig",
+    "MethodSpec",
     "ModelHandle",
     "default_methods",
-    "describe_settings",
-    "method_cards",
+    "method_names",
     "methods",
-    "parse_config",
     "register_method",
-    "resolve_config",
 ]

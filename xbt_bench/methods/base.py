@@ -1,10 +1,10 @@
 """The one interface every method speaks (SPEC §3).
 
-A method is a function ``fit(ctx: FitContext) -> FittedMethod`` registered in
-:data:`xbt_bench.methods.methods`. It turns a pair (OLD, NEW), its data and its settings into
-query encoders whose vectors live in the gallery's space (OLD's, or NEW's for ``new``), and
-says what that cost. A method never evaluates itself: the runner embeds the queries with
-``encode_images``/``encode_texts`` and searches the gallery named by ``gallery``.
+A method is a function ``fit(ctx: FitContext, settings) -> FittedMethod`` declared with
+:func:`xbt_bench.methods.register_method`. It turns a pair (OLD, NEW), its data and its
+settings into query encoders whose vectors live in the gallery's space (OLD's, or NEW's for
+``new``), and says what that cost. A method never evaluates itself: the runner embeds the
+queries with ``encode_images``/``encode_texts`` and searches the gallery named by ``gallery``.
 
 Costs are counted by the context: every embedding a method asks for through
 :meth:`FitContext.embed` / :meth:`FitContext.embed_corpus` counts as that model's forward
@@ -16,17 +16,17 @@ gallery reuse, not as OLD forward passes.
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
 from ..data.base import ImageTextSet, TextCorpus
 from ..errors import XbtError
@@ -34,7 +34,6 @@ from ..errors import XbtError
 if TYPE_CHECKING:
     from ..embed import EmbeddingCache, EmbedStats
     from ..models.loading import LoadedModel
-    from ..zoo import PairSpec
 
 Which = Literal["old", "new"]
 Side = Literal["image", "text"]
@@ -69,37 +68,50 @@ class ModelHandle:
         return f"ModelHandle({self.ref!r}, device={self.device!r}, loads={self.loads})"
 
 
-@dataclass
-class Cost:
-    """What fitting a method cost (SPEC §4 "Cost"), all at training time.
+FORWARD_KEYS = ("old_image", "old_text", "new_image", "new_text", "old_gallery_reused")
 
-    ``{old,new}_{image,text}_forwards`` count the images and texts each model embedded for the
-    method (through the cache or inside a training loop); ``gallery_embeddings_reused`` counts
-    OLD gallery vectors the method read instead of computing. ``trainable_params`` counts every
-    parameter the method trained in any stage (adapters, ψ, or NEW's weights).
+
+class Cost(BaseModel):
+    """What a method cost (SPEC §4 "Cost"): time, forward passes, trainable parameters, memory.
+
+    ``forward_passes`` counts, per model and side (:data:`FORWARD_KEYS`), the images and texts
+    embedded for the method at training time (through the cache or inside a training loop,
+    whether or not the cache already held them, so costs do not depend on the cache's state);
+    ``old_gallery_reused`` counts OLD gallery vectors the method read instead of computing.
+    ``trainable_params`` counts every parameter it trained in any stage (adapters, ψ, or NEW's
+    weights), ``new_params`` NEW's parameters.
     """
 
-    wall_time_s: float = 0.0
-    # Training steps' time as recorded in their checkpoints (kept across resumes and reruns).
-    training_time_s: float = 0.0
-    old_image_forwards: int = 0
-    old_text_forwards: int = 0
-    new_image_forwards: int = 0
-    new_text_forwards: int = 0
-    gallery_embeddings_reused: int = 0
-    trainable_params: int = 0
-    new_params: int = 0
-    peak_memory_mb: float = 0.0
+    model_config = ConfigDict(extra="forbid")
+
+    wall_time_s: float = Field(
+        0.0, ge=0, description="the whole run of this method: fit, query embedding and scoring"
+    )
+    fit_time_s: float = Field(0.0, ge=0, description="fitting or training the method alone")
+    training_time_s: float = Field(
+        0.0,
+        ge=0,
+        description="time its training steps took when they ran (from the checkpoints' logs, so "
+        "it survives resumes and cached reruns; stage 1 included for stage-2 methods)",
+    )
+    forward_passes: dict[str, int] = Field(default_factory=dict)
+    trainable_params: int = Field(0, ge=0)
+    new_params: int = Field(0, ge=0)
+    peak_memory_mb: float | None = Field(None, ge=0)
     device: str = "cpu"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_derived(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if k != "trainable_share"}
+        return data
+
+    @computed_field  # type: ignore[prop-decorator]
     @property
     def trainable_share(self) -> float:
         """``trainable_params`` as a share of NEW's parameters (0 when nothing trains)."""
         return self.trainable_params / self.new_params if self.new_params else 0.0
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON values, with ``trainable_share``."""
-        return {**asdict(self), "trainable_share": self.trainable_share}
 
 
 Encode = Callable[[ImageTextSet], np.ndarray]
@@ -150,18 +162,19 @@ class FittedMethod:
 class FitContext:
     """Everything a method may use.
 
-    - ``pair``: the pair spec; ``old``/``new``: lazy model handles.
+    - ``old``/``new``: lazy model handles.
     - ``text_corpus``: captions without images (stage 1, Procrustes); ``train_pairs``: image–text
       pairs (stage 2); ``support``: the split for hyperparameter choices (never the test split).
     - ``config``: the method's settings as given (pair file ``[methods.NAME]`` updated by CLI
-      overrides, with or without defaults); the method validates them over its defaults.
+      overrides); the registry validates them over the method's defaults.
     - ``work_dir``: a folder for checkpoints, best shared by every method of a pair: runs train
       into subfolders named by a hash of what their result depends on, so methods share stage 1
       and a rerun resumes.
     - ``embeddings``: the embedding cache (None: the default one); ``embed_stats`` its account.
+    - ``shared``: what the methods of one run share (the runner passes one dict to all of
+      them), e.g. the preprocessed training images.
     """
 
-    pair: PairSpec | None
     old: ModelHandle
     new: ModelHandle
     text_corpus: TextCorpus
@@ -175,6 +188,7 @@ class FitContext:
     embed_stats: EmbedStats | None = None
     num_workers: int | None = None
     usage: Counter[str] = field(default_factory=Counter)
+    shared: dict[Any, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.work_dir = Path(self.work_dir)
@@ -227,12 +241,12 @@ class FitContext:
         """OLD's embeddings of ``data`` as a deployed system already holds them (from the
         cache): counted as gallery reuse, not as OLD forward passes."""
         array = self.embed("old", data, side, count=False)
-        self.usage["gallery_embeddings_reused"] += len(array)
+        self.usage["old_gallery_reused"] += len(array)
         return array
 
     def count_forward(self, which: Which, side: Side, items: int) -> None:
         """Record ``items`` images or texts run through OLD or NEW at training time."""
-        self.usage[f"{which}_{side}_forwards"] += int(items)
+        self.usage[f"{which}_{side}"] += int(items)
 
 
 def check_corpus(corpus: TextCorpus) -> None:
@@ -308,32 +322,23 @@ class PeakMemory:
         return self.peak_bytes / 2**20
 
 
-def measured(fit: Callable[[FitContext], FittedMethod]) -> Callable[[FitContext], FittedMethod]:
-    """Wrap a method's fit: time it, track peak memory and fill its :class:`Cost` from the
-    context's usage counters (the counts of this fit only)."""
-
-    @functools.wraps(fit)
-    def wrapper(ctx: FitContext) -> FittedMethod:
-        before = Counter(ctx.usage)
-        started = time.perf_counter()
-        with PeakMemory(ctx.device) as memory:
-            fitted = fit(ctx)
-        used = ctx.usage - before
-        cost = fitted.cost
-        cost.wall_time_s = round(time.perf_counter() - started, 3)
-        cost.peak_memory_mb = round(memory.peak_mb, 1)
-        cost.device = ctx.device
-        for key in (
-            "old_image_forwards",
-            "old_text_forwards",
-            "new_image_forwards",
-            "new_text_forwards",
-            "gallery_embeddings_reused",
-        ):
-            setattr(cost, key, int(used.get(key, 0)))
-        return fitted
-
-    return wrapper
+def measured(ctx: FitContext, fit: Callable[[], FittedMethod]) -> FittedMethod:
+    """Run ``fit()`` timed, with its peak memory, and fill its :class:`Cost` from the context's
+    usage counters (the counts of this fit only)."""
+    before = Counter(ctx.usage)
+    started = time.perf_counter()
+    with PeakMemory(ctx.device) as memory:
+        fitted = fit()
+    used = ctx.usage - before
+    fitted.cost = fitted.cost.model_copy(
+        update={
+            "fit_time_s": round(time.perf_counter() - started, 3),
+            "peak_memory_mb": round(memory.peak_mb, 1),
+            "device": ctx.device,
+            "forward_passes": {key: int(used.get(key, 0)) for key in FORWARD_KEYS},
+        }
+    )
+    return fitted
 
 
 @contextmanager

@@ -1,25 +1,47 @@
 """Closed-form methods: ``procrustes`` (an orthogonal map fitted on text pairs) and ``slerp``
-(spherical interpolation between the OLD query and the Procrustes-mapped NEW query)."""
+(SLERP-BC: spherical interpolation between the OLD query and the Procrustes-mapped NEW query).
+
+``slerp`` runs the protocol of its authors (Ricci, Biondi and Pernici, NeurIPS 2026; their code:
+github.com/miccunifi/SLERP_backward_compatibility, ``main.py`` and ``slerp_bc/method.py``):
+
+- the orthogonal map is fitted on a *support modality*: ``text`` (their main table; here the
+  pair's text corpus, as ``procrustes``), ``image`` (the training pairs' images) or ``both``;
+- the map is the **zero-padded** one of their code (``map = "zero-padded"``, the default): OLD's
+  space is zero-padded to max(d_old, d_new), so a mapped NEW query keeps its unit norm and its
+  components beyond d_old when it is interpolated; ``map = "rectangular"`` (their paper's
+  appendix) keeps only the d_old columns and renormalises. The two rank identically at α = 1
+  and differ in between when d_new > d_old;
+- α is chosen **per retrieval direction** (image→text from the image queries, text→image from
+  the caption queries) on the ``support`` split by Recall@1 over ``alpha_grid``, ties to the
+  smaller α. ``alpha_selection = "rsum"`` is the single α chosen by rsum that xbt-bench v0.1
+  used (a variant); a fixed ``alpha`` skips the selection.
+"""
 
 from __future__ import annotations
 
-from typing import cast
+from collections.abc import Callable
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
 from ..data.base import ImageTextSet
 from ..models.projection import procrustes_map
-from .base import FitContext, FittedMethod, Side, measured
-from .configs import SlerpConfig, parse_config
+from . import register_method
+from .base import FitContext, FittedMethod, Side
+from .settings import MethodConfig
+
+DIRECTIONS = {"i2t": "image", "t2i": "text"}  # retrieval direction -> the side of its queries
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def fit_text_procrustes(ctx: FitContext) -> np.ndarray:
-    """The orthogonal map W [d_new, d_old] from NEW's to OLD's text embeddings of the corpus."""
-    return procrustes_map(ctx.embed_corpus("new"), ctx.embed_corpus("old"))
+def fit_text_procrustes(ctx: FitContext, *, padded: bool = False) -> np.ndarray:
+    """The orthogonal map from NEW's to OLD's text embeddings of the corpus (see
+    :func:`~xbt_bench.models.projection.procrustes_map` for ``padded``)."""
+    return procrustes_map(ctx.embed_corpus("new"), ctx.embed_corpus("old"), padded=padded)
 
 
 def slerp(a: np.ndarray, b: np.ndarray, alpha: float) -> np.ndarray:
@@ -35,65 +57,162 @@ def slerp(a: np.ndarray, b: np.ndarray, alpha: float) -> np.ndarray:
     return _normalize(w_a * a + w_b * b).astype(np.float32)
 
 
-@measured
-def fit_procrustes(ctx: FitContext) -> FittedMethod:
+@register_method(
+    "procrustes",
+    kind="closed form",
+    trains="closed form",
+    old_in_training="text embeddings only",
+    notes="orthogonal map fitted on text pairs; smaller side zero-padded",
+)
+def fit_procrustes(ctx: FitContext, settings: MethodConfig) -> FittedMethod:
     """NEW queries mapped by the text-fitted orthogonal map into OLD's space (no OLD at query)."""
-    parse_config("procrustes", ctx.config)
     weight = fit_text_procrustes(ctx)
     d_new, d_old = weight.shape
+
+    def encoder(side: Side) -> Callable[[ImageTextSet], np.ndarray]:
+        return lambda data: _normalize(ctx.embed("new", data, side, count=False) @ weight)
+
     return FittedMethod(
         name="procrustes",
         gallery="old",
         dim=d_old,
-        image_encoder=lambda data: _normalize(
-            ctx.embed("new", data, "image", count=False) @ weight
-        ),
-        text_encoder=lambda data: _normalize(ctx.embed("new", data, "text", count=False) @ weight),
+        image_encoder=encoder("image"),
+        text_encoder=encoder("text"),
         info={"old_dim": d_old, "new_dim": d_new, "corpus_texts": len(ctx.text_corpus.texts)},
     )
 
 
-@measured
-def fit_slerp(ctx: FitContext) -> FittedMethod:
-    """SLERP(OLD query, Procrustes(NEW query), α), α fixed or chosen on ``support`` by rsum of
-    method→old retrieval (ties go to the earlier grid value). Needs OLD at query time."""
+class SlerpConfig(MethodConfig):
+    """SLERP between the OLD query (α = 0) and the Procrustes-mapped NEW query (α = 1)."""
+
+    support_modality: Literal["text", "image", "both"] = Field(
+        "text",
+        description="what the map is fitted on: the text corpus, the training pairs' images, "
+        "or both",
+    )
+    map: Literal["zero-padded", "rectangular"] = Field(
+        "zero-padded",
+        description="zero-padded (the authors' code: mapped queries keep their extra dimensions "
+        "while interpolated) or rectangular (their appendix: only OLD's dimensions)",
+    )
+    alpha_selection: Literal["per-direction", "rsum"] = Field(
+        "per-direction",
+        description="per-direction: one α per retrieval direction by R@1 on support (the "
+        "authors' protocol); rsum: one α for both directions by rsum (a variant)",
+    )
+    alpha: float | None = Field(
+        None, ge=0, le=1, description="fixed weight for both directions; None chooses on support"
+    )
+    alpha_grid: list[float] = Field(
+        default_factory=lambda: [round(0.1 * i, 1) for i in range(11)],
+        min_length=1,
+        description="candidate weights; ties go to the smaller α",
+    )
+
+
+def _fit_map(ctx: FitContext, settings: SlerpConfig) -> np.ndarray:
+    """The NEW→OLD map fitted on the support modality (zero-padded or rectangular)."""
+    padded = settings.map == "zero-padded"
+    if settings.support_modality == "text":
+        return fit_text_procrustes(ctx, padded=padded)
+    new, old = (
+        [ctx.embed("new", ctx.train_pairs, "image")],
+        [ctx.embed("old", ctx.train_pairs, "image")],
+    )
+    if settings.support_modality == "both":
+        new.append(ctx.embed_corpus("new"))
+        old.append(ctx.embed_corpus("old"))
+    return procrustes_map(np.concatenate(new), np.concatenate(old), padded=padded)
+
+
+def choose_alphas(
+    old: dict[Side, np.ndarray],
+    mapped: dict[Side, np.ndarray],
+    caption_image: np.ndarray,
+    grid: list[float],
+    selection: str,
+) -> tuple[dict[str, float], dict[str, dict[str, float]]]:
+    """α per direction (``i2t``, ``t2i``) chosen on support embeddings, and the support score
+    of every α: R@1 of each direction (``per-direction``) or rsum (``rsum``, one α for both).
+    ``old[side]`` are OLD's embeddings (also the gallery), ``mapped[side]`` NEW's mapped ones,
+    padded to the same width; ties go to the smaller α."""
     from ..eval import evaluate_retrieval
 
-    cfg = cast(SlerpConfig, parse_config("slerp", ctx.config))
-    weight = fit_text_procrustes(ctx)
+    d_old = old["image"].shape[1]
+    scores: dict[str, dict[str, float]] = {"i2t": {}, "t2i": {}, "rsum": {}}
+    for alpha in grid:
+        result = evaluate_retrieval(
+            text_queries=slerp(old["text"], mapped["text"], alpha)[:, :d_old],
+            image_gallery=old["image"][:, :d_old],
+            image_queries=slerp(old["image"], mapped["image"], alpha)[:, :d_old],
+            text_gallery=old["text"][:, :d_old],
+            caption_image=caption_image,
+        )
+        for key, metric in (("i2t", "i2t_r1"), ("t2i", "t2i_r1"), ("rsum", "rsum")):
+            scores[key][f"{alpha:g}"] = round(result.metrics[metric], 4)
 
-    def queries(data: ImageTextSet, side: Side, alpha: float) -> np.ndarray:
-        old = ctx.embed("old", data, side, count=False)
-        mapped = ctx.embed("new", data, side, count=False) @ weight
-        return slerp(old, mapped, alpha)
+    def best(key: str) -> float:
+        return min(grid, key=lambda alpha: (-scores[key][f"{alpha:g}"], alpha))
 
-    scores: dict[str, float] = {}
-    if cfg.alpha is None:
-        support = ctx.support
-        old_images = ctx.embed("old", support, "image")
-        old_texts = ctx.embed("old", support, "text")
-        new_images = ctx.embed("new", support, "image") @ weight
-        new_texts = ctx.embed("new", support, "text") @ weight
-        for alpha in cfg.alpha_grid:
-            result = evaluate_retrieval(
-                text_queries=slerp(old_texts, new_texts, alpha),
-                image_gallery=old_images,
-                image_queries=slerp(old_images, new_images, alpha),
-                text_gallery=old_texts,
-                caption_image=support.caption_image,
-            )
-            scores[f"{alpha:g}"] = round(result.metrics["rsum"], 4)
-        best = max(range(len(cfg.alpha_grid)), key=lambda i: (scores[f"{cfg.alpha_grid[i]:g}"], -i))
-        alpha = float(cfg.alpha_grid[best])
+    if selection == "rsum":
+        alpha = best("rsum")
+        return {"i2t": alpha, "t2i": alpha}, {"rsum": scores["rsum"]}
+    return {direction: best(direction) for direction in DIRECTIONS}, {
+        direction: scores[direction] for direction in DIRECTIONS
+    }
+
+
+def _padded(x: np.ndarray, width: int) -> np.ndarray:
+    return np.pad(x, ((0, 0), (0, width - x.shape[1])))
+
+
+@register_method(
+    "slerp",
+    settings=SlerpConfig,
+    kind="closed form",
+    trains="closed form",
+    old_at_query=True,
+    old_in_training="text embeddings only",
+    notes="SLERP-BC: OLD query interpolated with Procrustes(NEW query); α per direction on support",
+)
+def fit_slerp(ctx: FitContext, settings: SlerpConfig) -> FittedMethod:
+    """SLERP-BC's protocol (module docstring). Needs OLD at query time."""
+    weight = _fit_map(ctx, settings)
+    d_old = ctx.old.get().embed_dim
+    width = weight.shape[1]
+
+    def old_and_mapped(data: ImageTextSet, side: Side, count: bool) -> tuple[np.ndarray, ...]:
+        old = _padded(ctx.embed("old", data, side, count=count), width)
+        return old, ctx.embed("new", data, side, count=count) @ weight
+
+    scores: dict[str, dict[str, float]] = {}
+    if settings.alpha is None:
+        support = {side: old_and_mapped(ctx.support, side, True) for side in ("image", "text")}
+        alphas, scores = choose_alphas(
+            {side: pair[0] for side, pair in support.items()},
+            {side: pair[1] for side, pair in support.items()},
+            ctx.support.caption_image,
+            settings.alpha_grid,
+            settings.alpha_selection,
+        )
     else:
-        alpha = float(cfg.alpha)
+        alphas = {direction: float(settings.alpha) for direction in DIRECTIONS}
+
+    def encoder(direction: str) -> Callable[[ImageTextSet], np.ndarray]:
+        side = DIRECTIONS[direction]
+        return lambda data: slerp(*old_and_mapped(data, side, False), alphas[direction])[:, :d_old]
+
     return FittedMethod(
         name="slerp",
         gallery="old",
-        dim=weight.shape[1],
-        image_encoder=lambda data: queries(data, "image", alpha),
-        text_encoder=lambda data: queries(data, "text", alpha),
-        config=cfg.model_dump(),
-        info={"alpha": alpha, "support_rsum_by_alpha": scores, "support": ctx.support.key},
-        needs_old_at_query=True,
+        dim=d_old,
+        image_encoder=encoder("i2t"),
+        text_encoder=encoder("t2i"),
+        info={
+            "alpha": alphas,
+            "support_score_by_alpha": scores,
+            "support": ctx.support.key,
+            "support_modality": settings.support_modality,
+            "map": f"{settings.map} [{weight.shape[0]} x {weight.shape[1]}]",
+        },
     )

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Encode, FitContext, FittedMethod, Side, Which, measured
-from .configs import parse_config
+from ..eval.compat import NEW_NEW, OLD_OLD
+from . import register_method
+from .base import Encode, FitContext, FittedMethod, Side, Which
+from .settings import MethodConfig
 
 
 def _embedder(ctx: FitContext, which: Which, side: Side) -> Encode:
@@ -14,30 +16,40 @@ def _embedder(ctx: FitContext, which: Which, side: Side) -> Encode:
     return lambda data: ctx.embed(which, data, side, count=False)
 
 
-@measured
-def fit_old(ctx: FitContext) -> FittedMethod:
+@register_method(
+    "old",
+    kind="reference",
+    trains="–",
+    old_at_query=True,
+    old_in_training="–",
+    notes="old→old: the reference to beat",
+    deploys=OLD_OLD,
+)
+def fit_old(ctx: FitContext, settings: MethodConfig) -> FittedMethod:
     """OLD's own queries against OLD's gallery: the reference every compatible method must beat."""
-    parse_config("old", ctx.config)
-    dim = ctx.old.get().embed_dim
     return FittedMethod(
         name="old",
         gallery="old",
-        dim=dim,
+        dim=ctx.old.get().embed_dim,
         image_encoder=_embedder(ctx, "old", "image"),
         text_encoder=_embedder(ctx, "old", "text"),
-        needs_old_at_query=True,
     )
 
 
-@measured
-def fit_new(ctx: FitContext) -> FittedMethod:
+@register_method(
+    "new",
+    kind="reference",
+    trains="–",
+    old_in_training="–",
+    notes="new→new: full backfill of the gallery with NEW",
+    deploys=NEW_NEW,
+)
+def fit_new(ctx: FitContext, settings: MethodConfig) -> FittedMethod:
     """NEW's queries against a NEW gallery (the full backfill the others avoid); never loads OLD."""
-    parse_config("new", ctx.config)
-    dim = ctx.new.get().embed_dim
     return FittedMethod(
         name="new",
         gallery="new",
-        dim=dim,
+        dim=ctx.new.get().embed_dim,
         image_encoder=_embedder(ctx, "new", "image"),
         text_encoder=_embedder(ctx, "new", "text"),
     )
@@ -50,11 +62,15 @@ def _fit_dimension(x: np.ndarray, dim: int) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, dim - x.shape[1])))
 
 
-@measured
-def fit_identity(ctx: FitContext) -> FittedMethod:
+@register_method(
+    "identity",
+    kind="reference",
+    trains="–",
+    notes="raw NEW queries vs OLD gallery (only when dims match): shows incompatibility",
+)
+def fit_identity(ctx: FitContext, settings: MethodConfig) -> FittedMethod:
     """Raw NEW queries against the OLD gallery. Applicable only when the dimensions match;
     otherwise the queries are zero-padded or truncated to OLD's dimension and flagged."""
-    parse_config("identity", ctx.config)
     d_old, d_new = ctx.old.get().embed_dim, ctx.new.get().embed_dim
     applicable = d_old == d_new
     reason = (
@@ -63,16 +79,16 @@ def fit_identity(ctx: FitContext) -> FittedMethod:
         else f"NEW's dimension {d_new} differs from OLD's {d_old}: raw NEW queries cannot search "
         f"the OLD gallery (shown zero-padded/truncated to {d_old} to illustrate)"
     )
+
+    def encoder(side: Side) -> Encode:
+        return lambda data: _fit_dimension(ctx.embed("new", data, side, count=False), d_old)
+
     return FittedMethod(
         name="identity",
         gallery="old",
         dim=d_old,
-        image_encoder=lambda data: _fit_dimension(
-            ctx.embed("new", data, "image", count=False), d_old
-        ),
-        text_encoder=lambda data: _fit_dimension(
-            ctx.embed("new", data, "text", count=False), d_old
-        ),
+        image_encoder=encoder("image"),
+        text_encoder=encoder("text"),
         applicable=applicable,
         reason=reason,
         info={"old_dim": d_old, "new_dim": d_new},

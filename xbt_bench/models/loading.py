@@ -7,7 +7,6 @@ every code path after this point.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -20,12 +19,12 @@ from urllib.parse import urlparse
 
 import torch
 
-from ..atomic import write_json
+from ..atomic import sha256_of, write_json
 from ..errors import NotFoundError, XbtError
 from ..paths import home
 from .refs import ModelRef, parse_model_ref
+from .toy_models import zoo_entry, zoo_models_dir, zoo_names
 
-ZOO_MODEL_CONFIGS = Path(__file__).resolve().parent.parent / "model_zoo" / "models"
 HUB_PROBE_SECONDS = 3.0
 
 
@@ -56,8 +55,9 @@ class LoadedModel:
 def _register_zoo_configs() -> None:
     import open_clip
 
-    if ZOO_MODEL_CONFIGS.is_dir():
-        open_clip.add_model_config(ZOO_MODEL_CONFIGS)
+    folder = zoo_models_dir()
+    if folder.is_dir() and not set(zoo_names()) <= set(open_clip.list_models()):
+        open_clip.add_model_config(folder)
 
 
 def weights_sha256(path: Path) -> str:
@@ -72,11 +72,7 @@ def weights_sha256(path: Path) -> str:
         index = {}
     if key in index:
         return index[key]
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    index[key] = digest.hexdigest()
+    index[key] = sha256_of(path)
     write_json(index_path, index)
     return index[key]
 
@@ -206,9 +202,7 @@ def load_model(ref: str, device: str | torch.device = "cpu") -> LoadedModel:
     _register_zoo_configs()
     kwargs: dict[str, Any] = {}
     if parsed.kind == "zoo":
-        from .toy_zoo import ensure_checkpoint
-
-        model_name, weights = parsed.name, ensure_checkpoint(parsed.name)
+        model_name, weights = parsed.name, zoo_entry(parsed.name).weights_path
     elif parsed.kind == "tag":
         model_name, weights, cfg = _resolve_tag(parsed)
         kwargs = {

@@ -14,12 +14,16 @@ from torch import nn
 from ..errors import XbtError
 
 
-def procrustes_map(source: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """The orthogonal map W [d_s, d_t] minimising ||source @ W - target||_F.
+def procrustes_map(source: np.ndarray, target: np.ndarray, *, padded: bool = False) -> np.ndarray:
+    """The orthogonal map W minimising ||source @ W - target||_F over paired rows.
 
-    ``source`` [n, d_s] and ``target`` [n, d_t] are paired rows. When d_s != d_t the smaller
-    side is zero-padded to the larger dimension, the square orthogonal solution is found by SVD,
-    and W is its top-left [d_s, d_t] block.
+    ``source`` [n, d_s] and ``target`` [n, d_t]. When d_s != d_t the target is zero-padded to
+    d = max(d_s, d_t) and W is the orthogonal solution of that square problem, as the SLERP-BC
+    authors' code computes it: [d_s, d] with ``padded``, so a mapped row keeps its unit norm
+    and its components beyond d_t; otherwise its first d_t columns, [d_s, d_t] (the
+    rectangular map: orthonormal columns when d_s >= d_t). Both give the same rankings of a
+    mapped query against a d_t-dimensional gallery; they differ once a mapped query is mixed
+    with another vector (SLERP).
     """
     source = np.asarray(source, dtype=np.float64)
     target = np.asarray(target, dtype=np.float64)
@@ -29,14 +33,13 @@ def procrustes_map(source: np.ndarray, target: np.ndarray) -> np.ndarray:
         )
     if len(source) == 0:
         raise XbtError("procrustes needs at least one pair of embeddings; the corpus is empty")
-    d = max(source.shape[1], target.shape[1])
-    padded_source = np.zeros((len(source), d))
-    padded_source[:, : source.shape[1]] = source
-    padded_target = np.zeros((len(target), d))
-    padded_target[:, : target.shape[1]] = target
-    u, _, vt = np.linalg.svd(padded_source.T @ padded_target)
+    d_source, d_target = source.shape[1], target.shape[1]
+    width = max(d_source, d_target)
+    padded_target = np.zeros((len(target), width))
+    padded_target[:, :d_target] = target
+    u, _, vt = np.linalg.svd(source.T @ padded_target, full_matrices=False)
     rotation = u @ vt
-    return rotation[: source.shape[1], : target.shape[1]].astype(np.float32)
+    return (rotation if padded else rotation[:, :d_target]).astype(np.float32)
 
 
 def embedding_spread(embeddings: np.ndarray) -> float:

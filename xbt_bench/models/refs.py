@@ -4,7 +4,7 @@
 - ``NAME:/path/to/weights.{pt,pth,bin,safetensors}``: an open_clip model with local weights
 - ``hf-hub:org/repo``: an open_clip model on the Hugging Face hub (config and weights)
 - ``local-dir:/path``: a folder with ``open_clip_config.json`` and weights
-- ``zoo:NAME``: a toy model of the suite's model zoo (built on first use)
+- ``zoo:NAME``: a toy model of the model zoo (its shipped weights, see :mod:`.toy_models`)
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ import pandas as pd
 from xbt_bench.atomic import write_text
 from xbt_bench.data.reported import CITATIONS, PROTOCOLS, REPORTED_LABEL, load_reported
 from xbt_bench.eval.retrieval import METRIC_KEYS
+from xbt_bench.methods import methods
 from xbt_bench.report.result import (
     METHOD_OLD,
     NEW_NEW,
@@ -51,6 +52,11 @@ LEGEND = (
 )
 
 
+def reference_method(setting: str) -> str:
+    """The registered method whose own setting ``setting`` is (``old`` for old→old)."""
+    return next(name for name in methods.names() if methods.get(name).deploys == setting)
+
+
 def setting_label(setting: str) -> str:
     """``method->old`` as ``method→old`` for tables and plots."""
     return setting.replace("->", "→")
@@ -68,9 +74,7 @@ def _row(result: RunResult, split: str, setting: str, row: str, path: Path | Non
         "split": split,
         "search": result.approximate_index or EXACT,
         "row": row,
-        "method": {OLD_OLD: "old", NEW_NEW: "new"}[setting]
-        if row == "reference"
-        else result.method,
+        "method": reference_method(setting) if row == "reference" else result.method,
         "setting": setting,
         "applicable": result.applicable or row == "reference",
         "not_applicable_reason": None if row == "reference" else result.not_applicable_reason,

@@ -16,6 +16,7 @@ A sweep over the number of image-text pairs (``recall vs n_pairs`` plot) is reco
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import platform
@@ -40,12 +41,19 @@ from pydantic import (
 
 from xbt_bench import __version__
 from xbt_bench.atomic import write_json
-from xbt_bench.errors import ConfigError, NotFoundError
-from xbt_bench.eval.compat import average_compatibility, compatibility, gain_share
+from xbt_bench.errors import ConfigError, NotFoundError, validation_message
+from xbt_bench.eval.compat import (
+    METHOD_OLD,
+    NEW_NEW,
+    OLD_OLD,
+    SETTINGS,
+    average_compatibility,
+    compatibility,
+    gain_share,
+)
 from xbt_bench.eval.retrieval import METRIC_KEYS
+from xbt_bench.methods.base import Cost
 
-OLD_OLD, NEW_NEW, METHOD_OLD = "old->old", "new->new", "method->old"
-SETTINGS = (OLD_OLD, NEW_NEW, METHOD_OLD)
 Setting = Literal["old->old", "new->new", "method->old"]
 SETTING_PATTERN = re.compile(r"^[^\s>]+->[^\s>]+$")
 # Keys a result file must carry (issue 6.2); derived keys are written but rebuilt on load.
@@ -253,28 +261,6 @@ class SplitResult(BaseModel):
         )
 
 
-class Cost(BaseModel):
-    """What a method cost: time, forward passes, trainable parameters, memory, device."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    wall_time_s: float = Field(ge=0, description="the whole run of this method, embedding included")
-    fit_time_s: float = Field(0.0, ge=0, description="fitting or training the method alone")
-    training_time_s: float = Field(
-        0.0,
-        ge=0,
-        description="time its training steps took when they ran (from the checkpoints' logs, so "
-        "it survives resumes and cached reruns; stage 1 included for stage-2 methods)",
-    )
-    forward_passes: dict[str, int] = Field(
-        default_factory=dict, description="embeddings computed per model (cache hits excluded)"
-    )
-    trainable_params: int = Field(0, ge=0)
-    trainable_share: float = Field(0.0, ge=0, description="trainable_params / NEW's parameters")
-    peak_memory_mb: float | None = Field(None, ge=0)
-    device: str = "cpu"
-
-
 class SweepPoint(BaseModel):
     """The method fitted on ``n_pairs`` image-text pairs: its method->old metrics."""
 
@@ -291,9 +277,13 @@ class SweepPoint(BaseModel):
 
 
 def path_component(value: str) -> str:
-    """``value`` as one safe path component (``wds/cars`` -> ``wds_cars``)."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", value).strip(".")
-    return safe or "_"
+    """``value`` as one safe path component: itself when it is one, else a readable slug plus a
+    short hash of the whole value (``folder:/data/a/b`` -> ``folder_data_a_b-3f2a9c1d``), so two
+    values never share a component."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", value).strip(".") or "_"
+    if safe == value:
+        return safe
+    return f"{safe[:60]}-{hashlib.sha256(value.encode()).hexdigest()[:8]}"
 
 
 class RunResult(BaseModel):
@@ -327,7 +317,15 @@ class RunResult(BaseModel):
     approximate_index: str | None = Field(
         None, description="FAISS factory string of an approximate index; None for exact search"
     )
-    artifacts: dict[str, str] = Field(default_factory=dict, description="cached artifacts by path")
+    artifacts: dict[str, str] = Field(
+        default_factory=dict,
+        description="cached artifacts, by path relative to $XBT_BENCH_HOME",
+    )
+    fingerprints: dict[str, str] = Field(
+        default_factory=dict,
+        description="what the numbers were scored on: each model's identity (name and weights "
+        "hash) and each evaluation split's data fingerprint",
+    )
     versions: dict[str, str] = Field(default_factory=collect_versions)
     git_revision: str | None = Field(default_factory=git_revision)
     date: datetime = Field(default_factory=lambda: datetime.now(timezone.utc))
@@ -442,10 +440,9 @@ class RunResult(BaseModel):
         try:
             return cls.model_validate(data)
         except ValidationError as error:
-            first = error.errors()[0]
-            where = ".".join(str(part) for part in first["loc"]) or "(top level)"
+            where, message, _ = validation_message(error)
             raise ConfigError(
-                f"result file {path} is malformed at {where}: {first['msg']}; {fix}"
+                f"result file {path} is malformed at {where}: {message}; {fix}"
             ) from error
 
 
@@ -456,8 +453,8 @@ def result_files(results_dir: str | Path) -> list[Path]:
 
 
 def load_results(results_dir: str | Path) -> list[RunResult]:
-    """All results under ``results_dir``; NotFoundError when there are none, ConfigError naming
-    the first malformed file."""
+    """All results under ``results_dir``, checked to belong together (:func:`check_results`);
+    NotFoundError when there are none, ConfigError naming the first malformed file."""
     root = Path(results_dir)
     hint = "run `xbt-bench run --pair NAME` first, or pass --results-dir"
     if not root.is_dir():
@@ -465,4 +462,47 @@ def load_results(results_dir: str | Path) -> list[RunResult]:
     files = result_files(root)
     if not files:
         raise NotFoundError(f"no result files (<pair>/<dataset>/<method>.json) in {root}; {hint}")
-    return [RunResult.from_json(path) for path in files]
+    results = [RunResult.from_json(path) for path in files]
+    check_results(results, files)
+    return results
+
+
+def check_results(results: Sequence[RunResult], files: Sequence[Path]) -> None:
+    """ConfigError naming both files when two results would share a leaderboard table without
+    belonging together: the same method twice on one (pair, dataset, split, search), or two
+    results of one table scored against different references (old→old or new→new numbers, or
+    the models and data they were scored on). A table ranks only results of one run's world."""
+    seen: dict[tuple, tuple[RunResult, Path]] = {}
+    references: dict[tuple, tuple[RunResult, Path]] = {}
+    for result, path in zip(results, files, strict=True):
+        for split, data in result.splits.items():
+            table = (result.pair, result.dataset, split, result.approximate_index)
+            where = f"{result.pair} · {result.dataset} · split {split}"
+            key = (*table, result.method)
+            if key in seen:
+                raise ConfigError(
+                    f"{seen[key][1]} and {path} are both {result.method!r} on {where}; a "
+                    "leaderboard ranks one result per method: delete one of them (or keep it in "
+                    "another results folder)"
+                )
+            seen[key] = (result, path)
+            if table not in references:
+                references[table] = (result, path)
+                continue
+            first, first_path = references[table]
+            theirs = first.splits[split]
+            differs = [s for s in (OLD_OLD, NEW_NEW) if data.metrics[s] != theirs.metrics[s]]
+            differs += [
+                f"{name} fingerprint"
+                for name in ("old", "new", f"data:{split}")
+                if name in result.fingerprints
+                and name in first.fingerprints
+                and result.fingerprints[name] != first.fingerprints[name]
+            ]
+            if differs:
+                raise ConfigError(
+                    f"{path} and {first_path} are on the same table ({where}) but were scored "
+                    f"against different references ({', '.join(differs)} differ): their "
+                    "margins are not comparable. Rerun one of them, or keep them in separate "
+                    "results folders"
+                )

@@ -8,8 +8,12 @@ batches it would have seen and ends with bit-identical weights (on CPU).
 
 ``checkpoint_dir/last.pt`` holds the trainable parameters, optimizer, scheduler, RNG states,
 the training curve (per ``log_every`` steps: the mean of each loss scalar and the lr) and
-the config; it is written atomically every ``checkpoint_every`` steps
-and after the last step, so a finished run's rerun returns at once.
+the config; it is written atomically, with its SHA-256 beside it, every ``checkpoint_every``
+steps and after the last step, so a finished run's rerun returns at once. The checkpoint it
+replaces is kept as ``previous.pt``. Checkpoints hold tensors and plain values only and are read
+with ``torch.load(weights_only=True)``; one that fails its checksum or does not load is moved
+aside (``*.corrupt``) with a line naming it, and training resumes from ``previous.pt``, or from
+scratch.
 
 Under ``torchrun`` (a process group of more than one, see :mod:`xbt_bench.distributed`) the
 same call is data-parallel: ``batch_at(step)`` still returns the *global* batch, each rank
@@ -24,6 +28,7 @@ log; every rank resumes from rank 0's checkpoint; the logged scalars are means o
 from __future__ import annotations
 
 import math
+import os
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -43,10 +48,12 @@ from rich.progress import (
 )
 
 from .. import distributed
-from ..atomic import write_json, write_with
+from ..atomic import checksum_path, is_intact, write_checked, write_json
+from ..console import warn
 from ..errors import ConfigError
 
 CHECKPOINT_NAME = "last.pt"
+PREVIOUS_NAME = "previous.pt"
 LOG_NAME = "train_log.json"
 # Config fields that may change between a run and its resume without changing its result.
 _RESUME_FREE_FIELDS = ("checkpoint_every", "log_every", "device")
@@ -188,9 +195,11 @@ def _load_trainable_state(module: torch.nn.Module, state: Mapping[str, torch.Ten
 
 
 def _rng_state() -> dict[str, Any]:
+    """Every RNG's state as tensors and plain values (loadable with ``weights_only=True``)."""
+    kind, keys, position, has_gauss, cached = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": np.random.get_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
         "python": random.getstate(),
     }
     if torch.cuda.is_available():
@@ -200,7 +209,8 @@ def _rng_state() -> dict[str, Any]:
 
 def _set_rng_state(state: Mapping[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -219,6 +229,167 @@ def _check_resumable(saved: Mapping[str, Any], config: TrainConfig, path: Path) 
             f"checkpoint {path} was made with different training settings ({diffs}); "
             "delete it or train into another folder"
         )
+
+
+class Checkpoints:
+    """``last.pt`` (and the ``previous.pt`` it replaced) of one training run: written with a
+    checksum, read safely, a damaged one moved aside (module docstring)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.last = folder / CHECKPOINT_NAME
+        self.previous = folder / PREVIOUS_NAME
+
+    def save(self, state: Mapping[str, Any]) -> None:
+        """Write ``state`` as ``last.pt``, keeping the one it replaces as ``previous.pt``."""
+        if is_intact(self.last):
+            os.replace(self.last, self.previous)
+            os.replace(checksum_path(self.last), checksum_path(self.previous))
+        write_checked(self.last, lambda tmp: torch.save(dict(state), tmp))
+
+    def load(self) -> dict[str, Any] | None:
+        """The newest checkpoint that is intact and loads, or None (nothing to resume)."""
+        for path in (self.last, self.previous):
+            if not path.exists():
+                continue
+            try:
+                if not is_intact(path):
+                    raise ValueError("its checksum does not match (damaged or incomplete)")
+                return torch.load(path, map_location="cpu", weights_only=True)
+            except Exception as error:  # noqa: BLE001 - any unreadable checkpoint is set aside
+                aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+                os.replace(path, aside)
+                checksum_path(path).unlink(missing_ok=True)
+                warn(
+                    f"training checkpoint {path} cannot be used ({type(error).__name__}: "
+                    f"{str(error).splitlines()[0] if str(error) else ''}); moved it to "
+                    f"{aside.name} and resuming from an earlier checkpoint or from the start"
+                )
+        return None
+
+
+@dataclass
+class _Progress:
+    """Where a run is: its step, its log, and the scalars summed since the last curve point."""
+
+    step: int
+    log: TrainLog
+    sums: dict[str, float] = field(default_factory=dict)
+    count: int = 0
+
+    def record(self, scalars: Mapping[str, float], lr: float, log_every: int, last: int) -> bool:
+        """Add one step's ``scalars``; every ``log_every`` steps (and at ``last``) append their
+        means to the curve. Returns whether a curve point was added."""
+        for key, value in scalars.items():
+            self.sums[key] = self.sums.get(key, 0.0) + value
+        self.count += 1
+        if self.step % log_every and self.step != last:
+            return False
+        means = {key: total / self.count for key, total in self.sums.items()}
+        self.log.curve.append({"step": self.step, **means, "lr": lr})
+        self.sums, self.count = {}, 0
+        return True
+
+
+def _progress_bar(desc: str, enabled: bool) -> Progress:
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+        disable=not enabled,
+    )
+
+
+@dataclass
+class _Optimisation:
+    """The optimizer and schedule of a run, and the step they take."""
+
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    trainable: list[torch.nn.Parameter]
+    grad_clip: float | None
+
+    @classmethod
+    def create(
+        cls,
+        module: torch.nn.Module,
+        param_groups: Iterable[Mapping[str, Any]] | None,
+        config: TrainConfig,
+        device: torch.device,
+    ) -> _Optimisation:
+        groups = _param_groups(module, param_groups, config)
+        # One fused kernel instead of a loop of per-tensor ops (the token tables are large).
+        optimizer = torch.optim.AdamW(
+            groups,
+            lr=config.lr,
+            betas=config.betas,
+            eps=config.eps,
+            fused=device.type in ("cpu", "cuda"),
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, config.lr_factor)
+        trainable = [p for g in groups for p in g["params"]]
+        return cls(optimizer, scheduler, trainable, config.grad_clip)
+
+    def step(self, loss: torch.Tensor) -> float:
+        """Backward, clip, update, advance the schedule; returns the lr the step used."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_(self.trainable, self.grad_clip)
+        lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        return lr
+
+
+def _resume(
+    checkpoints: Checkpoints,
+    module: torch.nn.Module,
+    optimisation: _Optimisation,
+    config: TrainConfig,
+) -> _Progress:
+    """Rank 0's checkpoint loaded into every rank (the ranks need not share a filesystem), or
+    a fresh start with the run's seeds."""
+    saved = checkpoints.load() if distributed.is_main() else None
+    saved = distributed.broadcast_object(saved)
+    progress = _Progress(step=0, log=TrainLog(steps=config.steps, config=config.to_dict()))
+    if saved is None:
+        torch.manual_seed(config.seed)
+        np.random.seed(config.seed)
+        random.seed(config.seed)
+        return progress
+    _check_resumable(saved["config"], config, checkpoints.last)
+    _load_trainable_state(module, saved["trainable"])
+    progress.step = saved["step"]
+    progress.log.curve = saved["curve"]
+    progress.log.wall_time_s = saved["wall_time_s"]
+    progress.log.resumed_from_step = progress.step
+    if progress.step < config.steps:
+        optimisation.optimizer.load_state_dict(saved["optimizer"])
+        optimisation.scheduler.load_state_dict(saved["scheduler"])
+        _set_rng_state(saved["rng"])
+        progress.sums, progress.count = saved["log_accumulator"]
+    return progress
+
+
+def _checkpoint_state(
+    module: torch.nn.Module, optimisation: _Optimisation, progress: _Progress, config: TrainConfig
+) -> dict[str, Any]:
+    return {
+        "step": progress.step,
+        "config": config.to_dict(),
+        "trainable": _trainable_state(module),
+        "optimizer": optimisation.optimizer.state_dict(),
+        "scheduler": optimisation.scheduler.state_dict(),
+        "rng": _rng_state(),
+        "curve": progress.log.curve,
+        "wall_time_s": progress.log.wall_time_s,
+        "log_accumulator": (progress.sums, progress.count),
+    }
 
 
 def _as_loss_dict(out: torch.Tensor | Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor]:
@@ -319,60 +490,13 @@ def train(
     main = distributed.is_main()
     if main:
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    path = checkpoint_dir / CHECKPOINT_NAME
+    checkpoints = Checkpoints(checkpoint_dir)
     device = torch.device(config.device)
     module.to(device)
-    groups = _param_groups(module, param_groups, config)
-    # One fused kernel instead of a loop of per-tensor ops (the token tables are large).
-    fused = device.type in ("cpu", "cuda")
-    optimizer = torch.optim.AdamW(
-        groups, lr=config.lr, betas=config.betas, eps=config.eps, fused=fused
-    )
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: config.lr_factor(s))
-
-    log = TrainLog(steps=config.steps, config=config.to_dict())
-    step = 0
-    # Sums of each logged scalar since the last curve entry (kept in checkpoints for resume).
-    sums: dict[str, float] = {}
-    count = 0
-    # Rank 0's checkpoint for every rank: the ranks need not share a filesystem.
-    saved = None
-    if main and path.exists():
-        saved = torch.load(path, map_location="cpu", weights_only=False)
-    saved = distributed.broadcast_object(saved)
-    if saved is not None:
-        _check_resumable(saved["config"], config, path)
-        _load_trainable_state(module, saved["trainable"])
-        step = saved["step"]
-        log.curve = saved["curve"]
-        log.wall_time_s = saved["wall_time_s"]
-        log.resumed_from_step = step
-        if step >= config.steps:
-            return log
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        _set_rng_state(saved["rng"])
-        sums, count = saved["log_accumulator"]
-    else:
-        torch.manual_seed(config.seed)
-        np.random.seed(config.seed)
-        random.seed(config.seed)
-
-    def save_checkpoint() -> None:
-        state = {
-            "step": step,
-            "config": config.to_dict(),
-            "trainable": _trainable_state(module),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": _rng_state(),
-            "curve": log.curve,
-            "wall_time_s": log.wall_time_s,
-            "log_accumulator": (sums, count),
-        }
-        write_with(path, lambda tmp: torch.save(state, tmp))
-
-    trainable = [p for g in groups for p in g["params"]]
+    optimisation = _Optimisation.create(module, param_groups, config, device)
+    progress = _resume(checkpoints, module, optimisation, config)
+    if progress.step >= config.steps:
+        return progress.log
     compute_loss = loss_fn
     if distributed.is_distributed():
         compute_loss = _data_parallel(module, loss_fn, device, find_unused_parameters)
@@ -380,47 +504,27 @@ def train(
     was_training = module.training
     module.train()
     started = time.perf_counter()
-    columns = (
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-    )
-    last_loss = f"{log.final_loss:.4f}" if log.curve else "-"
+    last_loss = f"{progress.log.final_loss:.4f}" if progress.log.curve else "-"
     try:
-        with Progress(*columns, transient=False, disable=not main) as progress:
-            task = progress.add_task(desc, total=config.steps, completed=step, loss=last_loss)
-            while step < config.steps:
-                batch = _to_device(_local_batch(batch_at(step), desc), device)
+        with _progress_bar(desc, main) as bar:
+            task = bar.add_task(desc, total=config.steps, completed=progress.step, loss=last_loss)
+            while progress.step < config.steps:
+                batch = _to_device(_local_batch(batch_at(progress.step), desc), device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
                     losses = _as_loss_dict(compute_loss(batch))
-                optimizer.zero_grad(set_to_none=True)
-                losses["loss"].backward()
-                if config.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(trainable, config.grad_clip)
-                lr = optimizer.param_groups[0]["lr"]
-                optimizer.step()
-                scheduler.step()
-                step += 1
-                for key, value in _global_scalars(losses).items():
-                    sums[key] = sums.get(key, 0.0) + value
-                count += 1
-                if step % config.log_every == 0 or step == config.steps:
-                    means = {key: total / count for key, total in sums.items()}
-                    log.curve.append({"step": step, **means, "lr": lr})
-                    sums, count = {}, 0
-                    progress.update(task, loss=f"{means['loss']:.4f}")
-                progress.update(task, completed=step)
-                if step % config.checkpoint_every == 0 or step == config.steps:
-                    log.wall_time_s += time.perf_counter() - started
+                lr = optimisation.step(losses["loss"])
+                progress.step += 1
+                if progress.record(_global_scalars(losses), lr, config.log_every, config.steps):
+                    bar.update(task, loss=f"{progress.log.curve[-1]['loss']:.4f}")
+                bar.update(task, completed=progress.step)
+                if progress.step % config.checkpoint_every == 0 or progress.step == config.steps:
+                    progress.log.wall_time_s += time.perf_counter() - started
                     started = time.perf_counter()
                     if main:
-                        save_checkpoint()
+                        checkpoints.save(_checkpoint_state(module, optimisation, progress, config))
     finally:
         module.train(was_training)
     if main:
-        write_json(checkpoint_dir / LOG_NAME, log.to_dict())
+        write_json(checkpoint_dir / LOG_NAME, progress.log.to_dict())
     distributed.barrier()  # every rank returns once the files are written
-    return log
+    return progress.log

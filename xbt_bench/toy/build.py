@@ -1,32 +1,27 @@
-"""The toy model zoo: tiny open_clip models trained from scratch on the toy world.
+"""Building toy models from their recipes (``model_zoo/models/NAME.train.json``).
 
-Each toy model is two files in ``model_zoo/models/``: ``NAME.json`` (an open_clip model config,
-registered with ``open_clip.add_model_config``) and ``NAME.train.json`` (how it is trained:
-steps, batch size, learning rate, the contrastive temperature and whether it is learned, and
-the toy data config). :func:`ensure_checkpoint` trains a model with open_clip's ``ClipLoss``
-through the shared training loop on the toy ``pretrain`` split and stores it under
-``cache_dir("zoo") / f"{NAME}-{HASH}"`` in open_clip's own layout (``open_clip_model.safetensors``
-plus ``open_clip_config.json``), with ``card.json`` beside it: test retrieval, the embedding
-geometry (matched-pair cosine, modality gap, intra-modal cosines) and the training curve.
-``HASH`` covers the model config, the training settings and the toy data config, so changing
-any of them builds a new model.
+:func:`build` trains a toy model with open_clip's ``ClipLoss`` through the shared training loop
+on the toy ``pretrain`` split and stores it in its cache folder
+(``$XBT_BENCH_HOME/zoo/NAME-HASH``, open_clip's layout: ``open_clip_model.safetensors`` plus
+``open_clip_config.json``) with ``card.json`` beside it: test retrieval, the embedding geometry
+(matched-pair cosine, modality gap, intra-modal cosines) and the training curve. :func:`ship`
+copies a build into ``model_zoo/models/`` as fp16 weights with its card: what ``zoo:NAME``
+loads on every machine. Another machine (another CPU, another thread count) rounds floats
+differently, so a rebuild gives slightly different weights than the shipped ones.
 
-*Quick* builds (``quick=True`` or ``XBT_BENCH_ZOO_QUICK=1``) train the same architectures for
-150 steps at batch 64 and tau >= 0.02 on a small toy world: weak but trained models (a few
-seconds each on a quiet CPU) for tests, stored under their own hash so they never mix with
-the real ones.
+*Quick* builds (``quick=True``) train the same architectures for 150 steps at batch 64 and
+tau >= 0.02 on a small toy world: weak but trained models (seconds each) that check the
+building path; they are stored under their own hash and never shipped.
 """
 
 from __future__ import annotations
 
-import difflib
 import json
 import logging
 import math
-import os
 import shutil
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,170 +29,36 @@ import numpy as np
 import torch
 
 from .. import distributed
-from ..atomic import write_json, write_npy, write_with
+from ..atomic import sha256_of, write_json, write_npy, write_with
 from ..data.base import fingerprint_of
 from ..data.toy import ToyConfig, toy_images, toy_split
-from ..errors import ConfigError, NotFoundError
+from ..errors import ConfigError
+from ..models.toy_models import (
+    CARD_NAME,
+    CONFIG_NAME,
+    TRAIN_SUFFIX,
+    ZooEntry,
+    ZooSettings,
+    zoo_models_dir,
+    zoo_names,
+)
 from ..paths import cache_dir
 from ..train import TrainConfig, TrainLog, train
-from .loading import ZOO_MODEL_CONFIGS
 
-WEIGHTS_NAME = "open_clip_model.safetensors"
-CONFIG_NAME = "open_clip_config.json"
-CARD_NAME = "card.json"
-TRAIN_SUFFIX = ".train.json"
-QUICK_ENV = "XBT_BENCH_ZOO_QUICK"
-# Bump when the training code changes in a way that changes the weights it produces.
-RECIPE_VERSION = 1
-# Quick builds: the same architectures on a small toy world, for far fewer steps.
-QUICK_TOY_CONFIG = ToyConfig(
-    n_pretrain=4000, n_text=2000, n_pairs=1000, n_support=200, n_test=200, n_test_hard=200
-)
-QUICK_MAX_STEPS = 150
-QUICK_BATCH_SIZE = 64
-QUICK_MAX_WARMUP = 15
-# The low-temperature recipe needs hundreds of steps to leave its initial plateau; a quick
-# build at tau = 0.005 stays at chance, at 0.02 it learns within its few steps.
-QUICK_MIN_TEMPERATURE = 0.02
 EVAL_SPLIT = "test"
 
 
-@dataclass(frozen=True)
-class ZooSettings:
-    """How one toy model is trained (``NAME.train.json``); all but ``description`` is hashed."""
-
-    steps: int
-    batch_size: int
-    lr: float
-    temperature: float
-    learn_temperature: bool = False
-    weight_decay: float = 0.1
-    warmup_steps: int = 50
-    seed: int = 0
-    data: ToyConfig = field(default_factory=ToyConfig)
-    description: str = ""
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 2:
-            raise ConfigError(
-                f"batch_size must be >= 2 for a contrastive loss, got {self.batch_size}"
-            )
-        if not 0 < self.temperature < 1:
-            raise ConfigError(f"temperature must be in (0, 1), got {self.temperature}")
-        self.train_config()  # validates steps, lr, warmup and weight decay
-
-    def train_config(self, checkpoint_every: int = 100) -> TrainConfig:
-        """The shared loop's config for these settings."""
-        return TrainConfig(
-            steps=self.steps,
-            lr=self.lr,
-            weight_decay=self.weight_decay,
-            warmup_steps=min(self.warmup_steps, self.steps),
-            seed=self.seed,
-            checkpoint_every=checkpoint_every,
-            log_every=max(1, min(25, self.steps // 20)),
-        )
-
-    def quick(self) -> ZooSettings:
-        """The recipe shrunk for tests: small toy world, small batch, few steps, warmer tau."""
-        steps = min(self.steps, QUICK_MAX_STEPS)
-        return replace(
-            self,
-            steps=steps,
-            batch_size=min(self.batch_size, QUICK_BATCH_SIZE),
-            warmup_steps=min(self.warmup_steps, QUICK_MAX_WARMUP, steps),
-            temperature=max(self.temperature, QUICK_MIN_TEMPERATURE),
-            data=QUICK_TOY_CONFIG,
-            description=f"{self.description} (quick build)",
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        """The settings as plain JSON values."""
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class ZooEntry:
-    """One toy model: its configs, its settings, and where its checkpoint lives."""
-
-    name: str
-    model_config: dict[str, Any]
-    settings: ZooSettings
-
-    @property
-    def content_hash(self) -> str:
-        """A hash of the model config, training settings, toy data and recipe version."""
-        settings = self.settings.to_dict()
-        del settings["description"], settings["data"]
-        return fingerprint_of(
-            [
-                RECIPE_VERSION,
-                json.dumps(self.model_config, sort_keys=True),
-                json.dumps(settings, sort_keys=True),
-                self.settings.data.fingerprint(),
-            ]
-        )[:12]
-
-    @property
-    def folder(self) -> Path:
-        """The checkpoint folder (open_clip layout) of this model."""
-        return cache_dir("zoo") / f"{self.name}-{self.content_hash}"
-
-    @property
-    def weights_path(self) -> Path:
-        """The state_dict file that ``open_clip.create_model_and_transforms`` loads."""
-        return self.folder / WEIGHTS_NAME
-
-    @property
-    def is_built(self) -> bool:
-        """Whether the weights and the card exist."""
-        return self.weights_path.is_file() and (self.folder / CARD_NAME).is_file()
-
-    def card(self) -> dict[str, Any] | None:
-        """The built model's card (retrieval, geometry, build time), or None if not built."""
-        path = self.folder / CARD_NAME
-        return json.loads(path.read_text()) if path.is_file() else None
-
-
-def zoo_names() -> list[str]:
-    """Names of the toy models (each ``*.train.json`` with its config), smallest first."""
-    dims = {}
-    for path in ZOO_MODEL_CONFIGS.glob(f"*{TRAIN_SUFFIX}"):
-        name = path.name[: -len(TRAIN_SUFFIX)]
-        config = ZOO_MODEL_CONFIGS / f"{name}.json"
-        if config.is_file():
-            dims[name] = json.loads(config.read_text()).get("embed_dim", 0)
-    return sorted(dims, key=lambda name: (dims[name], name))
-
-
-def quick_by_default() -> bool:
-    """Whether ``XBT_BENCH_ZOO_QUICK`` asks for quick toy models (tests set it)."""
-    return os.environ.get(QUICK_ENV, "").lower() in ("1", "true", "yes", "on")
-
-
-def zoo_entry(name: str, quick: bool | None = None) -> ZooEntry:
-    """The toy model ``name`` as configured (quick-built if ``quick``, default from the env)."""
-    names = zoo_names()
-    if name not in names:
-        close = difflib.get_close_matches(name, names, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
-        raise NotFoundError(
-            f"toy model {name!r} not found; {hint}known toy models: {', '.join(names)} "
-            f"(configs in {ZOO_MODEL_CONFIGS}; see `xbt-bench zoo list`)"
-        )
-    model_config = json.loads((ZOO_MODEL_CONFIGS / f"{name}.json").read_text())
-    raw = json.loads((ZOO_MODEL_CONFIGS / f"{name}{TRAIN_SUFFIX}").read_text())
-    try:
-        data = ToyConfig(**raw.pop("data", {}))
-        settings = ZooSettings(**raw, data=data)
-    except (TypeError, ValueError) as error:
-        raise ConfigError(f"{name}{TRAIN_SUFFIX}: {error}") from error
-    if quick_by_default() if quick is None else quick:
-        settings = settings.quick()
-    return ZooEntry(name, model_config, settings)
-
-
-# --- data --------------------------------------------------------------------------------
+def train_config(settings: ZooSettings, checkpoint_every: int = 100) -> TrainConfig:
+    """The shared loop's config for a toy recipe."""
+    return TrainConfig(
+        steps=settings.steps,
+        lr=settings.lr,
+        weight_decay=settings.weight_decay,
+        warmup_steps=min(settings.warmup_steps, settings.steps),
+        seed=settings.seed,
+        checkpoint_every=checkpoint_every,
+        log_every=max(1, min(25, settings.steps // 20)),
+    )
 
 
 def cached_tokens(tokenizer: Any, captions: list[str], captions_key: str) -> np.ndarray:
@@ -275,14 +136,11 @@ def _check_context(
             )
 
 
-# --- building ----------------------------------------------------------------------------
-
-
 def _register_configs() -> None:
     import open_clip
 
     if not set(zoo_names()) <= set(open_clip.list_models()):
-        open_clip.add_model_config(ZOO_MODEL_CONFIGS)
+        open_clip.add_model_config(zoo_models_dir())
 
 
 def _create_model(entry: ZooEntry) -> tuple[torch.nn.Module, Any]:
@@ -401,7 +259,7 @@ def _save_open_clip_layout(entry: ZooEntry, model: torch.nn.Module) -> None:
     from safetensors.torch import save_file
 
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
-    write_with(entry.weights_path, lambda tmp: save_file(state, str(tmp)))
+    write_with(entry.built_weights, lambda tmp: save_file(state, str(tmp)))
     preprocess_cfg = open_clip.get_model_preprocess_cfg(model)
     write_json(
         entry.folder / CONFIG_NAME,
@@ -432,7 +290,7 @@ def build(entry: ZooEntry) -> dict[str, Any]:
 
     train_dir = entry.folder / "training"
     log: TrainLog = train(
-        model, loss_fn, batches, entry.settings.train_config(), train_dir, desc=entry.name
+        model, loss_fn, batches, train_config(entry.settings), train_dir, desc=entry.name
     )
     card = None
     if distributed.is_main():
@@ -472,17 +330,56 @@ def _finish_build(
     return card
 
 
-def ensure_checkpoint(
-    name: str, quick: bool | None = None, settings: ZooSettings | None = None
-) -> Path:
-    """The weights file of toy model ``name``, built first if missing (resumes a partial build).
+def ensure_built(entry: ZooEntry) -> ZooEntry:
+    """``entry`` built first when neither shipped weights nor a build of it exist (resumes a
+    partial build); under torchrun rank 0 decides for every rank."""
+    if not distributed.broadcast_object(entry.ships_weights or entry.is_built):
+        build(entry)
+    return entry
 
-    ``quick`` picks the quick build (default: ``XBT_BENCH_ZOO_QUICK``); ``settings`` replaces
-    the configured training settings (tests use tiny ones); both change the content hash.
-    """
+
+def ensure_zoo_models(refs: list[str]) -> None:
+    """Build the toy models among the model references ``refs`` (``zoo:NAME``) that have neither
+    shipped weights nor a build (the runner calls it before loading)."""
+    from ..models.refs import parse_model_ref
+    from ..models.toy_models import zoo_entry
+
+    for ref in refs:
+        parsed = parse_model_ref(ref)
+        if parsed.kind == "zoo":
+            ensure_built(zoo_entry(parsed.name))
+
+
+def ship(entry: ZooEntry) -> Path:
+    """Copy ``entry``'s build into ``model_zoo/models/`` as ``NAME.safetensors`` (fp16) and
+    ``NAME.card.json`` (its card, re-evaluated with the fp16 weights, and their SHA-256)."""
+    from safetensors.torch import load_file, save_file
+
+    if not entry.is_built:
+        raise ConfigError(f"toy model {entry.name!r} is not built; run `xbt-bench zoo build`")
+    state = load_file(str(entry.built_weights))
+    half = {k: v.half().contiguous() if v.is_floating_point() else v for k, v in state.items()}
+    target = entry.shipped_weights
+    write_with(target, lambda tmp: save_file(half, str(tmp)))
+    model, tokenizer = _create_model(entry)
+    model.load_state_dict({k: v.float() for k, v in half.items()})
+    card = {
+        **json.loads((entry.folder / CARD_NAME).read_text()),
+        **evaluate_toy_model(model, tokenizer, entry.settings.data),
+        "weights": target.name,
+        "weights_dtype": "float16",
+        "weights_sha256": sha256_of(target),
+    }
+    write_json(entry.shipped_card_path, card)
+    return target
+
+
+def ensure_checkpoint(name: str, settings: ZooSettings | None = None, quick: bool = False) -> Path:
+    """The weights ``zoo:NAME`` would load for toy model ``name`` with ``settings`` (default:
+    its recipe; ``quick`` for the quick one), built first when there are none."""
+    from ..models.toy_models import zoo_entry
+
     entry = zoo_entry(name, quick)
     if settings is not None:
         entry = replace(entry, settings=settings)
-    if not distributed.broadcast_object(entry.is_built):  # rank 0 decides for every rank
-        build(entry)
-    return entry.weights_path
+    return ensure_built(entry).weights_path

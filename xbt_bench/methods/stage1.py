@@ -1,0 +1,155 @@
+"""XBT's stage 1 (SPEC §2): the projection ψ from NEW's space into OLD's, pretrained on text only.
+
+ψ(z) = normalize(Wz + MLP(z)), W initialised with the text-fitted Procrustes map; trained on
+the corpus's (N_txt(t), O_txt(t)) pairs with input noise z̃ = normalize(z + σε) (σ relative to the
+spread of NEW's text embeddings) and the loss InfoNCE(ψ(z̃), O_txt) + λ·(1 − cos). Every method
+of the XBT family starts from the same ψ₀: the run trains into a folder of ``ctx.work_dir``
+named by a hash of what ψ₀ depends on, so it is trained once and an interrupted run resumes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from .. import distributed
+from ..data.base import fingerprint_of
+from ..losses import cosine_loss, info_nce
+from ..models.lora import count_parameters
+from ..models.projection import Projection, add_noise, embedding_spread, noise_std, procrustes_map
+from ..paths import relative_to_home
+from ..train import TrainConfig, TrainLog, train
+from .base import FitContext, check_corpus, seeded
+from .settings import MethodConfig
+
+# Rows mapped by ψ at once outside training.
+_MAP_BATCH = 8192
+
+
+class ProjectionConfig(MethodConfig):
+    """Stage 1: ψ pretrained on text pairs (N_txt(t), O_txt(t)) with input noise."""
+
+    proj_hidden: int = Field(352, ge=1, description="hidden width of ψ's MLP")
+    proj_layers: int = Field(3, ge=1, description="linear layers of ψ's MLP")
+    proj_steps: int = Field(3000, ge=1, description="stage-1 optimisation steps")
+    proj_batch: int = Field(512, ge=2, description="stage-1 batch (texts)")
+    proj_lr: float = Field(3e-3, gt=0, description="stage-1 learning rate")
+    proj_weight_decay: float = Field(0.0, ge=0, description="stage-1 AdamW weight decay")
+    proj_warmup: int = Field(100, ge=0, description="stage-1 warmup steps (capped at proj_steps)")
+    noise: float = Field(
+        0.2, ge=0, description="input noise length as a share of the NEW text-embedding spread"
+    )
+    tau: float = Field(0.02, gt=0, description="stage-1 InfoNCE temperature")
+    cos_weight: float = Field(10.0, ge=0, description="stage-1 weight of 1 - cos(ψ(z), O_txt)")
+
+
+@dataclass
+class Stage1:
+    """Stage 1's product: the frozen pretrained ψ₀, the hash of what produced it, its record."""
+
+    psi: Projection
+    key: str
+    info: dict[str, Any]
+
+
+def map_embeddings(psi: Projection, embeddings: np.ndarray, device: str = "cpu") -> np.ndarray:
+    """ψ applied to NEW embeddings [n, d_new] -> [n, d_old] float32 unit rows."""
+    out = []
+    psi.eval()
+    with torch.inference_mode():
+        for start in range(0, len(embeddings), _MAP_BATCH):
+            chunk = torch.as_tensor(np.asarray(embeddings[start : start + _MAP_BATCH]))
+            out.append(psi(chunk.to(device).float()).cpu().numpy())
+    return np.concatenate(out).astype(np.float32)
+
+
+def log_every(steps: int) -> int:
+    """At most ~200 curve points per run."""
+    return max(1, steps // 200)
+
+
+def log_info(log: TrainLog, checkpoint_dir: Path) -> dict[str, Any]:
+    """What a result records about one training run (its folder relative to the cache root)."""
+    return {
+        "steps": log.steps,
+        "final_loss": log.final_loss,
+        "wall_time_s": round(log.wall_time_s, 3),
+        "resumed_from_step": log.resumed_from_step,
+        "curve": log.curve,
+        "checkpoint_dir": relative_to_home(checkpoint_dir),
+    }
+
+
+def pretrain_projection(ctx: FitContext, cfg: ProjectionConfig) -> Stage1:
+    """Stage 1 on the text corpus (module docstring); returns ψ₀ frozen and in eval mode."""
+    check_corpus(ctx.text_corpus)
+    new_texts = ctx.embed_corpus("new")
+    old_texts = ctx.embed_corpus("old")
+    n_texts, d_new = new_texts.shape
+    d_old = old_texts.shape[1]
+    spread = embedding_spread(new_texts)
+    std = noise_std(cfg.noise, spread, d_new)
+    settings = {name: getattr(cfg, name) for name in ProjectionConfig.model_fields}
+    key = fingerprint_of(
+        [
+            "stage1",
+            sorted(settings.items()),
+            ctx.seed,
+            ctx.new.get().identity,
+            ctx.old.get().identity,
+            ctx.text_corpus.fingerprint,
+        ]
+    )
+    with seeded(ctx.seed):
+        psi = Projection(d_new, d_old, hidden=cfg.proj_hidden, layers=cfg.proj_layers)
+    psi.init_linear(procrustes_map(new_texts, old_texts))
+    device = torch.device(ctx.device)
+    new_t = torch.from_numpy(new_texts).to(device)
+    old_t = torch.from_numpy(old_texts).to(device)
+    batch = min(cfg.proj_batch, n_texts)
+
+    def batch_at(step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = np.random.default_rng([ctx.seed, 1, step]).choice(n_texts, batch, replace=False)
+        index = torch.from_numpy(rows).to(device)
+        return new_t[index], old_t[index]
+
+    def loss_fn(pair: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+        # Under torchrun every rank maps the whole global batch (ψ is small), so the noise
+        # drawn, the loss and DDP's averaged gradient are those of one process.
+        z, target = (distributed.all_gather_with_grad(x) for x in pair)
+        mapped = psi(add_noise(z, std))
+        nce = info_nce(mapped, target, cfg.tau)
+        cos = cosine_loss(mapped, target)
+        return {"loss": nce + cfg.cos_weight * cos, "nce": nce, "cos": cos}
+
+    config = TrainConfig(
+        steps=cfg.proj_steps,
+        lr=cfg.proj_lr,
+        weight_decay=cfg.proj_weight_decay,
+        warmup_steps=min(cfg.proj_warmup, cfg.proj_steps),
+        seed=ctx.seed,
+        checkpoint_every=max(1, cfg.proj_steps // 4),
+        log_every=log_every(cfg.proj_steps),
+        device=ctx.device,
+    )
+    checkpoint_dir = ctx.work_dir / f"stage1-{key}"
+    log = train(psi, loss_fn, batch_at, config, checkpoint_dir, desc="stage 1: ψ on text")
+    psi.requires_grad_(False)
+    psi.eval()
+    info = {
+        "corpus": ctx.text_corpus.name,
+        "corpus_texts": n_texts,
+        "new_dim": d_new,
+        "old_dim": d_old,
+        "text_spread": round(spread, 6),
+        "noise_relative": cfg.noise,
+        "noise_std": round(std, 6),
+        "psi_params": count_parameters(psi),
+        **log_info(log, checkpoint_dir),
+    }
+    return Stage1(psi=psi, key=key, info=info)

@@ -1,0 +1,608 @@
+"""XBT's stage 2 (SPEC §2) and its rivals' shared machinery: train NEW (LoRA adapters, or all of
+its weights) followed by ψ towards targets in OLD's space, on image–text pairs.
+
+Loss, with φ = ψ ∘ NEW' the query encoders and (T_txt, T_img) a batch's targets:
+InfoNCE(φ_img, T_txt) + InfoNCE(φ_txt, T_img) + InfoNCE(φ_img, φ_txt)
++ w·[(1 − cos(φ_txt, T_txt)) + (1 − cos(φ_img, T_img))].
+
+Where the targets come from is one :class:`Targets` provider per anchor mode:
+
+- :class:`SurrogateTargets` (``anchors = "surrogate"``, XBT): T_txt = a(t) = ψ₀(N_txt(t)) with the
+  frozen NEW and the frozen stage-1 ψ₀, computed once; T_img the anchor of the caption drawn
+  with the image (``image_anchor = "caption"``) or the mean anchor of its captions (``"mean"``).
+  No OLD at all.
+- :class:`GalleryTargets` (``anchors = "gallery"``): T_txt = O_txt(t), T_img = O_img(x) read from
+  the embedding cache, as a deployed system already holds them (counted as gallery reuse).
+- :class:`OldInTheLoop` (``distill``): the same computed by OLD inside every step.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+from torch import nn
+
+from .. import distributed
+from ..atomic import is_intact, write_npy
+from ..console import warn
+from ..data.base import ImageTextSet, fingerprint_of
+from ..errors import XbtError
+from ..losses import cosine_loss, info_nce
+from ..models.loading import LoadedModel
+from ..models.lora import add_lora, count_parameters
+from ..models.projection import Projection
+from ..train import TrainConfig, train
+from .base import Cost, FitContext, FittedMethod, Side, check_pairs, seeded
+from .settings import MethodConfig
+from .stage1 import (
+    ProjectionConfig,
+    Stage1,
+    log_every,
+    log_info,
+    map_embeddings,
+    pretrain_projection,
+)
+
+# Training images are preprocessed once into an in-memory table when it fits this budget (the
+# toy world's 8k pairs: ~100 MB); larger sets are decoded and preprocessed batch by batch.
+PIXEL_TABLE_BYTES = 2 << 30
+
+
+class Stage2Config(ProjectionConfig):
+    """Stage 2 on image–text pairs, shared by xbt, distill and finetune."""
+
+    pairs: int | None = Field(
+        None, ge=0, description="training images used (each with its captions); None = all"
+    )
+    steps: int = Field(300, ge=1, description="stage-2 optimisation steps")
+    batch: int = Field(128, ge=2, description="stage-2 batch (images, one caption each)")
+    lr: float = Field(1e-3, gt=0, description="stage-2 learning rate (adapters or NEW weights)")
+    weight_decay: float = Field(0.0, ge=0, description="stage-2 AdamW weight decay")
+    warmup: int = Field(50, ge=0, description="stage-2 warmup steps (capped at steps)")
+    psi_lr_scale: float = Field(
+        0.0, ge=0, description="ψ's stage-2 lr as a share of lr; 0 keeps ψ frozen"
+    )
+    stage2_tau: float = Field(0.02, gt=0, description="stage-2 InfoNCE temperature")
+    stage2_cos_weight: float = Field(
+        10.0, ge=0, description="stage-2 weight of the cosine terms towards the anchors"
+    )
+    checkpoint_every: int = Field(100, ge=1, description="stage-2 checkpoint interval (steps)")
+
+
+class LoraSettings(MethodConfig):
+    """LoRA knobs of the parameter-efficient stage 2 (mixed into xbt and distill)."""
+
+    lora_towers: Literal["image", "text", "both"] = Field(
+        "image", description="towers of NEW that get LoRA adapters"
+    )
+    lora_rank: int = Field(8, ge=1, description="LoRA rank")
+    lora_alpha: float | None = Field(None, gt=0, description="LoRA scale numerator; None = rank")
+
+
+class AnchorSettings(MethodConfig):
+    """Where stage 2's targets come from when OLD is not run (xbt, finetune)."""
+
+    anchors: Literal["surrogate", "gallery"] = Field(
+        "surrogate",
+        description="surrogate: ψ₀(N_txt(t)), no OLD at all; gallery: OLD embeddings of the "
+        "training pairs as a deployed system already holds them",
+    )
+    image_anchor: Literal["caption", "mean"] = Field(
+        "caption",
+        description="surrogate target of an image query: the anchor of the caption drawn with "
+        "it, or the mean anchor of all the image's captions",
+    )
+
+
+class MappedEncoder(nn.Module):
+    """A compatible query encoder: a CLIP (NEW with LoRA, or fine-tuned) followed by ψ.
+
+    Speaks the embedding extractor's encoder protocol (``encode_image``, ``encode_text``,
+    ``preprocess``, ``tokenizer``, ``identity``), so its queries are batched and cached like
+    any model's.
+    """
+
+    def __init__(self, clip: nn.Module, psi: Projection, new: LoadedModel, name: str) -> None:
+        super().__init__()
+        self.clip = clip
+        self.psi = psi
+        self.name = name
+        self.preprocess = new.preprocess
+        self.tokenizer = new.tokenizer
+        self.preprocess_signature = new.preprocess_signature
+        self.tokenizer_signature = new.tokenizer_signature
+        self.identity = f"{name}:{new.identity}:untrained"
+
+    def encode_image(self, images: torch.Tensor) -> torch.Tensor:
+        """ψ(N_img(images)), unit rows in OLD's space."""
+        return self.psi(F.normalize(self.clip.encode_image(images), dim=-1))
+
+    def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """ψ(N_txt(tokens)), unit rows in OLD's space."""
+        return self.psi(F.normalize(self.clip.encode_text(tokens), dim=-1))
+
+    def finish(self) -> MappedEncoder:
+        """Freeze, switch to eval mode and set ``identity`` from the trained weights."""
+        from ..embed import state_fingerprint
+
+        self.requires_grad_(False)
+        self.eval()
+        self.identity = f"{self.name}@{state_fingerprint(self)}"
+        return self
+
+
+def surrogate_anchors(ctx: FitContext, stage1: Stage1, pairs: ImageTextSet) -> np.ndarray:
+    """a(t) = ψ₀(N_txt(t)) for every caption of ``pairs`` (frozen NEW, frozen ψ₀), computed
+    once and kept in ``work_dir``; counted as NEW text forward passes."""
+    path = ctx.work_dir / f"anchors-{fingerprint_of([stage1.key, pairs.fingerprint])}.npy"
+    if is_intact(path):
+        ctx.count_forward("new", "text", len(pairs.captions))
+        return np.load(path)
+    if path.exists():
+        warn(f"surrogate anchor table {path} fails its checksum; recomputing it")
+    anchors = map_embeddings(stage1.psi, ctx.embed("new", pairs, "text"), ctx.device)
+    write_npy(path, anchors, checked=True)
+    return anchors
+
+
+def mean_anchors(caption_anchors: np.ndarray, pairs: ImageTextSet) -> np.ndarray:
+    """normalize(mean of a(t) over each image's captions), [n_images, d_old]."""
+    sums = np.zeros((pairs.n_images, caption_anchors.shape[1]), dtype=np.float64)
+    np.add.at(sums, pairs.caption_image, caption_anchors)
+    sums /= np.maximum(np.linalg.norm(sums, axis=1, keepdims=True), 1e-12)
+    return sums.astype(np.float32)
+
+
+class PixelSource:
+    """Preprocessed images of ``data`` by row: a table built once per run (kept in the run's
+    ``ctx.shared`` so the methods of a run share it) when all rows fit ``budget`` bytes, else
+    preprocessed per call."""
+
+    def __init__(
+        self,
+        data: ImageTextSet,
+        preprocess: Callable,
+        signature: str,
+        shared: dict[Any, Any],
+        budget: int = PIXEL_TABLE_BYTES,
+    ) -> None:
+        self.data, self.preprocess = data, preprocess
+        key = ("pixels", data.fingerprint, signature)
+        self.table: torch.Tensor | None = shared.get(key)
+        if self.table is None:
+            first = preprocess(data.load_image(0))
+            if first.numel() * first.element_size() * data.n_images <= budget:
+                rows = [first] + [preprocess(data.load_image(i)) for i in range(1, data.n_images)]
+                self.table = shared[key] = torch.stack(rows)
+
+    def __call__(self, rows: np.ndarray) -> torch.Tensor:
+        """The preprocessed images of ``rows`` stacked into a batch."""
+        if self.table is not None:
+            return self.table[torch.from_numpy(rows)]
+        return torch.stack([self.preprocess(self.data.load_image(int(i))) for i in rows])
+
+
+@dataclass
+class Batch:
+    """Row indices of one stage-2 batch: images, one caption drawn for each, and its text."""
+
+    images: np.ndarray
+    captions: np.ndarray
+    texts: list[str]
+
+
+class Targets(Protocol):
+    """Stage 2's targets in OLD's space for a batch (one provider per anchor mode)."""
+
+    mode: str
+    old_forwards: bool  # whether OLD runs in the loop (counted as OLD forward passes)
+
+    def extra_inputs(self, batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
+        """Tensors the provider needs in the batch dict (OLD's pixels and tokens)."""
+        ...
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(T_txt, T_img) of the batch."""
+        ...
+
+    def info(self) -> dict[str, Any]:
+        """What the result records about the targets."""
+        ...
+
+
+class SurrogateTargets:
+    """T_txt = ψ₀(N_txt(t)); T_img = the same anchor, or the image's mean anchor."""
+
+    mode = "surrogate"
+    old_forwards = False
+
+    def __init__(self, anchors: np.ndarray, pairs: ImageTextSet, image_anchor: str, device: Any):
+        self.image_anchor = image_anchor
+        self.text = torch.from_numpy(anchors).to(device)
+        self.image = (
+            torch.from_numpy(mean_anchors(anchors, pairs)).to(device)
+            if image_anchor == "mean"
+            else None
+        )
+
+    def extra_inputs(self, batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
+        return {}
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        text = self.text[batch["caption_index"]]
+        return text, text if self.image is None else self.image[batch["image_index"]]
+
+    def info(self) -> dict[str, Any]:
+        return {"anchors": self.mode, "image_anchor": self.image_anchor}
+
+
+class GalleryTargets:
+    """T_txt = O_txt(t), T_img = O_img(x): OLD's embeddings of the pairs from the cache."""
+
+    mode = "gallery"
+    old_forwards = False
+
+    def __init__(self, ctx: FitContext, pairs: ImageTextSet, device: Any) -> None:
+        self.text = torch.from_numpy(ctx.gallery_embeddings(pairs, "text")).to(device)
+        self.image = torch.from_numpy(ctx.gallery_embeddings(pairs, "image")).to(device)
+
+    def extra_inputs(self, batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
+        return {}
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.text[batch["caption_index"]], self.image[batch["image_index"]]
+
+    def info(self) -> dict[str, Any]:
+        return {"anchors": self.mode}
+
+
+class OldInTheLoop:
+    """T_txt = O_txt(t), T_img = O_img(x) computed by OLD inside every step (``distill``)."""
+
+    mode = "old-in-the-loop"
+    old_forwards = True
+
+    def __init__(self, ctx: FitContext, pairs: ImageTextSet) -> None:
+        self.old = ctx.old.get()
+        self.old.model.requires_grad_(False)
+        self.old.model.eval()
+        self.pixels = PixelSource(
+            pairs, self.old.preprocess, self.old.preprocess_signature, ctx.shared
+        )
+
+    def extra_inputs(self, batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
+        return {
+            "old_images": self.pixels(batch.images).to(device),
+            "old_tokens": self.old.tokenizer(batch.texts).to(device),
+        }
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            text = F.normalize(self.old.model.encode_text(batch["old_tokens"]).float(), dim=-1)
+            image = F.normalize(self.old.model.encode_image(batch["old_images"]).float(), dim=-1)
+        return text, image
+
+    def info(self) -> dict[str, Any]:
+        return {"anchors": self.mode}
+
+
+TargetFactory = Callable[[FitContext, Stage1, ImageTextSet], Targets]
+
+
+def anchor_targets(settings: AnchorSettings) -> TargetFactory:
+    """The provider of ``settings.anchors`` (surrogate or gallery)."""
+
+    def make(ctx: FitContext, stage1: Stage1, pairs: ImageTextSet) -> Targets:
+        if settings.anchors == "gallery":
+            return GalleryTargets(ctx, pairs, ctx.device)
+        anchors = surrogate_anchors(ctx, stage1, pairs)
+        return SurrogateTargets(anchors, pairs, settings.image_anchor, ctx.device)
+
+    return make
+
+
+def old_in_the_loop(ctx: FitContext, stage1: Stage1, pairs: ImageTextSet) -> Targets:
+    """The ``distill`` provider: OLD runs in every step."""
+    return OldInTheLoop(ctx, pairs)
+
+
+def stage2_parts(cfg: Stage2Config) -> tuple[LoraSettings | None, TargetFactory]:
+    """What a stage-2 method trains and towards what, read from its settings' type: LoRA
+    adapters when they have LoRA knobs (else all of NEW's weights: fine-tuning), and anchors
+    when they have anchor knobs (else OLD runs in the loop: distillation)."""
+    lora = cfg if isinstance(cfg, LoraSettings) else None
+    targets = anchor_targets(cfg) if isinstance(cfg, AnchorSettings) else old_in_the_loop
+    return lora, targets
+
+
+def trainable_new(new: LoadedModel, lora: LoraSettings | None, seed: int) -> nn.Module:
+    """A copy of NEW's CLIP to train: LoRA adapters on ``lora.lora_towers`` (the rest frozen),
+    or every weight when ``lora`` is None (fine-tuning)."""
+    with seeded(seed):
+        clip = copy.deepcopy(new.model)
+        if lora is None:
+            return clip.requires_grad_(True)
+        return add_lora(clip, lora.lora_towers, lora.lora_rank, lora.lora_alpha)
+
+
+def text_tower_frozen(clip: nn.Module, psi: nn.Module) -> bool:
+    """Whether φ_txt = ψ(N_txt) cannot change in training: nothing outside the image tower
+    (``visual``) of ``clip`` trains, and ψ is frozen."""
+    if any(p.requires_grad for p in psi.parameters()):
+        return False
+    return not any(
+        p.requires_grad
+        for name, p in clip.named_parameters()
+        if not name.startswith("visual.") and "logit_scale" not in name
+    )
+
+
+def _captions_by_image(data: ImageTextSet) -> list[np.ndarray]:
+    order = np.argsort(data.caption_image, kind="stable")
+    bounds = np.searchsorted(data.caption_image[order], np.arange(data.n_images + 1))
+    groups = [order[bounds[i] : bounds[i + 1]] for i in range(data.n_images)]
+    empty = [i for i, g in enumerate(groups) if len(g) == 0]
+    if empty:
+        raise XbtError(
+            f"{data.key}: images {empty[:5]} have no caption; every training image needs one"
+        )
+    return groups
+
+
+class BatchSampler:
+    """Stage-2 batches as a function of the step: images without replacement, one of each
+    image's captions drawn uniformly (deterministic from the seed, so a resume is exact)."""
+
+    def __init__(self, pairs: ImageTextSet, batch: int, seed: int) -> None:
+        self.pairs, self.batch, self.seed = pairs, batch, seed
+        self.captions_of = _captions_by_image(pairs)
+
+    def __call__(self, step: int) -> Batch:
+        rng = np.random.default_rng([self.seed, 2, step])
+        images = rng.choice(self.pairs.n_images, self.batch, replace=False)
+        picks = rng.random(self.batch)
+        captions = np.array(
+            [
+                self.captions_of[i][int(r * len(self.captions_of[i]))]
+                for i, r in zip(images, picks, strict=True)
+            ]
+        )
+        return Batch(images, captions, [self.pairs.captions[int(c)] for c in captions])
+
+
+@dataclass
+class Stage2Setup:
+    """Everything one stage-2 run needs: the encoder being trained, its loss and batches."""
+
+    encoder: MappedEncoder
+    loss_fn: Callable[[dict[str, Any]], dict[str, torch.Tensor]]
+    batch_at: Callable[[int], dict[str, Any]]
+    param_groups: list[dict[str, Any]]
+    train_config: TrainConfig
+    checkpoint_dir: Path
+    pairs: ImageTextSet
+    batch: int
+    targets: Targets
+    fixed_text: bool
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def stage2_loss(
+    encoder: MappedEncoder,
+    targets: Targets,
+    fixed_text: torch.Tensor | None,
+    cfg: Stage2Config,
+) -> Callable[[dict[str, Any]], dict[str, torch.Tensor]]:
+    """The stage-2 loss of a batch (module docstring); ``fixed_text`` replaces the text tower
+    by a table when the text side cannot change."""
+
+    def loss_fn(batch: dict[str, Any]) -> dict[str, torch.Tensor]:
+        image_q = encoder.encode_image(batch["images"])
+        if fixed_text is None:
+            text_q = encoder.encode_text(batch["tokens"])
+        else:
+            text_q = fixed_text[batch["caption_index"]]
+        text_t, image_t = targets(batch)
+        # Under torchrun: every rank scores the global batch, so DDP's averaged gradient is
+        # that of one process on it (as open_clip's ClipLoss with gather_with_grad).
+        image_q, text_q, text_t, image_t = (
+            distributed.all_gather_with_grad(x) for x in (image_q, text_q, text_t, image_t)
+        )
+        i2t = info_nce(image_q, text_t, cfg.stage2_tau)
+        t2i = info_nce(text_q, image_t, cfg.stage2_tau)
+        image_text = info_nce(image_q, text_q, cfg.stage2_tau)
+        cos = cosine_loss(text_q, text_t) + cosine_loss(image_q, image_t)
+        loss = i2t + t2i + image_text + cfg.stage2_cos_weight * cos
+        return {"loss": loss, "i2t": i2t, "t2i": t2i, "image_text": image_text, "cos": cos}
+
+    return loss_fn
+
+
+def prepare_stage2(ctx: FitContext, name: str, cfg: Stage2Config, stage1: Stage1) -> Stage2Setup:
+    """Build the stage-2 run of method ``name`` (settings ``cfg``) on ``ctx.train_pairs``: NEW
+    with LoRA (or all its weights) followed by a copy of ψ₀, trained towards the targets
+    :func:`stage2_parts` reads from ``cfg`` (module docstring)."""
+    lora, make_targets = stage2_parts(cfg)
+    pairs = check_pairs(ctx.train_pairs, cfg.pairs)
+    new = ctx.new.get()
+    device = torch.device(ctx.device)
+    clip = trainable_new(new, lora, ctx.seed + 1)
+    psi = copy.deepcopy(stage1.psi)
+    psi.requires_grad_(cfg.psi_lr_scale > 0)
+    encoder = MappedEncoder(clip, psi, new, name).to(device)
+    targets = make_targets(ctx, stage1, pairs)
+    # With the text side frozen (LoRA on the image tower only, ψ frozen), φ_txt(t) = ψ₀(N_txt(t))
+    # is a fixed table (the surrogate anchors): look it up instead of running NEW's text tower.
+    fixed_text = None
+    if text_tower_frozen(clip, psi):
+        table = (
+            targets.text  # already the surrogate anchors: read and counted once
+            if isinstance(targets, SurrogateTargets)
+            else torch.from_numpy(surrogate_anchors(ctx, stage1, pairs)).to(device)
+        )
+        fixed_text = table
+    batch = min(cfg.batch, pairs.n_images)
+    sampler = BatchSampler(pairs, batch, ctx.seed)
+    pixels = PixelSource(pairs, new.preprocess, new.preprocess_signature, ctx.shared)
+
+    def batch_at(step: int) -> dict[str, Any]:
+        drawn = sampler(step)
+        out = {
+            "images": pixels(drawn.images).to(device),
+            "image_index": torch.from_numpy(drawn.images).to(device),
+            "caption_index": torch.from_numpy(drawn.captions).to(device),
+            **targets.extra_inputs(drawn, device),
+        }
+        if fixed_text is None:
+            out["tokens"] = new.tokenizer(drawn.texts).to(device)
+        return out
+
+    # cfg is the method's whole settings object (LoRA and anchor settings included).
+    settings = {k: v for k, v in cfg.model_dump().items() if k != "checkpoint_every"}
+    key = fingerprint_of(
+        ["stage2", name, targets.mode, stage1.key, sorted(settings.items()), pairs.fingerprint]
+    )
+    info = {
+        **targets.info(),
+        "pairs": pairs.key,
+        "pair_images": pairs.n_images,
+        "pair_captions": len(pairs.captions),
+        "psi": "frozen" if cfg.psi_lr_scale == 0 else f"trainable (lr x {cfg.psi_lr_scale:g})",
+        "trainable_in_stage2": count_parameters(encoder, trainable_only=True),
+        "text_side": "fixed table ψ₀(N_txt)" if fixed_text is not None else "trained",
+        "pixels": "in-memory table" if pixels.table is not None else "per batch",
+        "new_weights": "all trained" if lora is None else "frozen, LoRA adapters",
+    }
+    if lora is not None:
+        info["lora"] = {
+            "towers": lora.lora_towers,
+            "rank": lora.lora_rank,
+            "alpha": lora.lora_alpha or lora.lora_rank,
+        }
+    return Stage2Setup(
+        encoder=encoder,
+        loss_fn=stage2_loss(encoder, targets, fixed_text, cfg),
+        batch_at=batch_at,
+        param_groups=[
+            {"params": [p for p in clip.parameters() if p.requires_grad]},
+            {"params": list(psi.parameters()), "lr_scale": cfg.psi_lr_scale},
+        ],
+        train_config=TrainConfig(
+            steps=cfg.steps,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            warmup_steps=min(cfg.warmup, cfg.steps),
+            seed=ctx.seed,
+            checkpoint_every=cfg.checkpoint_every,
+            log_every=log_every(cfg.steps),
+            device=ctx.device,
+        ),
+        checkpoint_dir=ctx.work_dir / f"{name}-{key}",
+        pairs=pairs,
+        batch=batch,
+        targets=targets,
+        fixed_text=fixed_text is not None,
+        info=info,
+    )
+
+
+def _params_cost(ctx: FitContext, trainable: int, training_time_s: float) -> Cost:
+    return Cost(
+        trainable_params=trainable,
+        new_params=count_parameters(ctx.new.get().model),
+        training_time_s=round(training_time_s, 3),
+    )
+
+
+def mapped_queries(ctx: FitContext, psi: Projection) -> dict[Side, Callable]:
+    """Query encoders ψ(N(x)) on the frozen NEW's (cached) embeddings, per side."""
+
+    def encoder(side: Side) -> Callable[[ImageTextSet], np.ndarray]:
+        return lambda data: map_embeddings(
+            psi, ctx.embed("new", data, side, count=False), ctx.device
+        )
+
+    return {"image": encoder("image"), "text": encoder("text")}
+
+
+def fit_projection_only(ctx: FitContext, name: str, cfg: ProjectionConfig) -> FittedMethod:
+    """Stage 1 only: ψ₀ on the frozen NEW's embeddings (no OLD at query time)."""
+    stage1 = pretrain_projection(ctx, cfg)
+    queries = mapped_queries(ctx, stage1.psi)
+    return FittedMethod(
+        name=name,
+        gallery="old",
+        dim=stage1.psi.out_dim,
+        image_encoder=queries["image"],
+        text_encoder=queries["text"],
+        info={"stage1": stage1.info},
+        cost=_params_cost(ctx, count_parameters(stage1.psi), stage1.info["wall_time_s"]),
+    )
+
+
+def fit_stage2(ctx: FitContext, name: str, cfg: Stage2Config) -> FittedMethod:
+    """Stage 1, then stage 2 of method ``name`` (see :func:`prepare_stage2`); the query
+    encoders are the trained NEW' + ψ. With ``cfg.pairs == 0`` this is stage 1 alone."""
+    if cfg.pairs == 0:
+        return fit_projection_only(ctx, name, cfg)
+    check_pairs(ctx.train_pairs, cfg.pairs)
+    stage1 = pretrain_projection(ctx, cfg)
+    setup = prepare_stage2(ctx, name, cfg, stage1)
+    log = train(
+        setup.encoder,
+        setup.loss_fn,
+        setup.batch_at,
+        setup.train_config,
+        setup.checkpoint_dir,
+        desc=f"{name} stage 2",
+        param_groups=setup.param_groups,
+        # Fine-tuning trains NEW's logit_scale, which no loss uses.
+        find_unused_parameters=setup.info["new_weights"] == "all trained",
+    )
+    in_loop = cfg.steps * setup.batch
+    ctx.count_forward("new", "image", in_loop)
+    if not setup.fixed_text:
+        ctx.count_forward("new", "text", in_loop)
+    if setup.targets.old_forwards:
+        ctx.count_forward("old", "image", in_loop)
+        ctx.count_forward("old", "text", in_loop)
+    trained = setup.info["trainable_in_stage2"]
+    if cfg.psi_lr_scale == 0:
+        trained += count_parameters(stage1.psi)  # ψ was trained in stage 1
+    encoder = setup.encoder.finish()
+
+    def encode(side: Side) -> Callable[[ImageTextSet], np.ndarray]:
+        from ..embed.sharded import embed_split_sharded
+
+        return lambda data: np.asarray(
+            embed_split_sharded(
+                encoder,
+                data,
+                side,
+                cache=ctx.embeddings,
+                stats=ctx.embed_stats,
+                num_workers=ctx.num_workers,
+            )
+        )
+
+    return FittedMethod(
+        name=name,
+        gallery="old",
+        dim=encoder.psi.out_dim,
+        image_encoder=encode("image"),
+        text_encoder=encode("text"),
+        info={
+            "stage1": stage1.info,
+            "stage2": {**setup.info, **log_info(log, setup.checkpoint_dir)},
+            "encoder_identity": encoder.identity,
+        },
+        cost=_params_cost(ctx, trained, stage1.info["wall_time_s"] + log.wall_time_s),
+    )

@@ -1,0 +1,1 @@
+"""Toy models: building them from their recipes (above training and evaluation)."""
