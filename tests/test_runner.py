@@ -285,3 +285,32 @@ def test_an_installed_package_adds_a_method_and_a_pair(
     assert result.metrics["method->old"] == result.metrics["old->old"]  # OLD's own queries
     boards = leaderboards(out)
     assert "echo-old" in set(boards.exact["method"])
+
+
+def test_seeds_give_a_mean_a_spread_and_intervals(small_pair: str, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    args = ["run", "--pair", small_pair, "--method", "xbt", "--method", "procrustes",
+            "--seeds", "2", "--output-dir", str(out), *tiny_settings()]  # fmt: skip
+    assert run_cli(args) == 0
+    (xbt_path,) = out.glob(f"{small_pair}/*/xbt.json")
+    (procrustes_path,) = out.glob(f"{small_pair}/*/procrustes.json")
+    xbt, procrustes = RunResult.from_json(xbt_path), RunResult.from_json(procrustes_path)
+    assert xbt.seeds == [0, 1] and procrustes.seeds == [0]  # closed forms run once
+    split = xbt.splits["test"]
+    assert len(split.seed_metrics) == 2 and split.seed_metrics[0] != split.seed_metrics[1]
+    for key in KEYS:
+        mean = np.mean([m[key] for m in split.seed_metrics])
+        assert split.metrics["method->old"][key] == pytest.approx(mean)
+        assert split.seed_std[key] == pytest.approx(
+            np.std([m[key] for m in split.seed_metrics], ddof=1), abs=1e-4
+        )
+        for setting in ("old->old", "new->new", "method->old"):
+            low, high = split.intervals[setting][key]
+            value = split.metrics[setting][key]
+            assert low <= value <= high and (low < high or value in (0, 100, 600))
+    compat = split.compatibility
+    for key in KEYS:  # 95%: the margin's paired interval is above zero
+        low, high = compat.margin_interval[key]
+        assert low <= compat.margin[key] <= high
+        assert compat.held_95[key] == (low > 0) and (not compat.held_95[key] or compat.held[key])
+    assert procrustes.splits["test"].seed_std is None and procrustes.splits["test"].intervals

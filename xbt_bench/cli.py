@@ -241,7 +241,14 @@ def _parse_overrides(values: list[str] | None) -> dict[str, object]:
 SplitOption = Annotated[list[str] | None, typer.Option(help="evaluation split (repeatable)")]
 DataRootOption = Annotated[Path | None, typer.Option(help="root folder of on-disk datasets")]
 ResultsOption = Annotated[Path, typer.Option(help="where result JSONs go")]
-SeedOption = Annotated[int, typer.Option(help="seed of every random choice")]
+SeedOption = Annotated[int, typer.Option(help="seed of every random choice (the first seed)")]
+SeedsOption = Annotated[
+    int,
+    typer.Option(
+        "--seeds", min=1, help="run each trained method with this many seeds (seed, seed+1, ...): "
+        "results keep each seed's metrics, their mean and std"
+    ),
+]
 DeviceOption = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1")]
 WorkersOption = Annotated[
     int | None, typer.Option(min=0, help="data-loader workers (default: up to 4)")
@@ -311,6 +318,7 @@ def run_command(
     data_root: DataRootOption = None,
     output_dir: ResultsOption = Path("results"),
     seed: SeedOption = 0,
+    seeds: SeedsOption = 1,
     device: DeviceOption = "cpu",
     quick: Annotated[bool, typer.Option(help="fewer steps and pairs: a smoke run")] = False,
     workers: WorkersOption = None,
@@ -318,13 +326,15 @@ def run_command(
 ) -> None:
     """Run a pair end to end: embed, fit every method, score every setting, write results.
     Under torchrun the ranks share the embedding and the training (DDP); rank 0 writes."""
+    from dataclasses import replace
+
     from .runner import run
 
     with _torchrun_job(device) as device:
         options = _run_options(
             pair, method, dataset, split, data_root, output_dir, seed, device, quick, workers, set_
         )
-        run(options, console)
+        run(replace(options, n_seeds=seeds), console)
 
 
 @app.command("sweep")

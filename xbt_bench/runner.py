@@ -24,6 +24,7 @@ from .embed import EmbeddingCache, EmbedStats
 from .embed.sharded import embed_split_sharded
 from .errors import ConfigError, XbtError, did_you_mean
 from .eval import Embeddings, evaluate_retrieval
+from .eval.bootstrap import QueryHits, paired_margin_intervals, recall_intervals
 from .eval.compat import (
     METHOD_OLD,
     NEW_NEW,
@@ -56,6 +57,7 @@ class RunOptions:
     data_root: Path | None = None
     output_dir: Path = Path("results")
     seed: int = 0
+    n_seeds: int = 1  # trained methods run with seeds seed, seed + 1, ...
     device: str = "cpu"
     quick: bool = False
     num_workers: int | None = None
@@ -197,6 +199,7 @@ class Runner:
         self.shared: dict[Any, Any] = {}
         self._galleries: dict[tuple[str, str], Embeddings] = {}
         self._references: dict[tuple[str, str], RetrievalResult] = {}
+        self._reference_intervals: dict[tuple[str, str], dict[str, list[float]]] = {}
 
     def gallery(self, ref: str, split: str, data: ImageTextSet) -> Embeddings:
         """``data`` embedded by model ``ref`` (cached on disk and in memory)."""
@@ -225,8 +228,26 @@ class Runner:
             self._references[key] = score(own, own, data)
         return self._references[key]
 
-    def fit(self, method: str, old: str, new: str, data: PairData) -> FittedMethod:
-        """Fit ``method`` for the upgrade ``old`` -> ``new``."""
+    def reference_intervals(
+        self, ref: str, split: str, data: ImageTextSet
+    ) -> dict[str, list[float]]:
+        """The 95% bootstrap intervals of model ``ref``'s own retrieval on ``data``."""
+        key = (ref, split)
+        if key not in self._reference_intervals:
+            own = self.reference(ref, split, data)
+            self._reference_intervals[key] = recall_intervals(query_hits([own], data))
+        return self._reference_intervals[key]
+
+    def seeds(self, method: str) -> list[int]:
+        """The seeds ``method`` runs with: ``n_seeds`` of them for a trained method, else one."""
+        first = self.options.seed
+        count = self.options.n_seeds if methods.get(method).kind == "trained" else 1
+        return list(range(first, first + count))
+
+    def fit(
+        self, method: str, old: str, new: str, data: PairData, seed: int | None = None
+    ) -> FittedMethod:
+        """Fit ``method`` for the upgrade ``old`` -> ``new`` (with ``seed``, default the run's)."""
         context = FitContext(
             old=self.handles[old],
             new=self.handles[new],
@@ -235,14 +256,15 @@ class Runner:
             support=data.support,
             work_dir=self.work_dir,
             config=method_config(self.spec, methods.get(method), self.options),
-            seed=self.options.seed,
+            seed=self.options.seed if seed is None else seed,
             device=self.options.device,
             embeddings=self.cache,
             embed_stats=self.stats,
             num_workers=self.options.num_workers,
             shared=self.shared,
         )
-        self.console.print(f"[bold]{method}[/bold]: {old} -> {new}")
+        label = f" (seed {seed})" if seed is not None and self.options.n_seeds > 1 else ""
+        self.console.print(f"[bold]{method}[/bold]{label}: {old} -> {new}")
         return methods.get(method)(context)
 
     def run(self) -> list[RunResult]:
@@ -263,23 +285,46 @@ class Runner:
         return results
 
     def run_pair(self, method: str, data: PairData) -> RunResult:
-        """One method on OLD -> NEW, scored on every evaluation split."""
+        """One method on OLD -> NEW (a trained one once per seed), scored on every evaluation
+        split: the seeds' mean, each seed's metrics, bootstrap intervals of every cell and the
+        paired intervals of the margins over old->old."""
         old, new = self.spec.old, self.spec.new
-        fitted = self.fit(method, old, new, data)
+        seeds = self.seeds(method)
+        fits = [self.fit(method, old, new, data, seed) for seed in seeds]
         splits = {}
         for split, eval_set in data.eval_sets.items():
             old_old = self.reference(old, split, eval_set)
             new_new = self.reference(new, split, eval_set)
-            queries = Embeddings(fitted.encode_images(eval_set), fitted.encode_texts(eval_set))
-            gallery_ref = old if fitted.gallery == "old" else new
-            scored = score(queries, self.gallery(gallery_ref, split, eval_set), eval_set)
             metrics = {OLD_OLD: old_old.metrics, NEW_NEW: new_new.metrics}
-            if methods.get(method).deploys == METHOD_OLD:
-                metrics[METHOD_OLD] = scored.metrics
+            intervals = {
+                OLD_OLD: self.reference_intervals(old, split, eval_set),
+                NEW_NEW: self.reference_intervals(new, split, eval_set),
+            }
+            if methods.get(method).deploys != METHOD_OLD:
+                splits[split] = SplitResult(metrics=metrics, intervals=intervals)
+                continue
+            scored = [self.score_fit(fitted, split, eval_set) for fitted in fits]
+            hits = query_hits(scored, eval_set)
+            metrics[METHOD_OLD] = mean_metrics([s.metrics for s in scored])
+            intervals[METHOD_OLD] = recall_intervals(hits)
+            flips = [retrieval_flip_rates(old_old, s) for s in scored]
             splits[split] = SplitResult(
-                metrics=metrics, flips=retrieval_flip_rates(old_old, scored)
+                metrics=metrics,
+                intervals=intervals,
+                margin_intervals=paired_margin_intervals(hits, query_hits([old_old], eval_set)),
+                seed_metrics=[s.metrics for s in scored] if len(seeds) > 1 else [],
+                flips=mean_metrics(flips),
             )
-        return self.result(method, fitted, splits, data)
+        return self.result(method, fits, splits, data, seeds)
+
+    def score_fit(
+        self, fitted: FittedMethod, split: str, eval_set: ImageTextSet
+    ) -> RetrievalResult:
+        """``fitted``'s queries of ``eval_set`` against the gallery it searches."""
+        old, new = self.spec.old, self.spec.new
+        queries = Embeddings(fitted.encode_images(eval_set), fitted.encode_texts(eval_set))
+        gallery_ref = old if fitted.gallery == "old" else new
+        return score(queries, self.gallery(gallery_ref, split, eval_set), eval_set)
 
     def run_chain(self, method: str, data: PairData) -> RunResult:
         """One method on every upgrade i > j of the chain: the compatibility matrix M[i][j]."""
@@ -311,8 +356,7 @@ class Runner:
             )
             ac = average_compatibility(matrices["rsum"])
             self.console.print(f"  {split}: average compatibility (rsum) {ac:.2f}")
-        fitted = fits[len(chain) - 1, 0]
-        return self.result(method, fitted, splits, data)
+        return self.result(method, [fits[len(chain) - 1, 0]], splits, data, [self.options.seed])
 
     def fingerprints(self, data: PairData) -> dict[str, str]:
         """Identities of the models (name and weights hash) and of the evaluated data."""
@@ -325,10 +369,25 @@ class Runner:
         }
 
     def result(
-        self, method: str, fitted: FittedMethod, splits: dict[str, SplitResult], data: PairData
+        self,
+        method: str,
+        fits: list[FittedMethod],
+        splits: dict[str, SplitResult],
+        data: PairData,
+        seeds: list[int],
     ) -> RunResult:
-        """The typed result of one method (cost, config, curves and provenance included)."""
+        """The typed result of one method (cost, config, curves and provenance included): the
+        first seed's record, with the cost of one fit averaged over the seeds."""
+        fitted = fits[0]
         info, curves = split_curves(fitted.info)
+        cost = fitted.cost
+        if len(fits) > 1:
+            cost = cost.model_copy(
+                update={
+                    key: round(float(np.mean([getattr(f.cost, key) for f in fits])), 3)
+                    for key in ("fit_time_s", "training_time_s")
+                }
+            )
         info["data"] = {
             "text_corpus": corpus_summary(data.text_corpus),
             "train_pairs": f"{data.train_pairs.key} ({data.train_pairs.n_images} images)",
@@ -345,11 +404,12 @@ class Runner:
             splits=splits,
             applicable=fitted.applicable,
             not_applicable_reason=fitted.reason or None,
-            cost=fitted.cost,
+            cost=cost,
             config={**fitted.config, "quick": self.options.quick},
             info=info,
             training_curves=curves,
-            seed=self.options.seed,
+            seed=seeds[0],
+            seeds=seeds,
             artifacts={
                 "embeddings": relative_to_home(self.cache.root),
                 "checkpoints": relative_to_home(self.work_dir),
@@ -368,6 +428,18 @@ def split_curves(info: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[d
             value = {k: v for k, v in value.items() if k != "curve"}
         rest[key] = value
     return rest, curves
+
+
+def mean_metrics(values: Sequence[dict[str, float]]) -> dict[str, float]:
+    """The mean of each metric over ``values`` (one dict per seed)."""
+    return {key: float(np.mean([v[key] for v in values])) for key in values[0]}
+
+
+def query_hits(scored: Sequence[RetrievalResult], data: ImageTextSet) -> QueryHits:
+    """Per-query hits of ``scored`` (one result per seed) on ``data``, for the bootstrap."""
+    return QueryHits.from_ranks(
+        [s.t2i_ranks for s in scored], [s.i2t_ranks for s in scored], data.caption_image
+    )
 
 
 def score(queries: Embeddings, gallery: Embeddings, data: ImageTextSet) -> RetrievalResult:

@@ -39,7 +39,8 @@ def sweepable_methods(variants: bool = False) -> list[str]:
 def run_sweep(options: RunOptions, counts: Sequence[int], console: Console) -> list[RunResult]:
     """Run ``options.methods`` (default: the sweepable non-variants) on all pairs and on the first
     ``n`` pairs for each of ``counts``; write each method's result with its sweep points."""
-    options = replace(options, methods=list(options.methods) or sweepable_methods())
+    # One seed: each point is one fit, the full-pairs point included.
+    options = replace(options, methods=list(options.methods) or sweepable_methods(), n_seeds=1)
     if not distributed.is_main():  # under torchrun, rank 0 reports
         console = Console(quiet=True)
     if any(n < 0 for n in counts) or not counts:

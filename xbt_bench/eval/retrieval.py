@@ -36,12 +36,16 @@ class Embeddings(NamedTuple):
 
 @dataclass(frozen=True)
 class RetrievalResult:
-    """Recalls in percent (``t2i_r{k}``, ``i2t_r{k}``, ``rsum``) and per-query R@1 hits."""
+    """Recalls in percent (``t2i_r{k}``, ``i2t_r{k}``, ``rsum``), per-query R@1 hits and, when
+    known, each query's rank of its best positive (capped at the largest K; a query is a hit at
+    K when its rank is below K): what bootstrap intervals resample."""
 
     metrics: dict[str, float]
     t2i_hit1: np.ndarray  # [n_captions] bool
     i2t_hit1: np.ndarray  # [n_images] bool
     search: str = EXACT_SEARCH  # "exact" or the FAISS factory string of an approximate index
+    t2i_ranks: np.ndarray | None = None  # [n_captions] int
+    i2t_ranks: np.ndarray | None = None  # [n_images] int
 
 
 def _as_matrix(name: str, x: np.ndarray) -> np.ndarray:
@@ -261,7 +265,7 @@ def _result_from_ranks(
     metrics = {f"t2i_r{k}": 100.0 * float(np.mean(t2i < k)) for k in ks}
     metrics |= {f"i2t_r{k}": 100.0 * float(np.mean(i2t < k)) for k in ks}
     metrics["rsum"] = sum(metrics.values())
-    return RetrievalResult(metrics, t2i < 1, i2t < 1, search=search)
+    return RetrievalResult(metrics, t2i < 1, i2t < 1, search=search, t2i_ranks=t2i, i2t_ranks=i2t)
 
 
 def evaluate_retrieval(

@@ -34,6 +34,7 @@ GROUP_KEYS = ["pair", "dataset", "split", "search"]
 FLIP_KEYS = ("t2i_nfr", "t2i_pfr", "i2t_nfr", "i2t_pfr")
 EXACT = "exact"
 HELD, NOT_HELD = "✓", "✗"
+CONFIDENT = "*"  # appended to ✓ when the paired 95% interval of the margin is above 0
 METRIC_LABELS = {
     "t2i_r1": "T2I R@1",
     "t2i_r5": "T2I R@5",
@@ -44,11 +45,16 @@ METRIC_LABELS = {
     "rsum": "rsum",
 }
 LEGEND = (
-    "Recall@K in percent; a setting reads query encoder → gallery encoder. "
-    f"{HELD} / {NOT_HELD}: method→old beats / does not beat old→old on that metric (the "
-    "compatibility criterion); held counts the recall cells that hold. Gain share = "
-    "(method→old − old→old) / (new→new − old→old) on rsum. NFR: negative flip rate at R@1 "
-    "(percent of queries right under old→old, wrong under method→old)."
+    "Recall@K in percent; a setting reads query encoder → gallery encoder. A trained method's "
+    "recall is the mean over its seeds, ± their standard deviation. "
+    f"{HELD} / {NOT_HELD}: method→old beats / does not beat old→old on that metric on the mean "
+    f"(the compatibility criterion); {HELD}{CONFIDENT}: it also holds with 95% confidence (the "
+    "paired bootstrap interval of method→old − old→old over the split's images lies above 0). "
+    "held counts the recall cells that hold, on the mean and at 95%. On a 1,000-image split a "
+    "margin of a point is usually inside the interval: an unstarred ✓ is not a win. The "
+    "intervals themselves are in leaderboard.csv (*_lo, *_hi; margin_*_lo, margin_*_hi). "
+    "Gain share = (method→old − old→old) / (new→new − old→old) on rsum. NFR: negative flip rate "
+    "at R@1 (percent of queries right under old→old, wrong under method→old)."
 )
 
 
@@ -64,9 +70,13 @@ def setting_label(setting: str) -> str:
 
 def _row(result: RunResult, split: str, setting: str, row: str, path: Path | None) -> dict:
     data = result.splits[split]
-    values = data.metrics.get(setting, {}) if result.applicable or row == "reference" else {}
+    shown = result.applicable or row == "reference"
+    values = data.metrics.get(setting, {}) if shown else {}
+    intervals = (data.intervals or {}).get(setting, {}) if shown else {}
     compat = data.compatibility if setting == METHOD_OLD and row == "method" else None
     flips = (data.flips or {}) if compat else {}
+    std = (data.seed_std or {}) if setting == METHOD_OLD and row == "method" else {}
+    margins = (compat.margin_interval or {}) if compat else {}
     cost = result.cost
     record = {
         "pair": result.pair,
@@ -79,9 +89,18 @@ def _row(result: RunResult, split: str, setting: str, row: str, path: Path | Non
         "applicable": result.applicable or row == "reference",
         "not_applicable_reason": None if row == "reference" else result.not_applicable_reason,
         **{k: values.get(k, math.nan) for k in METRIC_KEYS},
+        **{f"{k}_std": std.get(k, math.nan) for k in METRIC_KEYS},
+        **{f"{k}_lo": intervals.get(k, [math.nan])[0] for k in METRIC_KEYS},
+        **{f"{k}_hi": intervals.get(k, [math.nan, math.nan])[1] for k in METRIC_KEYS},
         **{f"held_{k}": (compat.held[k] if compat else None) for k in METRIC_KEYS},
+        **{f"held95_{k}": (compat.held_95[k] if compat and compat.held_95 else None)
+           for k in METRIC_KEYS},  # fmt: skip
+        **{f"margin_{k}_lo": margins.get(k, [math.nan])[0] for k in METRIC_KEYS},
+        **{f"margin_{k}_hi": margins.get(k, [math.nan, math.nan])[1] for k in METRIC_KEYS},
         "cells_held": compat.cells_held if compat else None,
+        "cells_held_95": compat.cells_held_95 if compat else None,
         "cells_total": compat.cells_total if compat else None,
+        "seeds": len(result.seeds) if row == "method" and result.seeds else 1,
         "gain_share": compat.gain_share.get("rsum") if compat else None,
         **{k: flips.get(k, math.nan) for k in FLIP_KEYS},
         "old": result.old,
@@ -167,13 +186,25 @@ def _params(count: object, share: object) -> str:
     return f"{text} ({100 * float(share):.1f}%)"
 
 
+def criterion_mark(held: bool, confident: bool | None) -> str:
+    """✓* (holds at 95%), ✓ (holds on the mean) or ✗."""
+    if not held:
+        return NOT_HELD
+    return HELD + (CONFIDENT if confident else "")
+
+
+def _cell(value: float, std: float) -> str:
+    return _number(value) + ("" if pd.isna(std) else f" ±{std:.2f}")
+
+
 def display_frame(
     group: pd.DataFrame,
-    mark: Callable[[bool], str] = lambda held: HELD if held else NOT_HELD,
+    mark: Callable[[str], str] = str,
     escape: Callable[[str], str] = str,
 ) -> pd.DataFrame:
-    """Human columns for one (pair, dataset, split) group: recalls with the criterion marked
-    per cell, cells held, gain share, NFR and cost; ``mark`` renders a held flag."""
+    """Human columns for one (pair, dataset, split) group: recalls (± std over seeds) with the
+    criterion marked per cell (:func:`criterion_mark`), cells held on the mean and at 95%, gain
+    share, NFR and cost; ``mark`` renders a mark (e.g. colours it)."""
     out = []
     for _, r in group.iterrows():
         row = {"method": escape(str(r["method"])), "setting": escape(setting_label(r["setting"]))}
@@ -183,12 +214,18 @@ def display_frame(
         else:
             for key in METRIC_KEYS:
                 held = r[f"held_{key}"]
-                cell = _number(r[key])
-                row[METRIC_LABELS[key]] = cell if pd.isna(held) else f"{cell} {mark(bool(held))}"
+                cell = _cell(r[key], r[f"{key}_std"])
+                if not pd.isna(held):
+                    confident = r[f"held95_{key}"]
+                    confident = None if pd.isna(confident) else bool(confident)
+                    cell = f"{cell} {mark(criterion_mark(bool(held), confident))}"
+                row[METRIC_LABELS[key]] = cell
             if r["setting"] != METHOD_OLD:
                 row["held"] = "reference"
             else:
                 row["held"] = f"{int(r['cells_held'])}/{int(r['cells_total'])}"
+                if not pd.isna(r["cells_held_95"]):
+                    row["held"] += f" ({int(r['cells_held_95'])} at 95%)"
         share = r["gain_share"]
         row["gain share"] = "–" if share is None or pd.isna(share) else f"{100 * share:.0f}%"
         row["NFR T2I/I2T"] = (

@@ -15,7 +15,6 @@ import pandas as pd
 from xbt_bench.atomic import write_text
 from xbt_bench.report.leaderboard import (
     APPROXIMATE_TITLE,
-    HELD,
     LEGEND,
     NOT_HELD,
     REPORTED_NOTE,
@@ -62,8 +61,8 @@ def _figure(plot: Plot, output_dir: Path) -> str:
     )
 
 
-def _mark(held: bool) -> str:
-    return f'<span class="{"held" if held else "missed"}">{HELD if held else NOT_HELD}</span>'
+def _mark(mark: str) -> str:
+    return f'<span class="{"missed" if mark == NOT_HELD else "held"}">{mark}</span>'
 
 
 def _table(frame: pd.DataFrame, classes: str, **options: object) -> str:

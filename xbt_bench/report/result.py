@@ -51,7 +51,7 @@ from xbt_bench.eval.compat import (
     compatibility,
     gain_share,
 )
-from xbt_bench.eval.retrieval import METRIC_KEYS
+from xbt_bench.eval.retrieval import METRIC_KEYS, RECALL_KEYS
 from xbt_bench.methods.base import Cost
 
 Setting = Literal["old->old", "new->new", "method->old"]
@@ -147,7 +147,9 @@ def _check_metrics(metrics: Mapping[str, Mapping[str, float]]) -> None:
 
 
 class Compatibility(BaseModel):
-    """The compatibility criterion on one split: per metric, does method->old beat old->old?"""
+    """The compatibility criterion on one split, per metric: does method->old beat old->old on
+    the mean (``held``), and with 95% confidence (``held_95``: the paired bootstrap interval of
+    the margin lies above 0; None when no interval was computed)?"""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -156,13 +158,33 @@ class Compatibility(BaseModel):
     cells_held: int = Field(ge=0)
     cells_total: int = Field(gt=0)
     gain_share: dict[str, float | None]
+    margin_interval: dict[str, list[float]] | None = None
+    held_95: dict[str, bool] | None = None
+    cells_held_95: int | None = None
 
     @classmethod
     def from_metrics(
-        cls, method: Mapping[str, float], old: Mapping[str, float], new: Mapping[str, float]
+        cls,
+        method: Mapping[str, float],
+        old: Mapping[str, float],
+        new: Mapping[str, float],
+        margin_interval: Mapping[str, list[float]] | None = None,
     ) -> Compatibility:
-        """The criterion and gain shares of ``method`` (method->old) against old and new."""
-        return cls(**compatibility(method, old), gain_share=gain_share(method, old, new))
+        """The criterion and gain shares of ``method`` (method->old) against old and new, and
+        with ``margin_interval`` (paired intervals of method − old) the criterion at 95%."""
+        criterion = compatibility(method, old)
+        confident = None
+        if margin_interval is not None:
+            confident = {key: margin_interval[key][0] > 0 for key in criterion["held"]}
+        return cls(
+            **criterion,
+            gain_share=gain_share(method, old, new),
+            margin_interval=dict(margin_interval) if margin_interval is not None else None,
+            held_95=confident,
+            cells_held_95=(
+                sum(confident[key] for key in RECALL_KEYS) if confident is not None else None
+            ),
+        )
 
 
 class ChainMatrix(BaseModel):
@@ -229,11 +251,23 @@ class ChainMatrix(BaseModel):
 
 class SplitResult(BaseModel):
     """One split's numbers: metrics per setting (``old->old``, ``new->new``, ``method->old``,
-    or ``vI->vJ`` for chains), R@1 flip rates, and a chain's matrices."""
+    or ``vI->vJ`` for chains; a trained method's ``method->old`` is the mean over its seeds),
+    their 95% bootstrap intervals over the split's images, the paired intervals of the margins
+    method->old − old->old, each seed's method->old metrics, R@1 flip rates (mean over seeds),
+    and a chain's matrices."""
 
     model_config = ConfigDict(extra="forbid")
 
     metrics: dict[str, dict[str, float]] = Field(min_length=1)
+    intervals: dict[str, dict[str, list[float]]] | None = Field(
+        None, description="per setting and metric, the 95% bootstrap interval [lo, hi]"
+    )
+    margin_intervals: dict[str, list[float]] | None = Field(
+        None, description="per metric, the paired 95% interval of method->old − old->old"
+    )
+    seed_metrics: list[dict[str, float]] = Field(
+        default_factory=list, description="method->old metrics of each seed, in seed order"
+    )
     flips: dict[str, float] | None = None
     chain_matrix: ChainMatrix | None = None
 
@@ -241,7 +275,7 @@ class SplitResult(BaseModel):
     @classmethod
     def _drop_derived(cls, data: Any) -> Any:
         if isinstance(data, dict):
-            data = {k: v for k, v in data.items() if k != "compatibility"}
+            data = {k: v for k, v in data.items() if k not in ("compatibility", "seed_std")}
         return data
 
     @field_validator("metrics")
@@ -257,8 +291,23 @@ class SplitResult(BaseModel):
         if not all(s in self.metrics for s in SETTINGS):
             return None
         return Compatibility.from_metrics(
-            self.metrics[METHOD_OLD], self.metrics[OLD_OLD], self.metrics[NEW_NEW]
+            self.metrics[METHOD_OLD],
+            self.metrics[OLD_OLD],
+            self.metrics[NEW_NEW],
+            self.margin_intervals,
         )
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def seed_std(self) -> dict[str, float] | None:
+        """Standard deviation of method->old over seeds per metric (None under two seeds)."""
+        if len(self.seed_metrics) < 2:
+            return None
+        keys = self.seed_metrics[0]
+        return {
+            key: round(float(np.std([m[key] for m in self.seed_metrics], ddof=1)), 4)
+            for key in keys
+        }
 
 
 class SweepPoint(BaseModel):
@@ -314,6 +363,9 @@ class RunResult(BaseModel):
     )
     sweep: list[SweepPoint] = Field(default_factory=list)
     seed: int
+    seeds: list[int] = Field(
+        default_factory=list, description="every training seed a trained method ran with"
+    )
     approximate_index: str | None = Field(
         None, description="FAISS factory string of an approximate index; None for exact search"
     )

@@ -11,7 +11,6 @@ from rich.table import Table
 
 from xbt_bench.report.leaderboard import (
     GROUP_KEYS,
-    HELD,
     LEGEND,
     NOT_HELD,
     display_frame,
@@ -24,8 +23,8 @@ from xbt_bench.report.result import METHOD_OLD, RunResult
 SHOWN = ["T2I R@1", "T2I R@5", "T2I R@10", "I2T R@1", "I2T R@5", "I2T R@10", "rsum", "held"]
 
 
-def _mark(held: bool) -> str:
-    return f"[bold green]{HELD}[/]" if held else f"[bold red]{NOT_HELD}[/]"
+def _mark(mark: str) -> str:
+    return f"[bold red]{mark}[/]" if mark == NOT_HELD else f"[bold green]{mark}[/]"
 
 
 def summary_tables(results: Sequence[RunResult]) -> list[Table]:
