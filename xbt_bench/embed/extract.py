@@ -36,6 +36,7 @@ from ..data.base import ImageTextSet, TextCorpus
 from ..errors import InputError, XbtError
 from ..eval.retrieval import Embeddings
 from .cache import SIDES, EmbeddingCache, EmbeddingKey, EmbedRecord, EmbedStats
+from .tokens import token_table, tokenizer_signature
 
 DEFAULT_IMAGE_BATCH = 256
 DEFAULT_TEXT_BATCH = 1024
@@ -58,11 +59,6 @@ class Encoder:
     def precision(self, amp: bool) -> str:
         """The compute precision extraction will use: bf16 autocast only on CUDA."""
         return "bf16-autocast" if amp and self.device.type == "cuda" else "fp32"
-
-
-def _tokenizer_signature(tokenizer: Any) -> str:
-    context = getattr(tokenizer, "context_length", None)
-    return f"{type(tokenizer).__name__}(context_length={context})"
 
 
 def as_encoder(model: Any) -> Encoder:
@@ -94,7 +90,7 @@ def as_encoder(model: Any) -> Encoder:
         tokenizer=model.tokenizer,
         preprocess_signature=getattr(model, "preprocess_signature", None) or repr(model.preprocess),
         tokenizer_signature=getattr(model, "tokenizer_signature", None)
-        or _tokenizer_signature(model.tokenizer),
+        or tokenizer_signature(model.tokenizer),
         device=torch.device(device or "cpu"),
         module=module,
     )
@@ -238,17 +234,47 @@ def iter_text_embeddings(
     batch_size: int = DEFAULT_TEXT_BATCH,
     amp: bool = True,
     desc: str = "texts",
+    texts_key: str | None = None,
 ) -> Iterator[np.ndarray]:
-    """Embeddings of ``texts`` (``rows``, default all), tokenised and encoded in batches, as
-    float32 L2-normalised [batch, dim] arrays."""
+    """Embeddings of ``texts`` (``rows``, default all) as float32 L2-normalised arrays, one per
+    block of :func:`sort_block` rows, in row order.
+
+    Each block is encoded in batches of captions of similar length (longest first), so a text
+    tower that cuts each batch to its longest caption (see :mod:`xbt_bench.models.trim`) skips
+    most of the padding. Blocks start at multiples of the block size, so any split of the rows
+    at those multiples encodes the same batches. With ``texts_key`` (a fingerprint of
+    ``texts``) the tokens come from the cached token table (:mod:`.tokens`)."""
     encoder = as_encoder(model)
     rows = _check_rows(rows, len(texts), desc)
+    block = sort_block(batch_size)
+    table = token_table(encoder.tokenizer, texts, texts_key) if texts_key else None
     with _progress() as progress:
         task = progress.add_task(f"embed {desc}", total=len(rows))
-        for start in range(rows.start, rows.stop, batch_size):
-            batch = [texts[i] for i in range(start, min(start + batch_size, rows.stop))]
-            yield _encode(encoder, encoder.encode_text, encoder.tokenizer(batch), amp)
-            progress.advance(task, len(batch))
+        start = rows.start
+        while start < rows.stop:
+            stop = min(rows.stop, (start // block + 1) * block)
+            tokens = (
+                torch.from_numpy(np.array(table[start:stop], dtype=np.int64))
+                if table is not None
+                else encoder.tokenizer([texts[i] for i in range(start, stop)])
+            )
+            order = np.argsort(-(tokens != 0).sum(dim=1).numpy(), kind="stable")
+            out: np.ndarray | None = None
+            for first in range(0, len(order), batch_size):
+                picked = order[first : first + batch_size]
+                embedded = _encode(encoder, encoder.encode_text, tokens[picked], amp)
+                if out is None:
+                    out = np.empty((len(order), embedded.shape[1]), dtype=np.float32)
+                out[picked] = embedded
+                progress.advance(task, len(picked))
+            yield out
+            start = stop
+
+
+def sort_block(batch_size: int) -> int:
+    """Rows tokenised and sorted by length together: 4 batches (enough for batches of even
+    lengths, small enough to share the rows evenly among ranks)."""
+    return 4 * batch_size
 
 
 def embed_images(model: Any, data: ImageTextSet, **options: Any) -> np.ndarray:
@@ -299,12 +325,13 @@ def corpus_key(
 
 @dataclass(frozen=True)
 class Extraction:
-    """One cache entry to fill: its ``key``, its ``n_rows``, the ``batch_size``, and
-    ``embed(rows=...)``, which embeds a contiguous block of rows (default all) in batches."""
+    """One cache entry to fill: its ``key``, its ``n_rows``, ``align`` (ranks split the rows at
+    its multiples, so each encodes the batches one process would), and ``embed(rows=...)``,
+    which embeds a contiguous block of rows (default all) in batches."""
 
     key: EmbeddingKey
     n_rows: int
-    batch_size: int
+    align: int
     embed: Callable[..., Iterator[np.ndarray]]
 
 
@@ -328,7 +355,9 @@ def split_extraction(
         )
         return Extraction(key, data.n_images, size, embed)
     size = batch_size or DEFAULT_TEXT_BATCH
-    return _text_extraction(key, encoder, data.captions, size, amp, f"{data.key} captions")
+    return _text_extraction(
+        key, encoder, data.captions, size, amp, f"{data.key} captions", data.fingerprint
+    )
 
 
 def corpus_extraction(
@@ -342,7 +371,9 @@ def corpus_extraction(
     """How :func:`embed_corpus` embeds ``corpus``'s texts (options as there)."""
     encoder = as_encoder(model)
     key = corpus_key(encoder, corpus, dtype=dtype, amp=amp)
-    return _text_extraction(key, encoder, corpus.texts, batch_size, amp, f"corpus {corpus.name}")
+    return _text_extraction(
+        key, encoder, corpus.texts, batch_size, amp, f"corpus {corpus.name}", corpus.fingerprint
+    )
 
 
 def _text_extraction(
@@ -352,11 +383,19 @@ def _text_extraction(
     batch_size: int,
     amp: bool,
     desc: str,
+    texts_key: str,
 ) -> Extraction:
     embed = functools.partial(
-        iter_text_embeddings, encoder, texts, batch_size=batch_size, amp=amp, desc=desc
+        iter_text_embeddings,
+        encoder,
+        texts,
+        batch_size=batch_size,
+        amp=amp,
+        desc=desc,
+        texts_key=texts_key,
     )
-    return Extraction(key, len(texts), batch_size, embed)
+    # Ranks split the rows at block boundaries: every block is the one one process encodes.
+    return Extraction(key, len(texts), sort_block(batch_size), embed)
 
 
 def record_request(

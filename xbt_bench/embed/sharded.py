@@ -39,7 +39,7 @@ def _sharded(
     cache = cache if cache is not None else EmbeddingCache()
     started = time.perf_counter()
     rank, world = distributed.rank(), distributed.world_size()
-    rows = distributed.shard_range(n_rows, rank, world, align=extraction.batch_size)
+    rows = distributed.shard_range(n_rows, rank, world, align=extraction.align)
     # Rank 0 decides for everyone, so that no rank waits in a collective the others skip.
     computed = distributed.broadcast_object(not cache.contains(key))  # verified
     if computed:

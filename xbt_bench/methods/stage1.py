@@ -9,6 +9,7 @@ named by a hash of what ψ₀ depends on, so it is trained once and an interrupt
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,8 +86,22 @@ def log_info(log: TrainLog, checkpoint_dir: Path) -> dict[str, Any]:
     }
 
 
-def pretrain_projection(ctx: FitContext, cfg: ProjectionConfig) -> Stage1:
-    """Stage 1 on the text corpus (module docstring); returns ψ₀ frozen and in eval mode."""
+@dataclass
+class Stage1Setup:
+    """Everything one stage-1 run needs: ψ, its loss and batches, and what the result records."""
+
+    psi: Projection
+    loss_fn: Callable[[tuple[torch.Tensor, torch.Tensor]], dict[str, torch.Tensor]]
+    batch_at: Callable[[int], tuple[torch.Tensor, torch.Tensor]]
+    train_config: TrainConfig
+    checkpoint_dir: Path
+    key: str
+    info: dict[str, Any]
+
+
+def prepare_stage1(ctx: FitContext, cfg: ProjectionConfig) -> Stage1Setup:
+    """Build stage 1 on the text corpus (module docstring): ψ initialised with the corpus's
+    Procrustes map, the noisy-input loss, and batches of text pairs by step."""
     check_corpus(ctx.text_corpus)
     new_texts = ctx.embed_corpus("new")
     old_texts = ctx.embed_corpus("old")
@@ -137,10 +152,6 @@ def pretrain_projection(ctx: FitContext, cfg: ProjectionConfig) -> Stage1:
         log_every=log_every(cfg.proj_steps),
         device=ctx.device,
     )
-    checkpoint_dir = ctx.work_dir / f"stage1-{key}"
-    log = train(psi, loss_fn, batch_at, config, checkpoint_dir, desc="stage 1: ψ on text")
-    psi.requires_grad_(False)
-    psi.eval()
     info = {
         "corpus": ctx.text_corpus.name,
         "corpus_texts": n_texts,
@@ -150,6 +161,23 @@ def pretrain_projection(ctx: FitContext, cfg: ProjectionConfig) -> Stage1:
         "noise_relative": cfg.noise,
         "noise_std": round(std, 6),
         "psi_params": count_parameters(psi),
-        **log_info(log, checkpoint_dir),
     }
-    return Stage1(psi=psi, key=key, info=info)
+    return Stage1Setup(psi, loss_fn, batch_at, config, ctx.work_dir / f"stage1-{key}", key, info)
+
+
+def pretrain_projection(ctx: FitContext, cfg: ProjectionConfig) -> Stage1:
+    """Stage 1 (:func:`prepare_stage1`, then the shared training loop); returns ψ₀ frozen and
+    in eval mode."""
+    setup = prepare_stage1(ctx, cfg)
+    log = train(
+        setup.psi,
+        setup.loss_fn,
+        setup.batch_at,
+        setup.train_config,
+        setup.checkpoint_dir,
+        desc="stage 1: ψ on text",
+    )
+    setup.psi.requires_grad_(False)
+    setup.psi.eval()
+    info = {**setup.info, **log_info(log, setup.checkpoint_dir)}
+    return Stage1(psi=setup.psi, key=setup.key, info=info)

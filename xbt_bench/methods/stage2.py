@@ -34,6 +34,7 @@ from .. import distributed
 from ..atomic import is_intact, write_npy
 from ..console import warn
 from ..data.base import ImageTextSet, fingerprint_of
+from ..embed.tokens import token_table
 from ..errors import XbtError
 from ..losses import cosine_loss, info_nce
 from ..models.loading import LoadedModel
@@ -192,11 +193,15 @@ class PixelSource:
 
 @dataclass
 class Batch:
-    """Row indices of one stage-2 batch: images, one caption drawn for each, and its text."""
+    """Row indices of one stage-2 batch: images, and one caption drawn for each."""
 
     images: np.ndarray
     captions: np.ndarray
-    texts: list[str]
+
+
+def rows_of(table: np.ndarray, rows: np.ndarray) -> torch.Tensor:
+    """Rows of a token table as the int64 tensor a text tower takes."""
+    return torch.from_numpy(np.asarray(table[np.asarray(rows)], dtype=np.int64))
 
 
 class Targets(Protocol):
@@ -277,11 +282,12 @@ class OldInTheLoop:
         self.pixels = PixelSource(
             pairs, self.old.preprocess, self.old.preprocess_signature, ctx.shared
         )
+        self.tokens = token_table(self.old.tokenizer, pairs.captions, pairs.fingerprint)
 
     def extra_inputs(self, batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
         return {
             "old_images": self.pixels(batch.images).to(device),
-            "old_tokens": self.old.tokenizer(batch.texts).to(device),
+            "old_tokens": rows_of(self.tokens, batch.captions).to(device),
         }
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -375,7 +381,7 @@ class BatchSampler:
                 for i, r in zip(images, picks, strict=True)
             ]
         )
-        return Batch(images, captions, [self.pairs.captions[int(c)] for c in captions])
+        return Batch(images, captions)
 
 
 @dataclass
@@ -452,6 +458,11 @@ def prepare_stage2(ctx: FitContext, name: str, cfg: Stage2Config, stage1: Stage1
     batch = min(cfg.batch, pairs.n_images)
     sampler = BatchSampler(pairs, batch, ctx.seed)
     pixels = PixelSource(pairs, new.preprocess, new.preprocess_signature, ctx.shared)
+    tokens = (
+        None
+        if fixed_text is not None
+        else token_table(new.tokenizer, pairs.captions, pairs.fingerprint)
+    )
 
     def batch_at(step: int) -> dict[str, Any]:
         drawn = sampler(step)
@@ -461,8 +472,8 @@ def prepare_stage2(ctx: FitContext, name: str, cfg: Stage2Config, stage1: Stage1
             "caption_index": torch.from_numpy(drawn.captions).to(device),
             **targets.extra_inputs(drawn, device),
         }
-        if fixed_text is None:
-            out["tokens"] = new.tokenizer(drawn.texts).to(device)
+        if tokens is not None:
+            out["tokens"] = rows_of(tokens, drawn.captions).to(device)
         return out
 
     # cfg is the method's whole settings object (LoRA and anchor settings included).

@@ -26,6 +26,8 @@ from .refs import ModelRef, parse_model_ref
 from .toy_models import zoo_entry, zoo_models_dir, zoo_names
 
 HUB_PROBE_SECONDS = 3.0
+# Captions of different lengths on which trimmed and full text towers must agree.
+TRIM_CHECK_CAPTIONS = ["a dog", "a small red circle above a large blue square on the left"]
 
 
 @dataclass
@@ -39,6 +41,7 @@ class LoadedModel:
     embed_dim: int
     identity: str
     weights_path: Path | None = None
+    text_trimmed: bool = False  # text batches cut to their longest caption (exact; see .trim)
 
     @property
     def preprocess_signature(self) -> str:
@@ -49,7 +52,8 @@ class LoadedModel:
     def tokenizer_signature(self) -> str:
         """A string that changes whenever the tokenizer changes (for cache keys)."""
         context = getattr(self.tokenizer, "context_length", None)
-        return f"{type(self.tokenizer).__name__}(context_length={context})"
+        trim = ", trimmed" if self.text_trimmed else ""
+        return f"{type(self.tokenizer).__name__}(context_length={context}{trim})"
 
 
 def _register_zoo_configs() -> None:
@@ -245,6 +249,9 @@ def load_model(ref: str, device: str | torch.device = "cpu") -> LoadedModel:
         raise XbtError(f"could not load {ref!r} from {weights}: {error}") from error
     model.eval()
     tokenizer = open_clip.get_tokenizer(model_name)
+    from .trim import enable_text_trimming
+
+    trimmed = enable_text_trimming(model, tokenizer(TRIM_CHECK_CAPTIONS))
     embed_dim = _embed_dim(model)
     identity = f"{parsed.name}@{weights_sha256(weights)[:16]}"
     return LoadedModel(
@@ -255,6 +262,7 @@ def load_model(ref: str, device: str | torch.device = "cpu") -> LoadedModel:
         embed_dim=embed_dim,
         identity=identity,
         weights_path=weights,
+        text_trimmed=trimmed,
     )
 
 

@@ -29,10 +29,11 @@ import numpy as np
 import torch
 
 from .. import distributed
-from ..atomic import sha256_of, write_json, write_npy, write_with
-from ..data.base import fingerprint_of
+from ..atomic import sha256_of, write_json, write_with
 from ..data.toy import ToyConfig, toy_images, toy_split
+from ..embed.tokens import token_table
 from ..errors import ConfigError
+from ..models.loading import TRIM_CHECK_CAPTIONS
 from ..models.toy_models import (
     CARD_NAME,
     CONFIG_NAME,
@@ -42,7 +43,7 @@ from ..models.toy_models import (
     zoo_models_dir,
     zoo_names,
 )
-from ..paths import cache_dir
+from ..models.trim import enable_text_trimming
 from ..train import TrainConfig, TrainLog, train
 
 EVAL_SPLIT = "test"
@@ -59,19 +60,6 @@ def train_config(settings: ZooSettings, checkpoint_every: int = 100) -> TrainCon
         checkpoint_every=checkpoint_every,
         log_every=max(1, min(25, settings.steps // 20)),
     )
-
-
-def cached_tokens(tokenizer: Any, captions: list[str], captions_key: str) -> np.ndarray:
-    """``tokenizer(captions)`` as int32 [n, context], cached as .npy by tokenizer and captions."""
-    context = getattr(tokenizer, "context_length", None)
-    signature = f"{type(tokenizer).__name__}(context_length={context})"
-    path = cache_dir("tokens") / f"{fingerprint_of([signature, captions_key])}.npy"
-    if path.is_file():
-        return np.load(path)
-    chunks = [tokenizer(captions[i : i + 8192]).numpy() for i in range(0, len(captions), 8192)]
-    tokens = np.concatenate(chunks).astype(np.int32)
-    write_npy(path, tokens)
-    return tokens
 
 
 def image_tensor(images: np.ndarray, mean: Any, std: Any) -> torch.Tensor:
@@ -157,7 +145,9 @@ def _create_model(entry: ZooEntry) -> tuple[torch.nn.Module, Any]:
         logging.disable(logging.NOTSET)
     model.logit_scale.requires_grad_(entry.settings.learn_temperature)
     context_length = entry.model_config["text_cfg"]["context_length"]
-    return model, open_clip.get_tokenizer(entry.name, context_length=context_length)
+    tokenizer = open_clip.get_tokenizer(entry.name, context_length=context_length)
+    enable_text_trimming(model, tokenizer(TRIM_CHECK_CAPTIONS))  # the padding is never computed
+    return model, tokenizer
 
 
 def _pretrain_batches(entry: ZooEntry, model: torch.nn.Module, tokenizer: Any) -> _PretrainBatches:
@@ -172,12 +162,12 @@ def _pretrain_batches(entry: ZooEntry, model: torch.nn.Module, tokenizer: Any) -
         )
     split = toy_split("pretrain", data)
     captions = list(split.captions)
-    tokens = cached_tokens(tokenizer, captions, split.fingerprint)
+    tokens = token_table(tokenizer, captions, split.fingerprint)
     _check_context(entry, tokens, captions, tokenizer)
     preprocess_cfg = open_clip.get_model_preprocess_cfg(model)
     return _PretrainBatches(
         images=np.array(toy_images("pretrain", data)),
-        tokens=torch.from_numpy(tokens).long(),
+        tokens=torch.from_numpy(np.array(tokens)).long(),
         captions_per_image=data.captions_per_image,
         batch_size=entry.settings.batch_size,
         seed=entry.settings.seed,
@@ -196,7 +186,8 @@ def _embed_split(
     model.eval()
     cfg = open_clip.get_model_preprocess_cfg(model)
     dataset = toy_split(split, data)
-    tokens = torch.from_numpy(cached_tokens(tokenizer, list(dataset.captions), dataset.fingerprint))
+    table = token_table(tokenizer, dataset.captions, dataset.fingerprint)
+    tokens = torch.from_numpy(np.array(table))
     images = toy_images(split, data)
     image_emb = torch.cat(
         [
