@@ -16,11 +16,11 @@ from xbt_bench.cli import main
 from xbt_bench.data.base import ImageTextSet
 from xbt_bench.data.toy import ToyConfig, toy_split, toy_text_corpus
 from xbt_bench.errors import ConfigError, NotFoundError, XbtError
+from xbt_bench.linalg import procrustes_map
 from xbt_bench.methods import FitContext, ModelHandle, methods
 from xbt_bench.methods import stage2 as stage2_module
 from xbt_bench.methods.closed_form import slerp
 from xbt_bench.methods.stage1 import pretrain_projection
-from xbt_bench.models.projection import procrustes_map
 
 WIDE_MODEL = "xbt-test-tiny-wide"
 WIDE_CONFIG = {

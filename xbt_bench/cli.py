@@ -123,6 +123,55 @@ def pairs_add(
     console.print(f"wrote {path}")
 
 
+@pairs_app.command("diagnose")
+def pairs_diagnose(
+    name: Annotated[str, typer.Argument(help="pair name, e.g. toy-s-to-m")],
+    split: Annotated[
+        str | None, typer.Option(help="evaluation split (default: the pair's first)")
+    ] = None,
+    dataset: Annotated[str | None, typer.Option(help="evaluation dataset")] = None,
+    data_root: DataRootOption = None,
+    results_dir: Annotated[
+        Path, typer.Option(help="results folder the JSON is written beside")
+    ] = Path("results"),
+) -> None:
+    """How alike the pair's OLD and NEW are on a split, before any method runs: modality gaps,
+    CKA, how well a text-fitted rotation maps NEW onto OLD (texts, and transferred to images),
+    and NEW's capability gain."""
+    from .diagnose import diagnose_pair, save_diagnostics
+    from .pairs import load_pair
+
+    report = diagnose_pair(load_pair(name), split, dataset, data_root)
+    table = Table(title=f"{report['pair']} · {report['dataset']} · split {report['split']}")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_column("meaning", overflow="fold")
+    rows = [
+        *[
+            (f"{which} modality gap", report[which]["modality_gap"], "‖mean image − mean text‖")
+            for which in ("old", "new")
+        ],
+        *[
+            (f"{which} matched cosine", report[which]["matched_cosine"], "caption vs its image")
+            for which in ("old", "new")
+        ],
+        ("CKA texts", report["cka_texts"], "linear CKA of OLD and NEW on the same captions"),
+        ("CKA images", report["cka_images"], "... on the same images"),
+        ("rotation R² texts", report["procrustes"]["r2_texts"],
+         f"orthogonal map fitted on {report['fit_corpus']}, on the split's captions"),
+        ("rotation R² images", report["procrustes"]["r2_images"], "the same map on images"),
+        ("linear R² texts", report["procrustes"]["linear_r2_texts"],
+         "a general linear map, for reference"),
+        ("new−old R@1 T2I", report["capability_gap"]["t2i_r1"], "points"),
+        ("new−old R@1 I2T", report["capability_gap"]["i2t_r1"], "points"),
+        ("new−old rsum", report["capability_gap"]["rsum_percent"], "percent of old→old's rsum"),
+    ]  # fmt: skip
+    for label, value, meaning in rows:
+        table.add_row(label, f"{value:.3f}", meaning)
+    console.print(table)
+    console.print(f"wrote {save_diagnostics(results_dir, report)}", highlight=False)
+
+
 @models_app.command("info")
 def models_info(
     ref: Annotated[str, typer.Argument(help="model reference, e.g. ViT-B-32:openai or zoo:toy-s")],

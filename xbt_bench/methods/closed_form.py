@@ -26,7 +26,7 @@ import numpy as np
 from pydantic import Field
 
 from ..data.base import ImageTextSet
-from ..models.projection import procrustes_map
+from ..linalg import procrustes_map
 from . import register_method
 from .base import FitContext, FittedMethod, Side
 from .settings import MethodConfig

@@ -20,9 +20,10 @@ from pydantic import Field
 
 from .. import distributed
 from ..data.base import fingerprint_of
+from ..linalg import procrustes_map
 from ..losses import cosine_loss, info_nce
 from ..models.lora import count_parameters
-from ..models.projection import Projection, add_noise, embedding_spread, noise_std, procrustes_map
+from ..models.projection import Projection, add_noise, embedding_spread, noise_std
 from ..paths import relative_to_home
 from ..train import TrainConfig, TrainLog, train
 from .base import FitContext, check_corpus, seeded
