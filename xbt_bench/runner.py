@@ -146,10 +146,13 @@ def load_pair_data(spec: PairSpec, options: RunOptions, console: Console) -> Pai
 
 
 def method_config(spec: PairSpec, method: MethodSpec, options: RunOptions) -> dict[str, Any]:
-    """Pair-file settings for ``method``, updated by --quick and the command line's ``--set``
-    (each applied to the methods that have that setting)."""
-    config = spec.method_config(method.name)
-    layers = [QUICK_OVERRIDES] if options.quick else []
+    """Pair-file settings for ``method`` (over those for the method it ``extends``), updated by
+    --quick and the command line's ``--set`` (each applied to the methods that have that
+    setting)."""
+    config: dict[str, Any] = {}
+    layers = [spec.method_config(method.extends)] if method.extends else []
+    layers += [spec.method_config(method.name)]
+    layers += [QUICK_OVERRIDES] if options.quick else []
     for layer in [*layers, options.overrides]:
         unknown = set(method.unknown_settings(layer))
         config |= {key: value for key, value in layer.items() if key not in unknown}
