@@ -372,55 +372,79 @@ def run_command(
     quick: Annotated[bool, typer.Option(help="fewer steps and pairs: a smoke run")] = False,
     workers: WorkersOption = None,
     set_: SetOption = None,
+    backfill: Annotated[
+        bool,
+        typer.Option(help="also record partial-backfill curves (as `xbt-bench backfill`)"),
+    ] = False,
 ) -> None:
     """Run a pair end to end: embed, fit every method, score every setting, write results.
     Under torchrun the ranks share the embedding and the training (DDP); rank 0 writes."""
     from dataclasses import replace
 
+    from .eval.backfill import DEFAULT_FRACTIONS
     from .runner import run
 
     with _torchrun_job(device) as device:
         options = _run_options(
             pair, method, dataset, split, data_root, output_dir, seed, device, quick, workers, set_
         )
-        run(replace(options, n_seeds=seeds), console)
+        fractions = list(DEFAULT_FRACTIONS) if backfill else None
+        run(replace(options, n_seeds=seeds, backfill=fractions), console)
 
 
-@app.command("sweep")
-def sweep_command(
+def _percentages(text: str, option: str) -> list[float]:
+    """``"0,10,25"`` -> [0.0, 0.1, 0.25] (sorted, unique); ConfigError naming ``option``
+    unless every value is a percentage between 0 and 100."""
+    from .errors import ConfigError
+
+    hint = f"{option} {text!r}: use comma-separated percentages, e.g. 0,10,25,50,75,100"
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(hint) from None
+    if not values or any(not 0 <= value <= 100 for value in values):  # NaN fails too
+        raise ConfigError(hint)
+    return sorted({value / 100 for value in values})
+
+
+@app.command("backfill")
+def backfill_command(
     pair: Annotated[str, typer.Option(help="registered pair, e.g. toy-s-to-m")],
     method: Annotated[
         list[str] | None,
-        typer.Option(help="method that trains on image-text pairs (repeatable; default: all "
+        typer.Option(help="method whose queries search the OLD part (repeatable; default: all "
                      "but variants)"),
     ] = None,
-    pairs: Annotated[
-        str, typer.Option("--pairs", help="comma-separated numbers of image-text pairs")
-    ] = "0,500,2000,8000",
+    fractions: Annotated[
+        str, typer.Option("--fractions", help="percentages of the gallery re-embedded with NEW")
+    ] = "0,10,25,50,75,100",
     split: SplitOption = None,
     data_root: DataRootOption = None,
     output_dir: ResultsOption = Path("results"),
     seed: SeedOption = 0,
+    seeds: SeedsOption = 1,
     device: DeviceOption = "cpu",
-    quick: Annotated[bool, typer.Option(help="fewer steps: a smoke run")] = False,
+    quick: Annotated[bool, typer.Option(help="fewer steps and pairs: a smoke run")] = False,
     workers: WorkersOption = None,
     set_: SetOption = None,
 ) -> None:
-    """Sample efficiency: refit stage-2 methods on fewer image-text pairs, record the points.
-    Under torchrun the ranks share embedding and training (DDP); rank 0 writes."""
-    from .errors import ConfigError
-    from .sweep import run_sweep
+    """Partial backfill: recall when a share of the gallery is re-embedded with NEW (its items
+    searched with NEW's queries, the rest with each method's), per method and order, written
+    into each method's result (a run of the pair, with curves; cached work is reused)."""
+    from dataclasses import replace
 
-    try:
-        counts = [int(n) for n in pairs.split(",") if n.strip()]
-    except ValueError:
-        message = f"--pairs {pairs!r}: use comma-separated integers, e.g. 0,500,2000"
-        raise ConfigError(message) from None
+    from .errors import ConfigError
+    from .pairs import load_pair
+    from .runner import run
+
+    shares = _percentages(fractions, "--fractions")
+    if load_pair(pair).is_chain:
+        raise ConfigError(f"pair {pair!r} is a chain; backfill an upgrade pair (OLD -> NEW)")
     with _torchrun_job(device) as device:
         options = _run_options(
             pair, method, None, split, data_root, output_dir, seed, device, quick, workers, set_
         )
-        run_sweep(options, counts, console)
+        run(replace(options, n_seeds=seeds, backfill=shares), console)
 
 
 @app.command("leaderboard")
