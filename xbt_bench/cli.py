@@ -447,6 +447,98 @@ def backfill_command(
         run(replace(options, n_seeds=seeds, backfill=shares), console)
 
 
+@app.command("cost")
+def cost_command(
+    pair: Annotated[str, typer.Option(help="registered pair, e.g. toy-s-to-m")],
+    gallery_size: Annotated[
+        int, typer.Option(min=1, help="items in the deployed gallery (e.g. 100000000)")
+    ],
+    hardware: Annotated[
+        Path | None,
+        typer.Option(help="TOML of your throughputs (device, devices, new_image_per_s, "
+                     "new_text_per_s, old_text_per_s, xbt_training_hours); replaces measured ones"),
+    ] = None,
+    gallery_side: Annotated[
+        str, typer.Option(help="what the gallery's items are: image or text")
+    ] = "image",
+    fractions: Annotated[
+        str, typer.Option("--fractions", help="percentages for the partial-backfill rows")
+    ] = "10,25,50,75",
+    results_dir: ResultsDirOption = Path("results"),
+) -> None:
+    """Estimate the device-hours and wall time of a full backfill, of XBT and of partial
+    backfills of a gallery of N items, from throughputs the suite measured (or yours)."""
+    from .errors import ConfigError
+    from .report.cost import (
+        ESTIMATE_NOTE,
+        Hardware,
+        cost_inputs,
+        estimate,
+        plan_recalls,
+        plans_frame,
+    )
+    from .report.result import load_results
+
+    if gallery_side not in ("image", "text"):
+        raise ConfigError(f"--gallery-side {gallery_side!r} is not one of image, text")
+    shares = _percentages(fractions, "--fractions")
+    results = load_results(results_dir)
+    entered = Hardware.from_toml(hardware) if hardware is not None else None
+    inputs = cost_inputs(results, pair, gallery_side, entered, str(hardware))
+    frame = plans_frame(
+        estimate(inputs, gallery_size, shares, plan_recalls(results, pair, shares)), inputs
+    )
+    table = Table(
+        title=f"Estimated cost of upgrading {pair}: a gallery of {gallery_size:,} "
+        f"{gallery_side}s (ESTIMATE)"
+    )
+    for column in frame.columns:
+        table.add_column(str(column), overflow="fold")
+    for row in frame.itertuples(index=False):
+        table.add_row(*map(str, row))
+    console.print(table)
+    console.print(ESTIMATE_NOTE, highlight=False, soft_wrap=True)
+    for key, source in inputs.sources.items():
+        console.print(f"  {key}: {source}", highlight=False, soft_wrap=True)
+
+
+@app.command("sweep")
+def sweep_command(
+    pair: Annotated[str, typer.Option(help="registered pair, e.g. toy-s-to-m")],
+    method: Annotated[
+        list[str] | None,
+        typer.Option(help="method that trains on image-text pairs (repeatable; default: all "
+                     "but variants)"),
+    ] = None,
+    pairs: Annotated[
+        str, typer.Option("--pairs", help="comma-separated numbers of image-text pairs")
+    ] = "0,500,2000,8000",
+    split: SplitOption = None,
+    data_root: DataRootOption = None,
+    output_dir: ResultsOption = Path("results"),
+    seed: SeedOption = 0,
+    device: DeviceOption = "cpu",
+    quick: Annotated[bool, typer.Option(help="fewer steps: a smoke run")] = False,
+    workers: WorkersOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Sample efficiency: refit stage-2 methods on fewer image-text pairs, record the points.
+    Under torchrun the ranks share embedding and training (DDP); rank 0 writes."""
+    from .errors import ConfigError
+    from .sweep import run_sweep
+
+    try:
+        counts = [int(n) for n in pairs.split(",") if n.strip()]
+    except ValueError:
+        message = f"--pairs {pairs!r}: use comma-separated integers, e.g. 0,500,2000"
+        raise ConfigError(message) from None
+    with _torchrun_job(device) as device:
+        options = _run_options(
+            pair, method, None, split, data_root, output_dir, seed, device, quick, workers, set_
+        )
+        run_sweep(options, counts, console)
+
+
 @app.command("leaderboard")
 def leaderboard(
     results_dir: ResultsDirOption = Path("results"),
