@@ -106,11 +106,13 @@ def test_result_json_round_trip_has_the_issue_keys(synthetic_results: Path, tmp_
 def test_minimal_file_without_splits_loads(tmp_path: Path):
     data = _result().to_dict()
     del data["splits"]
+    del data["backfill"], data["throughputs"]  # as files written before they existed
     path = tmp_path / "hand-written.json"
     path.write_text(json.dumps(data))
     result = RunResult.from_json(path)
     assert list(result.splits) == ["test"]
     assert result.compatibility.cells_held == 5
+    assert result.backfill is None and result.throughputs == []
 
 
 def _sha8(text: str) -> str:
