@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from support import run_cli
 
 from xbt_bench.errors import InputError
 from xbt_bench.eval import evaluate_retrieval
@@ -219,3 +220,17 @@ def test_curves_in_leaderboard_and_plot(synthetic_results: Path, tmp_path: Path)
     assert list(lines["xbt"].get_xdata()) == [0, 10, 25, 50, 75, 100]
     assert lines["xbt"].get_ydata()[0] == 30.8 and lines["old→old"].get_ydata()[0] == 31.2
     assert lines["slerp (OLD's worst first)"].get_linestyle() == "--"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--pair", "toy-s-m-l"], "'toy-s-m-l' is a chain; backfill an upgrade pair"),
+        (["--pair", "toy-s-to-m", "--fractions", "0,150"], "use comma-separated percentages"),
+        (["--pair", "toy-s-to-m", "--fractions", "0,100"], "none strictly between 0 and 1"),
+    ],
+)
+def test_backfill_command_fails_in_one_line_before_any_work(args, message, capsys) -> None:
+    assert run_cli(["backfill", *args]) == 1
+    err = capsys.readouterr().err
+    assert message in " ".join(err.split()) and "Traceback" not in err

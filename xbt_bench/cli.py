@@ -433,13 +433,9 @@ def backfill_command(
     into each method's result (a run of the pair, with curves; cached work is reused)."""
     from dataclasses import replace
 
-    from .errors import ConfigError
-    from .pairs import load_pair
     from .runner import run
 
     shares = _percentages(fractions, "--fractions")
-    if load_pair(pair).is_chain:
-        raise ConfigError(f"pair {pair!r} is a chain; backfill an upgrade pair (OLD -> NEW)")
     with _torchrun_job(device) as device:
         options = _run_options(
             pair, method, None, split, data_root, output_dir, seed, device, quick, workers, set_

@@ -213,6 +213,12 @@ class Runner:
             )
         self.method_names = resolve_methods(options.methods)
         check_settings(self.spec, self.method_names, options)
+        if options.backfill is not None:
+            interior(options.backfill)  # an error before any work when no share is inside (0, 1)
+            if self.spec.is_chain:
+                raise ConfigError(
+                    f"pair {self.spec.name!r} is a chain; backfill an upgrade pair (OLD -> NEW)"
+                )
         self.dataset = options.dataset or self.spec.dataset
         self.cache = EmbeddingCache()
         self.stats = EmbedStats()
@@ -366,10 +372,10 @@ class Runner:
                                "gallery)", highlight=False)  # fmt: skip
             return None
         fractions = sorted(set(fractions))
-        interior(fractions)  # an XbtError before any work when none is strictly inside (0, 1)
         seed = self.options.seed
-        support = f"support:{data.support.key}"
-        plan = plan_backfill(self.backfill_set(usable[0], support, data.support), fractions, seed)
+        support_key = f"support:{data.support.key}"  # the gallery cache's name for it
+        support = self.backfill_set(usable[0], support_key, data.support)
+        plan = plan_backfill(support, fractions, seed)
         kept = [name for name, keep in plan.kept.items() if keep]
         curves: dict[str, dict[str, list[BackfillPoint]]] = {}
         for split, eval_set in data.eval_sets.items():
@@ -527,7 +533,10 @@ class Runner:
             timing = entry_timing(path)
             if timing is None or not timing["rows"]:
                 continue
-            device = str(timing["device"] or "unrecorded device")
+            # An entry computed before manifests recorded devices: this run's device if this
+            # run computed it, else unknown.
+            device = timing["device"] or (self.options.device if record.computed else None)
+            device = str(device or "unrecorded device")
             total = totals.setdefault((names[record.model], record.side, device), [0, 0.0])
             total[0] += timing["rows"]
             total[1] += timing["seconds"] * timing["ranks"]

@@ -24,6 +24,7 @@ from xbt_bench.report.result import (
     METHOD_OLD,
     NEW_NEW,
     OLD_OLD,
+    CalibrationChoice,
     ChainMatrix,
     RunResult,
     load_results,
@@ -331,11 +332,9 @@ BACKFILL_LEGEND = (
 ORDER_LABELS = {"random": "random", "old-margin": "OLD's worst first"}
 
 
-def _calibration_label(choice: object) -> str:
-    kind = getattr(choice, "kind", "none")
-    if kind == "none":
-        return "none"
-    return f"{choice.scale:.3g}·s {choice.shift:+.3g}"  # type: ignore[attr-defined]
+def _calibration_label(choice: CalibrationChoice) -> str:
+    """``none``, or the affine map applied to NEW's scores (``1.58·s -0.598``)."""
+    return "none" if choice.kind == "none" else f"{choice.scale:.3g}·s {choice.shift:+.3g}"
 
 
 def backfill_frame(results: Sequence[RunResult]) -> pd.DataFrame:

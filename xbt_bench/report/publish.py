@@ -19,7 +19,14 @@ import pandas as pd
 
 from xbt_bench.atomic import write_text
 from xbt_bench.errors import XbtError
-from xbt_bench.report.cost import ESTIMATE_NOTE, cost_inputs, estimate, plan_recalls, plans_frame
+from xbt_bench.report.cost import (
+    DEFAULT_FRACTIONS,
+    ESTIMATE_NOTE,
+    cost_inputs,
+    estimate,
+    plan_recalls,
+    plans_frame,
+)
 from xbt_bench.report.leaderboard import (
     APPROXIMATE_TITLE,
     BACKFILL_LEGEND,
@@ -187,11 +194,19 @@ class _Page:
         self.output_dir = output_dir
         self.placed: set[int] = set()
 
-    def figures(self, group: tuple, kinds: Sequence[str], table: str | None) -> str:
-        """The plots of ``group`` of the given kinds, linked to ``table``."""
+    def figures(
+        self,
+        group: tuple,
+        kinds: Sequence[str],
+        table: str | None,
+        methods: tuple[str, ...] | None = None,
+    ) -> str:
+        """The plots of ``group`` of the given kinds (and of exactly ``methods`` when given),
+        linked to ``table``."""
         out = []
         for i, plot in enumerate(self.plots):
-            if i not in self.placed and plot.kind in kinds and tuple(plot.group) == tuple(group):
+            mine = tuple(plot.group) == tuple(group) and methods in (None, plot.methods)
+            if i not in self.placed and plot.kind in kinds and mine:
                 self.placed.add(i)
                 out.append(_figure(plot, self.output_dir, table))
         return "\n".join(out)
@@ -266,7 +281,7 @@ class _Page:
                     f"<h3>{html.escape(group_title(key))} · {html.escape(result.method)}: "
                     f"{html.escape(metric)}, AC = {ac:.2f}</h3>",
                     _table(matrix_frame(data.chain_matrix, metric), "board", table),
-                    self.figures(key, ("chain",), table),
+                    self.figures(key, ("chain",), table, (result.method,)),
                     "</div>",
                 ]
         return "\n".join(parts)
@@ -284,7 +299,7 @@ class _Page:
             except XbtError as error:
                 parts.append(f'<p class="note">{html.escape(pair)}: no estimate ({error}).</p>')
                 continue
-            recalls = plan_recalls(pair_results, pair, (0.1, 0.25, 0.5, 0.75))
+            recalls = plan_recalls(pair_results, pair, DEFAULT_FRACTIONS)
             frame = plans_frame(estimate(inputs, PAGE_GALLERY_SIZE, recalls=recalls), inputs)
             split = next(r.split for r in pair_results)
             groups = " ".join(

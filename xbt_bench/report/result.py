@@ -407,11 +407,6 @@ class Backfill(BaseModel):
                     )
         return self
 
-    def first_passing(self, split: str, order: str, metric: str, level: float) -> float | None:
-        """The smallest fraction whose ``metric`` is above ``level`` (None if none is)."""
-        points = self.curves[split][order]
-        return next((p.fraction for p in points if p.metrics[metric] > level), None)
-
 
 class EmbeddingThroughput(BaseModel):
     """How fast a model embedded on the run's machine: ``rows`` images or texts in
