@@ -17,11 +17,13 @@ demo: $(BIN)/.installed
 	$(BIN)/xbt-bench run --pair toy-s-to-m
 	$(BIN)/xbt-bench publish
 
-# Everything committed under results/ and leaderboards/: the demo, the xbt-gallery variant and
-# the sample-efficiency sweep (about 15 more minutes on 2 CPU cores).
+# Everything committed under results/ and leaderboards/: the demo, the xbt-gallery variant, the
+# sample-efficiency sweep, the partial-backfill curves (cached fits: seconds) and the toy chain.
 results: demo
 	$(BIN)/xbt-bench run --pair toy-s-to-m --method xbt-gallery
 	$(BIN)/xbt-bench sweep --pair toy-s-to-m
+	$(BIN)/xbt-bench backfill --pair toy-s-to-m
+	$(BIN)/xbt-bench run --pair toy-s-m-l --method procrustes --method slerp --method xbt
 	$(BIN)/xbt-bench publish
 
 test: $(BIN)/.installed

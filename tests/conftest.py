@@ -99,7 +99,18 @@ def synthetic_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     a sweep, training curves, identity not applicable) and the chain toy-s-m-l."""
     import numpy as np
 
-    from xbt_bench.report.result import ChainMatrix, Cost, RunResult, SplitResult, SweepPoint
+    from xbt_bench.report.result import (
+        Backfill,
+        BackfillPoint,
+        CalibrationChoice,
+        ChainMatrix,
+        Cost,
+        EmbeddingThroughput,
+        OrderChoice,
+        RunResult,
+        SplitResult,
+        SweepPoint,
+    )
 
     root = tmp_path_factory.mktemp("results")
     common = {
@@ -128,10 +139,59 @@ def synthetic_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
         {"step": s, "loss": 4.0 / (1 + s / 50), "loss_cos": 0.5 / (1 + s / 50), "lr": 1e-3}
         for s in range(0, 400, 20)
     ]
+    fractions = [0.0, 0.1, 0.25, 0.5, 0.75, 1.0]
+
+    def backfill(method: dict[str, float], informed: bool) -> Backfill:
+        """Curves from method->old (0) to new->new (1), straight lines; the informed order
+        (kept when ``informed``) sits half-way between the line and new->new."""
+
+        def points(scale: float, lift: float) -> list[BackfillPoint]:
+            out = []
+            for f in fractions:
+                lifted = f + lift * f * (1 - f)
+                values = {
+                    k: round(scale * (v + lifted * (SYNTHETIC_NEW[k] - v)), 2)
+                    for k, v in method.items()
+                    if k != "rsum"
+                }
+                values["rsum"] = sum(values.values())
+                out.append(BackfillPoint(fraction=f, metrics=values))
+            return out
+
+        orders = {"random": points, "old-margin": points} if informed else {"random": points}
+        return Backfill(
+            fractions=fractions,
+            seed=0,
+            support="toy-shapes/support",
+            calibration={
+                "t2i": CalibrationChoice(kind="affine", scale=1.5, shift=-0.6, fitted=[1.5, -0.6],
+                                         support_r1={"none": 26.0, "affine": 40.4}),
+                "i2t": CalibrationChoice(kind="none", fitted=[2.0, -0.9],
+                                         support_r1={"none": 47.0, "affine": 46.0}),
+            },  # fmt: skip
+            orders={
+                "random": OrderChoice(support_r1=43.7, kept=True),
+                "old-margin": OrderChoice(support_r1=47.5 if informed else 41.0, kept=informed),
+            },
+            curves={
+                split: {
+                    name: make(scale, 1.0 if name == "old-margin" else 0.0)
+                    for name, make in orders.items()
+                }
+                for split, scale in (("test", 1.0), ("test-hard", 0.8))
+            },
+        )
+
+    throughputs = [
+        EmbeddingThroughput(model="new", side="image", rows=2000, device_seconds=4.0, device="cpu"),
+        EmbeddingThroughput(model="new", side="text", rows=10000, device_seconds=5.0, device="cpu"),
+        EmbeddingThroughput(model="old", side="text", rows=10000, device_seconds=2.0, device="cpu"),
+    ]
     costs = {
         "xbt": Cost(
             wall_time_s=95.0,
             fit_time_s=80.2,
+            training_time_s=72.0,
             trainable_params=41_000,
             new_params=1_952_381,
             peak_memory_mb=900.0,
@@ -151,12 +211,38 @@ def synthetic_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
                     )
                     for n in (0, 500, 2000, 8000)
                 ],
-                "info": {"alpha": np.float32(0.5)},
+                "info": {
+                    "alpha": np.float32(0.5),
+                    "stage1": {"corpus_texts": 20000},
+                    "stage2": {"pair_captions": 40000},
+                },
+                "backfill": backfill(values, informed=False),
+                "throughputs": throughputs,
             }
+        if method == "slerp":
+            extra = {
+                "backfill": backfill(values, informed=True),
+                "info": {"alpha": {"i2t": 0.1, "t2i": 0.0}},
+            }
+        method_splits = splits(values)
+        if method == "xbt":  # 95% intervals on `test`: I2T R@1's margin holds at 95%
+            method_splits["test"] = method_splits["test"].model_copy(
+                update={
+                    "intervals": {
+                        setting: {k: [round(v - 2.5, 2), round(v + 2.5, 2)] for k, v in m.items()}
+                        for setting, m in method_splits["test"].metrics.items()
+                    },
+                    "margin_intervals": {
+                        k: [round(values[k] - SYNTHETIC_OLD[k] - d, 2),
+                            round(values[k] - SYNTHETIC_OLD[k] + d, 2)]
+                        for k, d in zip(values, (2, 2, 2, 1.5, 4, 4, 9), strict=True)
+                    },  # fmt: skip
+                }
+            )
         RunResult(
             **common,
             method=method,
-            splits=splits(values),
+            splits=method_splits,
             cost=costs[method],
             config={"lr": 1e-3},
             **extra,

@@ -441,6 +441,56 @@ def test_zero_pairs_is_stage_one_alone(refs, toy, tmp_path) -> None:
     np.testing.assert_array_equal(zero.encode_images(toy["test"]), proj.encode_images(toy["test"]))
 
 
+def test_hybrid_reuses_xbt_and_interpolates_with_old(refs, toy, tmp_path) -> None:
+    from xbt_bench.methods.closed_form import choose_alphas
+
+    _, xbt = fit(refs, toy, tmp_path, "xbt")
+    folders = sorted(p.name for p in tmp_path.iterdir() if p.is_dir())
+    ctx, hybrid = fit(refs, toy, tmp_path, "xbt-hybrid")
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == folders  # no training
+    assert hybrid.info["stage2"]["checkpoint_dir"] == xbt.info["stage2"]["checkpoint_dir"]
+    assert hybrid.cost.training_time_s == xbt.cost.training_time_s
+    assert hybrid.needs_old_at_query and hybrid.gallery == "old"
+    # α per direction: SLERP-BC's rule on support between OLD's and XBT's queries
+    support = toy["support"]
+    old = {side: ctx.embed("old", support, side, count=False) for side in ("image", "text")}
+    ours = {"image": xbt.encode_images(support), "text": xbt.encode_texts(support)}
+    grid = [round(0.1 * i, 1) for i in range(11)]
+    alphas, _ = choose_alphas(old, ours, support.caption_image, grid, "per-direction")
+    assert hybrid.info["alpha"] == alphas
+    test = toy["test"]
+    for alpha, expected in ((0.0, "old"), (1.0, "xbt")):
+        _, fixed = fit(refs, toy, tmp_path, "xbt-hybrid", alpha=alpha)
+        want = ctx.embed("old", test, "text", count=False) if expected == "old" else (
+            xbt.encode_texts(test)
+        )
+        np.testing.assert_allclose(fixed.encode_texts(test), want, atol=1e-5)
+
+
+def test_an_extending_method_takes_its_base_methods_pair_settings() -> None:
+    from xbt_bench.pairs import DataRefs, PairSpec
+    from xbt_bench.runner import RunOptions, method_config
+
+    spec = PairSpec(
+        name="p",
+        description="d",
+        old="zoo:toy-s",
+        new="zoo:toy-m",
+        dataset="toy-shapes",
+        data=DataRefs(
+            text="toy-shapes:text", pairs="toy-shapes:pairs", support="toy-shapes:support"
+        ),
+        methods={"xbt": {"lora_rank": 4, "steps": 50}, "xbt-hybrid": {"steps": 70, "alpha": 0.5}},
+    )
+    options = RunOptions(pair="p", overrides={"proj_steps": 9})
+    assert methods.get("xbt-hybrid").extends == "xbt"
+    hybrid = method_config(spec, methods.get("xbt-hybrid"), options)
+    assert hybrid == {"lora_rank": 4, "steps": 70, "alpha": 0.5, "proj_steps": 9}
+    assert method_config(spec, methods.get("xbt"), options) == {
+        "lora_rank": 4, "steps": 50, "proj_steps": 9
+    }  # fmt: skip
+
+
 def test_settings_are_defaults_under_given_values() -> None:
     settings = methods.get("xbt").parse_settings({"lora_rank": 16, "steps": 20})
     assert settings.lora_rank == 16 and settings.steps == 20
@@ -459,4 +509,4 @@ def test_methods_list_cli_shows_the_table(capsys) -> None:
     for name in methods.names():
         label = f"{name} (variant)" if methods.get(name).variant else name
         cells = [cell.strip() for cell in rows[label].split("│")]
-        assert cells[3] == ("yes" if name in ("old", "slerp") else "no"), cells
+        assert cells[3] == ("yes" if name in ("old", "slerp", "xbt-hybrid") else "no"), cells

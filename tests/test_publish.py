@@ -1,5 +1,6 @@
 """The published page: static, offline, and rendered by headless Chromium with its tables and
-images (Debian's ``chromium``; CI installs it, so there a missing browser fails the test)."""
+images, its sortable columns, its selector and its plot-to-rows links (Debian's ``chromium``;
+CI installs it, so there a missing browser fails the test)."""
 
 from __future__ import annotations
 
@@ -35,17 +36,28 @@ window.addEventListener("load", () => {
 
 
 class _Elements(HTMLParser):
-    """Attributes of every ``img`` and ``table`` in a document, and its visible text."""
+    """Attributes of every ``img``, ``table``, ``script``, ``a`` and ``body`` in a document, the
+    ids it defines, and its visible text."""
 
     def __init__(self) -> None:
         super().__init__()
         self.images: list[dict[str, str]] = []
         self.tables: list[dict[str, str]] = []
+        self.scripts: list[dict[str, str]] = []
+        self.links: list[dict[str, str]] = []
+        self.body: dict[str, str] = {}
+        self.ids: set[str] = set()
         self.text: list[str] = []
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag in ("img", "table"):
-            (self.images if tag == "img" else self.tables).append(dict(attrs))
+        found = {k: v or "" for k, v in attrs}
+        if "id" in found:
+            self.ids.add(found["id"])
+        kinds = {"img": self.images, "table": self.tables, "script": self.scripts, "a": self.links}
+        if tag in kinds:
+            kinds[tag].append(found)
+        if tag == "body":
+            self.body = found
 
     def handle_data(self, data: str) -> None:
         self.text.append(data)
@@ -71,43 +83,63 @@ def page(synthetic_results: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return publish(synthetic_results, tmp_path_factory.mktemp("site") / "leaderboards")
 
 
+# Plots of the synthetic results: recall and gain vs cost for each of the 4 exact tables, the
+# backfill curves of 2 splits, the chain's heatmap, xbt's training curves and its sweep.
+N_PLOTS = 13
+
+
 def test_page_is_static_and_self_contained(page: Path):
     html = page.read_text(encoding="utf-8")
     assert page.name == "index.html"
-    assert "<script" not in html
-    assert not re.search(r'(src|href)="(https?:)?//', html)  # no network assets
     found = _parse(html)
-    assert len(found.images) == 11  # 11 plots of the synthetic results, as SVG
+    assert len(found.scripts) == 1 and "src" not in found.scripts[0]  # one small inline script
+    assert len(re.search(r"<script>(.*)</script>", html, re.S).group(1)) < 6000
+    assert not re.search(r'(src|href)="(https?:)?//', html)  # no network assets
+    assert len(found.images) == N_PLOTS
     for img in found.images:
         assert (page.parent / img["src"]).is_file(), img["src"]
         assert img["alt"]
     assert (page.parent / "leaderboard.csv").is_file()
+    # every plot links to the table of the rows behind it, and names their methods
+    rows = [a for a in found.links if "rows" in a.get("class", "")]
+    assert len(rows) == N_PLOTS
+    for link in rows:
+        assert link["href"][1:] in found.ids, link["href"]
+        assert link["data-methods"].strip()
+    assert "Partial backfill" in html and "Cost of the upgrade (estimate)" in html
+    assert "55.6" in html  # the cost estimate of 1e8 images at the measured 500 images/s
+    assert "AC = 0.67" in html  # the chain's heatmap section names its average compatibility
 
 
-def test_chromium_renders_tables_and_images(page: Path, tmp_path: Path):
+def _render(page: Path, tmp_path: Path, probe: str) -> _Elements:
+    """``page`` with ``probe`` appended, as headless Chromium leaves its DOM after load."""
     chromium = _chromium()
-    probe = page.with_name("index.probe.html")
-    probe.write_text(page.read_text(encoding="utf-8").replace("</body>", PROBE + "</body>"))
+    copy = page.with_name(f"index.{tmp_path.name}.html")
+    copy.write_text(page.read_text(encoding="utf-8").replace("</body>", probe + "</body>"))
     done = subprocess.run(
         [
             chromium,
             *CHROMIUM_FLAGS,
             f"--user-data-dir={tmp_path / 'profile'}",
             "--dump-dom",
-            probe.as_uri(),
+            copy.as_uri(),
         ],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    rendered = _parse(done.stdout)
+    return _parse(done.stdout)
+
+
+def test_chromium_renders_tables_and_images(page: Path, tmp_path: Path):
+    rendered = _render(page, tmp_path, PROBE)
     source = _parse(page.read_text(encoding="utf-8"))
 
     assert len(rendered.tables) == len(source.tables) >= 9
     heights = [int(t.get("data-rendered-height", 0)) for t in rendered.tables]
     assert min(heights) > 20, heights  # every table laid out with visible rows
-    assert len(rendered.images) == len(source.images) == 11
+    assert len(rendered.images) == len(source.images) == N_PLOTS
     widths = [int(img.get("data-natural-width", 0)) for img in rendered.images]
     assert min(widths) > 100, widths  # every plot loaded and decoded
 
@@ -123,3 +155,55 @@ def test_chromium_renders_tables_and_images(page: Path, tmp_path: Path):
         "Approximate search",
     ):
         assert expected in text, expected
+
+
+TEST, HARD = "toy-s-to-m--toy-shapes--test--exact", "toy-s-to-m--toy-shapes--test-hard--exact"
+# After load: sort the `test` table by I2T R@1 twice, select the test-hard group, then follow
+# the recall plot's link to its rows; record each state on <body>.
+INTERACT = """<script>
+window.addEventListener("load", () => {
+  const out = document.body.dataset;
+  const table = document.getElementById("table-@TEST@");
+  const header = [...table.tHead.rows[0].cells].find(th => th.textContent.trim() === "I2T R@1");
+  const column = [...header.parentNode.children].indexOf(header);
+  const firsts = () => [...table.tBodies[0].rows].map(r => r.cells[0].textContent.trim()).join();
+  out.before = firsts();
+  header.click();
+  out.ascending = firsts();
+  out.ariaSort = header.getAttribute("aria-sort");
+  header.click();
+  out.descending = firsts();
+  const xbt = [...table.tBodies[0].rows].find(r => r.cells[0].textContent.trim() === "xbt");
+  out.tip = xbt.cells[column].querySelector("span[title]").title;
+  const select = document.getElementById("group-select");
+  select.value = "@HARD@";
+  select.dispatchEvent(new Event("change"));
+  const shown = [...document.querySelectorAll("div.group")].filter(d => d.offsetParent !== null);
+  out.visible = [...new Set(shown.map(d => d.dataset.group))].join(" ");
+  out.figures = [...document.querySelectorAll("figure")].filter(f => f.offsetParent).length;
+  select.value = "";
+  select.dispatchEvent(new Event("change"));
+  out.all = [...document.querySelectorAll("div.group")].filter(d => d.offsetParent).length;
+  document.querySelector("figure[data-group='@TEST@'] a.rows").click();
+  const marked = [...document.querySelectorAll("tr.hl")];
+  out.highlighted = marked.map(r => r.cells[0].textContent.trim()).join();
+});
+</script>""".replace("@TEST@", TEST).replace("@HARD@", HARD)
+
+
+def test_chromium_sorts_selects_and_links_plots_to_rows(page: Path, tmp_path: Path):
+    body = _render(page, tmp_path, INTERACT).body
+    assert body["data-before"] == "old,new,xbt,slerp,procrustes,identity"
+    # I2T R@1: procrustes 38.9 < old 40.6 < slerp 42.0 < xbt 44.2 < new 55.0; n/a stays last
+    assert body["data-ascending"] == "procrustes,old,slerp,xbt,new,identity"
+    assert body["data-aria-sort"] == "ascending"
+    assert body["data-descending"] == "new,xbt,slerp,old,procrustes,identity"
+    assert body["data-tip"] == (
+        "95% interval 41.70–46.70; margin over old→old +2.10 to +5.10 (paired, 95%)"
+    )
+    # the selector shows the test-hard sections only (its leaderboard and backfill curves)
+    assert body["data-visible"] == HARD
+    assert 0 < int(body["data-figures"]) < N_PLOTS
+    assert int(body["data-all"]) > 4
+    # the recall plot of `test` draws new, xbt, slerp and procrustes (identity is n/a)
+    assert body["data-highlighted"] == "new,xbt,slerp,procrustes"

@@ -106,11 +106,13 @@ def test_result_json_round_trip_has_the_issue_keys(synthetic_results: Path, tmp_
 def test_minimal_file_without_splits_loads(tmp_path: Path):
     data = _result().to_dict()
     del data["splits"]
+    del data["backfill"], data["throughputs"]  # as files written before they existed
     path = tmp_path / "hand-written.json"
     path.write_text(json.dumps(data))
     result = RunResult.from_json(path)
     assert list(result.splits) == ["test"]
     assert result.compatibility.cells_held == 5
+    assert result.backfill is None and result.throughputs == []
 
 
 def _sha8(text: str) -> str:
@@ -184,6 +186,7 @@ def test_leaderboard_lists_every_method_with_marks(synthetic_results: Path, tmp_
     boards = build_leaderboards(synthetic_results, tmp_path)
     names = sorted(p.name for p in boards.files)
     assert names == [
+        "backfill.csv",
         "chains.csv",
         "leaderboard-approximate.csv",
         "leaderboard.csv",
@@ -246,6 +249,30 @@ def test_plots_are_written_and_stale_ones_removed(synthetic_results: Path, tmp_p
     assert not stale.exists()
 
 
+def test_plots_read_at_a_glance(synthetic_results: Path):
+    from xbt_bench.report.leaderboard import leaderboard_frame
+    from xbt_bench.report.plots import gain_vs_cost, recall_bars
+
+    frame = leaderboard_frame(load_results(synthetic_results))
+    test = frame[(frame["pair"] == "toy-s-to-m") & (frame["split"] == "test")]
+    test = test[test["search"] == "exact"]
+    ax = recall_bars(test, "test").axes[0]
+    bars = {c.get_label(): c for c in ax.containers if hasattr(c, "errorbar")}
+    xbt = bars["xbt (method→old)"]
+    assert xbt.errorbar is not None  # whiskers: the 95% intervals (±2.5 in the synthetic data)
+    low, high = xbt.errorbar.lines[2][0].get_segments()[3][:, 1]  # I2T R@1
+    assert (low, high) == pytest.approx((44.2 - 2.5, 44.2 + 2.5))
+    assert bars["slerp (method→old)"].errorbar is None  # no intervals recorded for slerp
+    # one star: xbt's I2T R@1 is the only recall cell whose paired margin is above 0 at 95%
+    assert [t.get_text() for t in ax.texts] == ["*"]
+
+    gain = gain_vs_cost(test, "test").axes[0]
+    labels = sorted(t.get_text() for t in gain.texts)
+    assert labels == ["procrustes", "slerp", "xbt"]  # identity (not applicable) left out
+    bottom, top = gain.get_ylim()  # zoomed: procrustes at -36% .. xbt at +15%, and 0
+    assert -50 < bottom < -36 and 15 < top < 30
+
+
 def test_summary_marks_each_cell(synthetic_results: Path):
     results = [
         r
@@ -274,7 +301,7 @@ def test_cli_commands(synthetic_results: Path, tmp_path: Path, capsys: pytest.Ca
     assert code == 0 and "7 results" in out
     assert (tmp_path / "leaderboard.md").exists()
     code, out, _ = run_cli(["plot", *args], capsys)
-    assert code == 0 and "wrote 22 plot files" in out
+    assert code == 0 and "wrote 26 plot files" in out
     code, _, err = run_cli(["publish", "--results-dir", str(tmp_path / "missing")], capsys)
     assert code == 1 and "results folder" in err and "Traceback" not in err
 

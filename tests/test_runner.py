@@ -314,3 +314,42 @@ def test_seeds_give_a_mean_a_spread_and_intervals(small_pair: str, tmp_path: Pat
         assert low <= compat.margin[key] <= high
         assert compat.held_95[key] == (low > 0) and (not compat.held_95[key] or compat.held[key])
     assert procrustes.splits["test"].seed_std is None and procrustes.splits["test"].intervals
+
+
+def test_backfill_curves_hybrid_and_measured_throughputs(small_pair: str, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    names = ("old", "new", "procrustes", "xbt", "xbt-hybrid")
+    args = ["backfill", "--pair", small_pair, "--fractions", "0,50,100", "--output-dir", str(out),
+            *[a for m in names for a in ("--method", m)], *tiny_settings()]  # fmt: skip
+    assert run_cli(args) == 0
+    results = {p.stem: RunResult.from_json(p) for p in out.glob(f"{small_pair}/*/*.json")}
+    assert results["new"].backfill is None  # NEW's queries do not search OLD's gallery
+    for name in ("old", "procrustes", "xbt", "xbt-hybrid"):
+        result = results[name]
+        backfill = result.backfill
+        assert backfill.fractions == [0.0, 0.5, 1.0] and backfill.support.endswith("support")
+        own = result.metrics["old->old" if name == "old" else "method->old"]
+        for order, curve in backfill.curves["test"].items():
+            assert backfill.orders[order].kept
+            assert curve[0].metrics == own  # nothing re-embedded: the method's own numbers
+            assert curve[-1].metrics == result.metrics["new->new"]  # everything: new->new
+        for choice in backfill.calibration.values():
+            assert set(choice.support_r1) == {"none", "affine"}
+            kept = "affine" if choice.support_r1["affine"] > choice.support_r1["none"] else "none"
+            assert choice.kind == kept
+    # the hybrid reused xbt's training and records its α per direction
+    hybrid, xbt = results["xbt-hybrid"], results["xbt"]
+    assert hybrid.info["stage2"]["checkpoint_dir"] == xbt.info["stage2"]["checkpoint_dir"]
+    assert set(hybrid.info["alpha"]) == {"i2t", "t2i"}
+    # every result carries the embedding throughputs the cost model reads
+    measured = {(t.model, t.side): t for t in xbt.throughputs}
+    assert {("old", "image"), ("old", "text"), ("new", "image"), ("new", "text")} <= set(measured)
+    assert measured["new", "image"].device == "cpu" and measured["new", "image"].rows_per_s > 0
+    assert run_cli(["cost", "--pair", small_pair, "--gallery-size", "1000000",
+                    "--results-dir", str(out)]) == 0  # fmt: skip
+    # a plain rerun keeps the recorded curves; a backfill needs a share strictly inside (0, 1)
+    run = ["run", "--pair", small_pair, "--method", "procrustes", "--output-dir", str(out)]
+    assert run_cli(run) == 0
+    path = next(out.glob(f"{small_pair}/*/procrustes.json"))
+    assert RunResult.from_json(path).backfill == results["procrustes"].backfill
+    assert run_cli(["backfill", "--pair", small_pair, "--fractions", "0,100"]) == 1

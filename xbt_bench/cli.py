@@ -372,18 +372,130 @@ def run_command(
     quick: Annotated[bool, typer.Option(help="fewer steps and pairs: a smoke run")] = False,
     workers: WorkersOption = None,
     set_: SetOption = None,
+    backfill: Annotated[
+        bool,
+        typer.Option(help="also record partial-backfill curves (as `xbt-bench backfill`)"),
+    ] = False,
 ) -> None:
     """Run a pair end to end: embed, fit every method, score every setting, write results.
     Under torchrun the ranks share the embedding and the training (DDP); rank 0 writes."""
     from dataclasses import replace
 
+    from .eval.backfill import DEFAULT_FRACTIONS
     from .runner import run
 
     with _torchrun_job(device) as device:
         options = _run_options(
             pair, method, dataset, split, data_root, output_dir, seed, device, quick, workers, set_
         )
-        run(replace(options, n_seeds=seeds), console)
+        fractions = list(DEFAULT_FRACTIONS) if backfill else None
+        run(replace(options, n_seeds=seeds, backfill=fractions), console)
+
+
+def _percentages(text: str, option: str) -> list[float]:
+    """``"0,10,25"`` -> [0.0, 0.1, 0.25] (sorted, unique); ConfigError naming ``option``
+    unless every value is a percentage between 0 and 100."""
+    from .errors import ConfigError
+
+    hint = f"{option} {text!r}: use comma-separated percentages, e.g. 0,10,25,50,75,100"
+    try:
+        values = [float(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(hint) from None
+    if not values or any(not 0 <= value <= 100 for value in values):  # NaN fails too
+        raise ConfigError(hint)
+    return sorted({value / 100 for value in values})
+
+
+@app.command("backfill")
+def backfill_command(
+    pair: Annotated[str, typer.Option(help="registered pair, e.g. toy-s-to-m")],
+    method: Annotated[
+        list[str] | None,
+        typer.Option(help="method whose queries search the OLD part (repeatable; default: all "
+                     "but variants)"),
+    ] = None,
+    fractions: Annotated[
+        str, typer.Option("--fractions", help="percentages of the gallery re-embedded with NEW")
+    ] = "0,10,25,50,75,100",
+    split: SplitOption = None,
+    data_root: DataRootOption = None,
+    output_dir: ResultsOption = Path("results"),
+    seed: SeedOption = 0,
+    seeds: SeedsOption = 1,
+    device: DeviceOption = "cpu",
+    quick: Annotated[bool, typer.Option(help="fewer steps and pairs: a smoke run")] = False,
+    workers: WorkersOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Partial backfill: recall when a share of the gallery is re-embedded with NEW (its items
+    searched with NEW's queries, the rest with each method's), per method and order, written
+    into each method's result (a run of the pair, with curves; cached work is reused)."""
+    from dataclasses import replace
+
+    from .runner import run
+
+    shares = _percentages(fractions, "--fractions")
+    with _torchrun_job(device) as device:
+        options = _run_options(
+            pair, method, None, split, data_root, output_dir, seed, device, quick, workers, set_
+        )
+        run(replace(options, n_seeds=seeds, backfill=shares), console)
+
+
+@app.command("cost")
+def cost_command(
+    pair: Annotated[str, typer.Option(help="registered pair, e.g. toy-s-to-m")],
+    gallery_size: Annotated[
+        int, typer.Option(min=1, help="items in the deployed gallery (e.g. 100000000)")
+    ],
+    hardware: Annotated[
+        Path | None,
+        typer.Option(help="TOML of your throughputs (device, devices, new_image_per_s, "
+                     "new_text_per_s, old_text_per_s, xbt_training_hours); replaces measured ones"),
+    ] = None,
+    gallery_side: Annotated[
+        str, typer.Option(help="what the gallery's items are: image or text")
+    ] = "image",
+    fractions: Annotated[
+        str, typer.Option("--fractions", help="percentages for the partial-backfill rows")
+    ] = "10,25,50,75",
+    results_dir: ResultsDirOption = Path("results"),
+) -> None:
+    """Estimate the device-hours and wall time of a full backfill, of XBT and of partial
+    backfills of a gallery of N items, from throughputs the suite measured (or yours)."""
+    from .errors import ConfigError
+    from .report.cost import (
+        ESTIMATE_NOTE,
+        Hardware,
+        cost_inputs,
+        estimate,
+        plan_recalls,
+        plans_frame,
+    )
+    from .report.result import load_results
+
+    if gallery_side not in ("image", "text"):
+        raise ConfigError(f"--gallery-side {gallery_side!r} is not one of image, text")
+    shares = _percentages(fractions, "--fractions")
+    results = load_results(results_dir)
+    entered = Hardware.from_toml(hardware) if hardware is not None else None
+    inputs = cost_inputs(results, pair, gallery_side, entered, str(hardware))
+    frame = plans_frame(
+        estimate(inputs, gallery_size, shares, plan_recalls(results, pair, shares)), inputs
+    )
+    table = Table(
+        title=f"Estimated cost of upgrading {pair}: a gallery of {gallery_size:,} "
+        f"{gallery_side}s (ESTIMATE)"
+    )
+    for column in frame.columns:
+        table.add_column(str(column), overflow="fold")
+    for row in frame.itertuples(index=False):
+        table.add_row(*map(str, row))
+    console.print(table)
+    console.print(ESTIMATE_NOTE, highlight=False, soft_wrap=True)
+    for key, source in inputs.sources.items():
+        console.print(f"  {key}: {source}", highlight=False, soft_wrap=True)
 
 
 @app.command("sweep")

@@ -21,9 +21,11 @@ from . import distributed
 from .data import ImageTextSet, TextCorpus, load_dataset, load_text_corpus, split_data_ref
 from .data.registry import corpus_summary, dataset_info
 from .embed import EmbeddingCache, EmbedStats
+from .embed.cache import entry_timing
 from .embed.sharded import embed_split_sharded
 from .errors import ConfigError, XbtError, did_you_mean
 from .eval import Embeddings, evaluate_retrieval
+from .eval.backfill import BackfillSet, interior, plan_backfill
 from .eval.bootstrap import QueryHits, paired_margin_intervals, recall_intervals
 from .eval.compat import (
     METHOD_OLD,
@@ -38,7 +40,16 @@ from .methods import MethodSpec, methods
 from .methods.base import FitContext, FittedMethod, ModelHandle
 from .pairs import PairSpec, load_pair, pair_registry, shadowed_pairs
 from .paths import cache_dir, relative_to_home
-from .report.result import ChainMatrix, RunResult, SplitResult
+from .report.result import (
+    Backfill,
+    BackfillPoint,
+    CalibrationChoice,
+    ChainMatrix,
+    EmbeddingThroughput,
+    OrderChoice,
+    RunResult,
+    SplitResult,
+)
 from .toy.build import ensure_zoo_models
 
 # --quick: fewer training steps and pairs for smoke runs (keys a method's settings lack are
@@ -62,6 +73,8 @@ class RunOptions:
     quick: bool = False
     num_workers: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    # Partial-backfill curves at these fractions of the gallery re-embedded (None: not run).
+    backfill: Sequence[float] | None = None
 
 
 @dataclass
@@ -84,29 +97,37 @@ def resolve_methods(names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(resolved))
 
 
-def keep_sweep(result: RunResult, results_dir: Path, console: Console) -> RunResult:
-    """``result`` with the sweep points of the file it replaces, when that file holds a sweep of
-    the same method with the same config, seed and full-pairs scores (a plain rerun must not
-    drop the points ``xbt-bench sweep`` recorded); otherwise ``result`` unchanged."""
+def keep_recorded(result: RunResult, results_dir: Path, console: Console) -> RunResult:
+    """``result`` with the sweep points and backfill curves of the file it replaces where
+    ``result`` has none, when that file holds the same method with the same config, seed and
+    scores (a plain rerun must not drop what ``xbt-bench sweep`` or ``xbt-bench backfill``
+    recorded); otherwise ``result`` unchanged."""
     path = result.path_in(results_dir)
-    if result.sweep or not path.exists():
+    if (result.sweep and result.backfill) or not path.exists():
         return result
     try:
         previous = RunResult.from_json(path)
     except XbtError as error:
         console.print(
-            f"[yellow]replacing an unreadable result file; any sweep points it held are lost "
-            f"({error})[/yellow]",
+            f"[yellow]replacing an unreadable result file; any sweep points or backfill curves "
+            f"it held are lost ({error})[/yellow]",
             highlight=False,
             soft_wrap=True,
         )
         return result
-    same = (previous.config, previous.seed, previous.splits) == (
+    same = (previous.config, previous.seed, previous.seeds, previous.splits) == (
         result.config,
         result.seed,
+        result.seeds,
         result.splits,
     )
-    return result.model_copy(update={"sweep": previous.sweep}) if same else result
+    if not same:
+        return result
+    kept = {
+        "sweep": result.sweep or previous.sweep,
+        "backfill": result.backfill or previous.backfill,
+    }
+    return result.model_copy(update=kept)
 
 
 def load_pair_data(spec: PairSpec, options: RunOptions, console: Console) -> PairData:
@@ -146,10 +167,13 @@ def load_pair_data(spec: PairSpec, options: RunOptions, console: Console) -> Pai
 
 
 def method_config(spec: PairSpec, method: MethodSpec, options: RunOptions) -> dict[str, Any]:
-    """Pair-file settings for ``method``, updated by --quick and the command line's ``--set``
-    (each applied to the methods that have that setting)."""
-    config = spec.method_config(method.name)
-    layers = [QUICK_OVERRIDES] if options.quick else []
+    """Pair-file settings for ``method`` (over those for the method it ``extends``), updated by
+    --quick and the command line's ``--set`` (each applied to the methods that have that
+    setting)."""
+    config: dict[str, Any] = {}
+    layers = [spec.method_config(method.extends)] if method.extends else []
+    layers += [spec.method_config(method.name)]
+    layers += [QUICK_OVERRIDES] if options.quick else []
     for layer in [*layers, options.overrides]:
         unknown = set(method.unknown_settings(layer))
         config |= {key: value for key, value in layer.items() if key not in unknown}
@@ -189,6 +213,12 @@ class Runner:
             )
         self.method_names = resolve_methods(options.methods)
         check_settings(self.spec, self.method_names, options)
+        if options.backfill is not None:
+            interior(options.backfill)  # an error before any work when no share is inside (0, 1)
+            if self.spec.is_chain:
+                raise ConfigError(
+                    f"pair {self.spec.name!r} is a chain; backfill an upgrade pair (OLD -> NEW)"
+                )
         self.dataset = options.dataset or self.spec.dataset
         self.cache = EmbeddingCache()
         self.stats = EmbedStats()
@@ -277,7 +307,7 @@ class Runner:
                 self.run_chain(method, data) if self.spec.is_chain else self.run_pair(method, data)
             )
             result.cost.wall_time_s = round(time.perf_counter() - start, 3)
-            result = keep_sweep(result, self.options.output_dir, self.console)
+            result = keep_recorded(result, self.options.output_dir, self.console)
             if distributed.is_main():  # under torchrun, one rank writes
                 self.console.print(f"  wrote {result.save(self.options.output_dir)}")
             results.append(result)
@@ -315,7 +345,78 @@ class Runner:
                 seed_metrics=[s.metrics for s in scored] if len(seeds) > 1 else [],
                 flips=mean_metrics(flips),
             )
-        return self.result(method, fits, splits, data, seeds)
+        result = self.result(method, fits, splits, data, seeds)
+        if self.options.backfill is not None:
+            result.backfill = self.backfill(method, fits, data, self.options.backfill)
+        return result
+
+    def backfill_set(self, fitted: FittedMethod, split: str, data: ImageTextSet) -> BackfillSet:
+        """``data`` as a partial backfill with ``fitted``'s queries sees it."""
+        return BackfillSet(
+            method_queries=Embeddings(fitted.encode_images(data), fitted.encode_texts(data)),
+            old_gallery=self.gallery(self.spec.old, split, data),
+            new_embeddings=self.gallery(self.spec.new, split, data),
+            caption_image=data.caption_image,
+        )
+
+    def backfill(
+        self, method: str, fits: list[FittedMethod], data: PairData, fractions: Sequence[float]
+    ) -> Backfill | None:
+        """Partial-backfill curves of ``method`` on every evaluation split (the mean over its
+        seeds' fits), with the calibration and the orders chosen on ``support`` with the first
+        fit; None for a method whose queries do not search OLD's gallery (``new``) or that
+        does not apply to the pair."""
+        usable = [f for f in fits if f.gallery == "old" and f.applicable]
+        if not usable:
+            self.console.print(f"  {method}: no backfill curve (its queries do not search OLD's "
+                               "gallery)", highlight=False)  # fmt: skip
+            return None
+        fractions = sorted(set(fractions))
+        seed = self.options.seed
+        support_key = f"support:{data.support.key}"  # the gallery cache's name for it
+        support = self.backfill_set(usable[0], support_key, data.support)
+        plan = plan_backfill(support, fractions, seed)
+        kept = [name for name, keep in plan.kept.items() if keep]
+        curves: dict[str, dict[str, list[BackfillPoint]]] = {}
+        for split, eval_set in data.eval_sets.items():
+            sets = [self.backfill_set(fitted, split, eval_set) for fitted in usable]
+            curves[split] = {}
+            for order in kept:
+                by_fit = [
+                    one.curve(one.order(order, seed), fractions, plan.calibration) for one in sets
+                ]
+                curves[split][order] = [
+                    BackfillPoint(
+                        fraction=fraction, metrics=mean_metrics([c[i].metrics for c in by_fit])
+                    )
+                    for i, fraction in enumerate(fractions)
+                ]
+            line = " ".join(
+                f"{100 * p.fraction:g}%: {p.metrics['t2i_r1']:.1f}/{p.metrics['i2t_r1']:.1f}"
+                for p in curves[split]["random"]
+            )
+            self.console.print(f"  {split} backfill R@1 T2I/I2T (random order) {line}",
+                               highlight=False)  # fmt: skip
+        return Backfill(
+            fractions=fractions,
+            seed=seed,
+            support=data.support.key,
+            calibration={
+                direction: CalibrationChoice(
+                    kind=plan.chosen[direction],
+                    scale=plan.calibration[direction].scale,
+                    shift=plan.calibration[direction].shift,
+                    fitted=[plan.fitted[direction].scale, plan.fitted[direction].shift],
+                    support_r1=plan.calibration_r1[direction],
+                )
+                for direction in plan.chosen
+            },
+            orders={
+                name: OrderChoice(support_r1=plan.order_r1[name], kept=plan.kept[name])
+                for name in plan.order_r1
+            },
+            curves=curves,
+        )
 
     def score_fit(
         self, fitted: FittedMethod, split: str, eval_set: ImageTextSet
@@ -415,7 +516,37 @@ class Runner:
                 "checkpoints": relative_to_home(self.work_dir),
             },
             fingerprints=self.fingerprints(data),
+            throughputs=self.throughputs(),
         )
+
+    def throughputs(self) -> list[EmbeddingThroughput]:
+        """OLD's and NEW's embedding throughput per side and device, from the manifests of the
+        cache entries this run used (their rows and the seconds they took when computed)."""
+        names = {
+            self.handles[ref].get().identity: which
+            for which, ref in (("old", self.spec.old), ("new", self.spec.new))
+            if self.handles[ref].loaded
+        }
+        totals: dict[tuple[str, str, str], list[float]] = {}
+        entries = {r.path: r for r in self.stats.records if r.model in names}
+        for path, record in entries.items():
+            timing = entry_timing(path)
+            if timing is None or not timing["rows"]:
+                continue
+            # An entry computed before manifests recorded devices: this run's device if this
+            # run computed it, else unknown.
+            device = timing["device"] or (self.options.device if record.computed else None)
+            device = str(device or "unrecorded device")
+            total = totals.setdefault((names[record.model], record.side, device), [0, 0.0])
+            total[0] += timing["rows"]
+            total[1] += timing["seconds"] * timing["ranks"]
+        return [
+            EmbeddingThroughput(
+                model=which, side=side, rows=int(rows), device_seconds=round(seconds, 3),
+                device=device,
+            )  # fmt: skip
+            for (which, side, device), (rows, seconds) in sorted(totals.items())
+        ]
 
 
 def split_curves(info: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[dict]]]:

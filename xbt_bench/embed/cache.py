@@ -132,6 +132,25 @@ class EmbedStats:
         }
 
 
+def entry_timing(entry_dir: str | Path) -> dict[str, object] | None:
+    """How the cache entry in ``entry_dir`` was computed, from its manifest: ``rows``,
+    ``seconds`` (wall time), ``ranks`` (processes that shared it) and ``device`` (None for an
+    entry written before devices were recorded); None when there is no manifest or no time."""
+    try:
+        manifest = json.loads((Path(entry_dir) / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    seconds = manifest.get("seconds")
+    if not isinstance(seconds, int | float) or seconds <= 0:
+        return None
+    return {
+        "rows": int(manifest.get("n_rows", 0)),
+        "seconds": float(seconds),
+        "ranks": int(manifest.get("ranks", 1)),
+        "device": manifest.get("device"),
+    }
+
+
 def _shard_file(start: int, end: int) -> str:
     return f"rows-{start:012d}-{end:012d}.npy"
 
@@ -364,9 +383,11 @@ class EmbeddingCache:
         key: EmbeddingKey,
         compute: Callable[[], np.ndarray | Iterable[np.ndarray]],
         mmap: bool = True,
+        **extra: object,
     ) -> tuple[np.ndarray, bool]:
         """``(embeddings, computed)``: the cached entry for ``key`` when there is one (and a
-        line saying it was reused), else ``compute()``'s result written to the cache first.
+        line saying it was reused), else ``compute()``'s result written to the cache first
+        (its manifest records the seconds it took and the ``extra`` fields, e.g. the device).
 
         ``compute`` returns the whole array or an iterator of consecutive row chunks (streamed
         into shards). If it raises, its partial shards are removed and no entry is created.
@@ -386,7 +407,7 @@ class EmbeddingCache:
         try:
             result = compute()
             n_rows = writer.write_stream([result] if isinstance(result, np.ndarray) else result)
-            writer.commit(n_rows, seconds=round(time.perf_counter() - started, 3))
+            writer.commit(n_rows, seconds=round(time.perf_counter() - started, 3), **extra)
         except BaseException:
             writer.abort()
             raise

@@ -326,13 +326,15 @@ def corpus_key(
 @dataclass(frozen=True)
 class Extraction:
     """One cache entry to fill: its ``key``, its ``n_rows``, ``align`` (ranks split the rows at
-    its multiples, so each encodes the batches one process would), and ``embed(rows=...)``,
-    which embeds a contiguous block of rows (default all) in batches."""
+    its multiples, so each encodes the batches one process would), ``embed(rows=...)``, which
+    embeds a contiguous block of rows (default all) in batches, and the ``device`` it runs on
+    (recorded in the manifest with the time it took)."""
 
     key: EmbeddingKey
     n_rows: int
     align: int
     embed: Callable[..., Iterator[np.ndarray]]
+    device: str = "cpu"
 
 
 def split_extraction(
@@ -353,7 +355,7 @@ def split_extraction(
         embed = functools.partial(
             iter_image_embeddings, encoder, data, batch_size=size, num_workers=num_workers, amp=amp
         )
-        return Extraction(key, data.n_images, size, embed)
+        return Extraction(key, data.n_images, size, embed, str(encoder.device))
     size = batch_size or DEFAULT_TEXT_BATCH
     return _text_extraction(
         key, encoder, data.captions, size, amp, f"{data.key} captions", data.fingerprint
@@ -395,7 +397,7 @@ def _text_extraction(
         texts_key=texts_key,
     )
     # Ranks split the rows at block boundaries: every block is the one one process encodes.
-    return Extraction(key, len(texts), sort_block(batch_size), embed)
+    return Extraction(key, len(texts), sort_block(batch_size), embed, str(encoder.device))
 
 
 def record_request(
@@ -430,7 +432,9 @@ def _cached(
     cache = cache if cache is not None else EmbeddingCache()
     started = time.perf_counter()
     key = extraction.key
-    array, computed = cache.get_or_compute(key, extraction.embed, mmap=mmap)
+    array, computed = cache.get_or_compute(
+        key, extraction.embed, mmap=mmap, device=extraction.device
+    )
     record_request(stats, cache, key, rows=len(array), computed=computed, started=started)
     return array
 

@@ -55,7 +55,12 @@ def _sharded(
         commit_failure = ""
         if not failures and distributed.is_main():
             try:
-                writer.commit(n_rows, seconds=round(time.perf_counter() - started, 3), ranks=world)
+                writer.commit(
+                    n_rows,
+                    seconds=round(time.perf_counter() - started, 3),
+                    ranks=world,
+                    device=extraction.device,
+                )
             except XbtError as error:
                 commit_failure = f"rank 0 commit: {error}"
         commit_failure = distributed.broadcast_object(commit_failure)

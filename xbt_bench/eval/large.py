@@ -34,7 +34,7 @@ from .retrieval import (
     RetrievalResult,
     _check_ks,
     _check_pairing,
-    _result_from_ranks,
+    result_from_ranks,
     validate_embeddings,
     widening_ranks,
 )
@@ -374,4 +374,4 @@ def evaluate_retrieval_sharded(
             block_rows=block_rows,
         )
         del index
-    return _result_from_ranks(ranks["t2i"], ranks["i2t"], ks, label)
+    return result_from_ranks(ranks["t2i"], ranks["i2t"], ks, label)

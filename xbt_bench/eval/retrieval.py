@@ -258,10 +258,11 @@ def _check_pairing(
     return _check_caption_image(caption_image, len(text_queries), len(image_gallery))
 
 
-def _result_from_ranks(
-    t2i: np.ndarray, i2t: np.ndarray, ks: tuple[int, ...], search: str
+def result_from_ranks(
+    t2i: np.ndarray, i2t: np.ndarray, ks: Sequence[int] = DEFAULT_KS, search: str = EXACT_SEARCH
 ) -> RetrievalResult:
-    """Recall@K in percent and rsum from each query's rank of its best positive."""
+    """Recall@K in percent and rsum from each query's rank of its best positive (T2I ranks
+    [n_captions], I2T ranks [n_images]; a rank below K is a hit at K)."""
     metrics = {f"t2i_r{k}": 100.0 * float(np.mean(t2i < k)) for k in ks}
     metrics |= {f"i2t_r{k}": 100.0 * float(np.mean(i2t < k)) for k in ks}
     metrics["rsum"] = sum(metrics.values())
@@ -298,7 +299,7 @@ def evaluate_retrieval(
     options = {"index_factory": index_factory, "chunk_size": chunk_size}
     t2i = positive_ranks(text_queries, image_gallery, caption_image, image_ids, ks[-1], **options)
     i2t = positive_ranks(image_queries, text_gallery, image_ids, caption_image, ks[-1], **options)
-    return _result_from_ranks(t2i, i2t, ks, index_factory or EXACT_SEARCH)
+    return result_from_ranks(t2i, i2t, ks, index_factory or EXACT_SEARCH)
 
 
 def retrieval_matrix(

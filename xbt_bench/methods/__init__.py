@@ -58,7 +58,10 @@ class MethodSpec:
     - ``variant``: another setting of a method, run only when named with ``--method``;
     - ``deploys``: the setting its queries are scored in (``method->old``, or the references'
       own ``old->old`` / ``new->new``);
-    - ``sweepable``: trains on image–text pairs, so ``xbt-bench sweep`` refits it on fewer.
+    - ``sweepable``: trains on image–text pairs, so ``xbt-bench sweep`` refits it on fewer;
+    - ``extends``: another method whose settings this one's include: a pair file's table for
+      that method applies to this one too (its own table wins), so both train the same way and
+      share their checkpoints.
     """
 
     name: str
@@ -72,6 +75,7 @@ class MethodSpec:
     variant: bool = False
     deploys: Deploys = METHOD_OLD
     sweepable: bool = False
+    extends: str | None = None
 
     def parse_settings(self, values: Mapping[str, Any] | MethodConfig | None) -> MethodConfig:
         """``values`` over this method's defaults; ConfigError naming the bad key."""
@@ -127,6 +131,7 @@ def register_method(
     variant: bool = False,
     deploys: Deploys = METHOD_OLD,
     sweepable: bool = False,
+    extends: str | None = None,
 ) -> Callable[[Fit], Fit]:
     """Declare the decorated ``fit(ctx, settings) -> FittedMethod`` as method ``name``
     (fields as :class:`MethodSpec`); the function itself is returned unchanged."""
@@ -146,6 +151,7 @@ def register_method(
             variant=variant,
             deploys=deploys,
             sweepable=sweepable,
+            extends=extends,
         )
         methods.register(name, spec)
         return fit

@@ -82,19 +82,10 @@ def fit_procrustes(ctx: FitContext, settings: MethodConfig) -> FittedMethod:
     )
 
 
-class SlerpConfig(MethodConfig):
-    """SLERP between the OLD query (α = 0) and the Procrustes-mapped NEW query (α = 1)."""
+class AlphaSettings(MethodConfig):
+    """How the interpolation weight α between OLD's query (α = 0) and the other one (α = 1) is
+    chosen on support (slerp, xbt-hybrid)."""
 
-    support_modality: Literal["text", "image", "both"] = Field(
-        "text",
-        description="what the map is fitted on: the text corpus, the training pairs' images, "
-        "or both",
-    )
-    map: Literal["zero-padded", "rectangular"] = Field(
-        "zero-padded",
-        description="zero-padded (the authors' code: mapped queries keep their extra dimensions "
-        "while interpolated) or rectangular (their appendix: only OLD's dimensions)",
-    )
     alpha_selection: Literal["per-direction", "rsum"] = Field(
         "per-direction",
         description="per-direction: one α per retrieval direction by R@1 on support (the "
@@ -107,6 +98,21 @@ class SlerpConfig(MethodConfig):
         default_factory=lambda: [round(0.1 * i, 1) for i in range(11)],
         min_length=1,
         description="candidate weights; ties go to the smaller α",
+    )
+
+
+class SlerpConfig(AlphaSettings):
+    """SLERP between the OLD query (α = 0) and the Procrustes-mapped NEW query (α = 1)."""
+
+    support_modality: Literal["text", "image", "both"] = Field(
+        "text",
+        description="what the map is fitted on: the text corpus, the training pairs' images, "
+        "or both",
+    )
+    map: Literal["zero-padded", "rectangular"] = Field(
+        "zero-padded",
+        description="zero-padded (the authors' code: mapped queries keep their extra dimensions "
+        "while interpolated) or rectangular (their appendix: only OLD's dimensions)",
     )
 
 

@@ -24,6 +24,7 @@ from xbt_bench.report.result import (
     METHOD_OLD,
     NEW_NEW,
     OLD_OLD,
+    CalibrationChoice,
     ChainMatrix,
     RunResult,
     load_results,
@@ -77,6 +78,8 @@ def _row(result: RunResult, split: str, setting: str, row: str, path: Path | Non
     flips = (data.flips or {}) if compat else {}
     std = (data.seed_std or {}) if setting == METHOD_OLD and row == "method" else {}
     margins = (compat.margin_interval or {}) if compat else {}
+    alpha = result.info.get("alpha") if row == "method" else None
+    alpha = alpha if isinstance(alpha, dict) else {}
     cost = result.cost
     record = {
         "pair": result.pair,
@@ -102,6 +105,8 @@ def _row(result: RunResult, split: str, setting: str, row: str, path: Path | Non
         "cells_total": compat.cells_total if compat else None,
         "seeds": len(result.seeds) if row == "method" and result.seeds else 1,
         "gain_share": compat.gain_share.get("rsum") if compat else None,
+        "alpha_i2t": alpha.get("i2t", math.nan),
+        "alpha_t2i": alpha.get("t2i", math.nan),
         **{k: flips.get(k, math.nan) for k in FLIP_KEYS},
         "old": result.old,
         "new": result.new,
@@ -197,14 +202,38 @@ def _cell(value: float, std: float) -> str:
     return _number(value) + ("" if pd.isna(std) else f" ±{std:.2f}")
 
 
+def interval_tip(r: pd.Series, key: str) -> str:
+    """The 95% intervals behind a recall cell, in words (empty when none was computed)."""
+    parts = []
+    if not pd.isna(r[f"{key}_lo"]):
+        parts.append(f"95% interval {r[f'{key}_lo']:.2f}–{r[f'{key}_hi']:.2f}")
+    if not pd.isna(r[f"margin_{key}_lo"]):
+        parts.append(
+            f"margin over old→old {r[f'margin_{key}_lo']:+.2f} to {r[f'margin_{key}_hi']:+.2f} "
+            "(paired, 95%)"
+        )
+    if not pd.isna(r[f"{key}_std"]):
+        parts.append(f"std over {int(r['seeds'])} seeds {r[f'{key}_std']:.2f}")
+    return "; ".join(parts)
+
+
+def alpha_note(r: pd.Series) -> str:
+    """``α I2T 0.3 · T2I 0.1`` for methods that chose an interpolation weight (else empty)."""
+    if pd.isna(r.get("alpha_i2t", math.nan)):
+        return ""
+    return f"α I2T {r['alpha_i2t']:g} · T2I {r['alpha_t2i']:g}"
+
+
 def display_frame(
     group: pd.DataFrame,
     mark: Callable[[str], str] = str,
     escape: Callable[[str], str] = str,
+    tip: Callable[[str, str], str] = lambda text, _: text,
 ) -> pd.DataFrame:
     """Human columns for one (pair, dataset, split) group: recalls (± std over seeds) with the
     criterion marked per cell (:func:`criterion_mark`), cells held on the mean and at 95%, gain
-    share, NFR and cost; ``mark`` renders a mark (e.g. colours it)."""
+    share, NFR, cost and notes (α, not applicable); ``mark`` renders a mark (e.g. colours it),
+    ``tip(text, tooltip)`` attaches a cell's intervals (:func:`interval_tip`) to its text."""
     out = []
     for _, r in group.iterrows():
         row = {"method": escape(str(r["method"])), "setting": escape(setting_label(r["setting"]))}
@@ -215,6 +244,7 @@ def display_frame(
             for key in METRIC_KEYS:
                 held = r[f"held_{key}"]
                 cell = _cell(r[key], r[f"{key}_std"])
+                cell = tip(cell, interval_tip(r, key))
                 if not pd.isna(held):
                     confident = r[f"held95_{key}"]
                     confident = None if pd.isna(confident) else bool(confident)
@@ -235,9 +265,10 @@ def display_frame(
         row["trainable"] = _params(r["trainable_params"], r["trainable_share"]) if is_method else ""
         row["fit time"] = f"{r['fit_time_s']:.1f} s" if is_method else ""
         row["device"] = escape(str(r["device"])) if is_method else ""
-        row["note"] = (
-            "" if r["applicable"] else escape(f"not applicable: {r['not_applicable_reason']}")
-        )
+        notes = [alpha_note(r)] if r["applicable"] else []
+        if not r["applicable"]:
+            notes.append(f"not applicable: {r['not_applicable_reason']}")
+        row["note"] = escape("; ".join(n for n in notes if n))
         out.append(row)
     return pd.DataFrame(out)
 
@@ -285,6 +316,92 @@ def matrix_frame(matrix: ChainMatrix, metric: str) -> pd.DataFrame:
     )
 
 
+BACKFILL_TITLE = "Partial backfill: recall while the gallery is re-embedded"
+BACKFILL_LEGEND = (
+    "R@1 text→image / image→text (percent) when a share of the gallery's items (an image with "
+    "its captions) holds NEW's embeddings and the rest still OLD's. A query searches the OLD "
+    "part with the method's query encoder (OLD's own for old) and the NEW part with NEW's, and "
+    "the two lists are merged by score; where it helped on the support split, NEW's scores are "
+    "first put on the OLD part's scale by an affine map fitted on support (calibration). 0% is "
+    "the method's own method→old, 100% is new→new. Orders: random; OLD's worst first (items "
+    "whose OLD embeddings match their own captions worst), reported only where it beat the "
+    "random order on support. Here the items' own captions are also the queries, so OLD's "
+    "worst first is an optimistic order (in a deployment, queries differ from the captions). "
+    "'passes old→old' is the first share whose R@1 beats old→old's."
+)
+ORDER_LABELS = {"random": "random", "old-margin": "OLD's worst first"}
+
+
+def _calibration_label(choice: CalibrationChoice) -> str:
+    """``none``, or the affine map applied to NEW's scores (``1.58·s -0.598``)."""
+    return "none" if choice.kind == "none" else f"{choice.scale:.3g}·s {choice.shift:+.3g}"
+
+
+def backfill_frame(results: Sequence[RunResult]) -> pd.DataFrame:
+    """Tidy partial-backfill curves of the exact-search results: one row per (result, split,
+    order, fraction) with every metric, the old→old level, the calibration per direction and
+    the support scores of the orders."""
+    rows = []
+    for result in results:
+        if result.backfill is None or result.approximate_index is not None:
+            continue
+        backfill = result.backfill
+        for split, by_order in backfill.curves.items():
+            old = result.splits[split].metrics[OLD_OLD]
+            for order, points in by_order.items():
+                for point in points:
+                    rows.append(
+                        {
+                            "pair": result.pair,
+                            "dataset": result.dataset,
+                            "split": split,
+                            "search": EXACT,
+                            "method": result.method,
+                            "order": order,
+                            "fraction": point.fraction,
+                            **point.metrics,
+                            **{f"old_old_{k}": old[k] for k in METRIC_KEYS},
+                            **{
+                                f"calibration_{d}": _calibration_label(c)
+                                for d, c in backfill.calibration.items()
+                            },
+                            "support_r1": backfill.orders[order].support_r1,
+                            "random_support_r1": backfill.orders["random"].support_r1,
+                        }
+                    )
+    return pd.DataFrame(rows)
+
+
+def _share(fraction: float | None) -> str:
+    return "never" if fraction is None else f"{100 * fraction:g}%"
+
+
+def backfill_display(group: pd.DataFrame) -> pd.DataFrame:
+    """One (pair, dataset, split) group of :func:`backfill_frame` as a human table: a row per
+    method and order, R@1 T2I/I2T at each share, where each direction first passes old→old,
+    the calibration and the order's support score."""
+    out = []
+    for (method, order), rows in group.groupby(["method", "order"], sort=False):
+        rows = rows.sort_values("fraction")
+        row = {"method": method, "order": ORDER_LABELS.get(order, order)}
+        for _, point in rows.iterrows():
+            row[f"{100 * point['fraction']:g}%"] = (
+                f"{point['t2i_r1']:.1f}/{point['i2t_r1']:.1f}"
+            )
+        passes = []
+        for key in ("t2i_r1", "i2t_r1"):
+            above = rows[rows[key] > rows[f"old_old_{key}"]]
+            passes.append(_share(above["fraction"].min() if not above.empty else None))
+        first = rows.iloc[0]
+        row["passes old→old T2I/I2T"] = " / ".join(passes)
+        row["calibration T2I / I2T"] = f"{first['calibration_t2i']} / {first['calibration_i2t']}"
+        row["support R@1"] = f"{first['support_r1']:.2f}"
+        if order != "random":
+            row["support R@1"] += f" (random {first['random_support_r1']:.2f})"
+        out.append(row)
+    return pd.DataFrame(out)
+
+
 REPORTED_TITLE = f"Published numbers ({REPORTED_LABEL})"
 REPORTED_NOTE = (
     "Recalls (percent) as the papers print them, with their source and protocol. They were "
@@ -319,6 +436,7 @@ class Leaderboards:
     chains: pd.DataFrame
     reported: pd.DataFrame
     results: list[RunResult] = field(repr=False)
+    backfill: pd.DataFrame = field(default_factory=pd.DataFrame)
     files: list[Path] = field(default_factory=list)
 
     @staticmethod
@@ -348,6 +466,7 @@ def leaderboards(results_dir: str | Path) -> Leaderboards:
         chains=chain_frame(results),
         reported=load_reported(),
         results=results,
+        backfill=backfill_frame(results),
     )
 
 
@@ -383,6 +502,15 @@ def _markdown(boards: Leaderboards, results_dir: Path) -> str:
         ]
         for title, matrix in boards.chain_matrices():
             lines += [f"### {title}", "", matrix.to_markdown(disable_numparse=True), ""]
+    if not boards.backfill.empty:
+        lines += [f"## {BACKFILL_TITLE}", "", BACKFILL_LEGEND, ""]
+        for key, group in boards.groups(boards.backfill):
+            lines += [
+                f"### {group_title(key)}",
+                "",
+                backfill_display(group).to_markdown(index=False, disable_numparse=True),
+                "",
+            ]
     lines += [
         f"## {REPORTED_TITLE}",
         "",
@@ -397,14 +525,15 @@ def _markdown(boards: Leaderboards, results_dir: Path) -> str:
 
 def build_leaderboards(results_dir: str | Path, output_dir: str | Path) -> Leaderboards:
     """Build the leaderboards from ``results_dir`` and write ``leaderboard.csv``/``.md``,
-    ``leaderboard-approximate.csv``, ``chains.csv`` (when there are rows) and ``reported.csv``
-    to ``output_dir`` atomically."""
+    ``leaderboard-approximate.csv``, ``chains.csv``, ``backfill.csv`` (when there are rows) and
+    ``reported.csv`` to ``output_dir`` atomically."""
     results_dir, output_dir = Path(results_dir), Path(output_dir)
     boards = leaderboards(results_dir)
     tables = {
         "leaderboard.csv": boards.exact,
         "leaderboard-approximate.csv": boards.approximate,
         "chains.csv": boards.chains,
+        "backfill.csv": boards.backfill,
         "reported.csv": boards.reported,
     }
     for name, frame in tables.items():

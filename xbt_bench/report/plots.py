@@ -21,9 +21,12 @@ from matplotlib.figure import Figure
 from xbt_bench.atomic import write_with
 from xbt_bench.eval.retrieval import RECALL_KEYS
 from xbt_bench.report.leaderboard import (
+    EXACT,
     GROUP_KEYS,
     HELD,
     METRIC_LABELS,
+    ORDER_LABELS,
+    backfill_frame,
     chain_metric,
     group_title,
     leaderboard_frame,
@@ -67,8 +70,10 @@ def _figure(width: float, height: float) -> Figure:
 
 
 def recall_bars(group: pd.DataFrame, title: str) -> Figure:
-    """Grouped bars: each recall metric, one bar per method (method→old) and new→new, with
-    old→old drawn as a black line across each group (the bar to beat)."""
+    """Grouped bars: each recall metric, one bar per method (method→old, the mean over its
+    seeds) and new→new, whiskers at the 95% bootstrap interval, a star over cells where
+    method→old beats old→old with 95% confidence, and old→old drawn as a black line across each
+    group (the bar to beat) with its interval as a grey band."""
     bars = group[(group["setting"] != OLD_OLD) & group["applicable"]]
     old = group[group["setting"] == OLD_OLD].iloc[0]
     n = len(bars)
@@ -77,19 +82,37 @@ def recall_bars(group: pd.DataFrame, title: str) -> Figure:
     ax = figure.add_subplot()
     x = np.arange(len(RECALL_KEYS))
     cmap = matplotlib.colormaps["tab10"]
+    top = 0.0
     for i, (_, row) in enumerate(bars.iterrows()):
         label = f"{row['method']} ({setting_label(row['setting'])})"
         reference = row["setting"] == NEW_NEW
+        values = np.array([row[k] for k in RECALL_KEYS], dtype=float)
+        low = np.array([row[f"{k}_lo"] for k in RECALL_KEYS], dtype=float)
+        high = np.array([row[f"{k}_hi"] for k in RECALL_KEYS], dtype=float)
+        errors = np.nan_to_num(np.stack([values - low, high - values]), nan=0.0)
+        positions = x - 0.4 + width * (i + 0.5)
         ax.bar(
-            x - 0.4 + width * (i + 0.5),
-            [row[k] for k in RECALL_KEYS],
+            positions,
+            values,
             width,
+            yerr=errors if errors.any() else None,
+            error_kw={"elinewidth": 0.8, "capsize": 1.5, "ecolor": "black"},
             label=label,
             color="lightgray" if reference else cmap(i % 10),
             edgecolor="dimgray",
             hatch="//" if reference else None,
         )
+        top = max(top, float(np.nanmax(np.fmax(values, high))))
+        for j, key in enumerate(RECALL_KEYS):
+            confident = row.get(f"held95_{key}")
+            if confident is not None and not pd.isna(confident) and bool(confident):
+                tip = high[j] if not np.isnan(high[j]) else values[j]
+                ax.text(positions[j], tip + 0.8, "*", ha="center", va="bottom", fontsize=11,
+                        fontweight="bold")  # fmt: skip
     for j, key in enumerate(RECALL_KEYS):
+        if not pd.isna(old[f"{key}_lo"]):
+            ax.fill_between([j - 0.45, j + 0.45], old[f"{key}_lo"], old[f"{key}_hi"],
+                            color="black", alpha=0.12, linewidth=0)  # fmt: skip
         ax.hlines(
             old[key],
             j - 0.45,
@@ -98,22 +121,43 @@ def recall_bars(group: pd.DataFrame, title: str) -> Figure:
             linewidth=2,
             label="old→old (to beat)" if j == 0 else None,
         )
+    ax.plot([], [], " ", label="* beats old→old at 95%")
     ax.set_xticks(x, [METRIC_LABELS[k] for k in RECALL_KEYS])
-    ax.set_ylabel("recall (%)")
-    ax.set_ylim(0, min(100.0, 1.12 * float(np.nanmax(group[list(RECALL_KEYS)].to_numpy()))) + 2)
+    ax.set_ylabel("recall (%): mean over seeds, 95% interval")
+    ax.set_ylim(0, min(104.0, 1.08 * max(top, float(old[list(RECALL_KEYS)].max())) + 4))
     ax.set_title(f"Recall by method and setting — {title}")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return figure
 
 
+def _competitive_range(values: np.ndarray, floor: float) -> tuple[float, float]:
+    """A y-range around the values at or above ``floor`` and the 0 line (old→old), with a
+    margin; the 100 line (new→new) is included only when a value comes within half of it.
+    Values below ``floor`` are drawn at the bottom edge instead of stretching the axis."""
+    inside = values[values >= floor]
+    low = min(float(inside.min()) if inside.size else 0.0, 0.0)
+    high = max(float(inside.max()) if inside.size else 0.0, 0.0)
+    if high >= 50.0:
+        high = max(high, 100.0)
+    pad = max(0.1 * (high - low), 5.0)
+    return low - pad, high + pad
+
+
 def gain_vs_cost(group: pd.DataFrame, title: str) -> Figure | None:
-    """Gain share (rsum) against trainable parameters and fit time (log scales); None when no
-    method row has a gain share."""
-    rows = group[(group["row"] == "method") & group["gain_share"].notna()]
+    """Gain share (rsum) against trainable parameters and fit time (symlog scales), for the
+    applicable methods: labels placed clear of each other (adjustText), the y-axis zoomed to
+    the competitive range (gain shares from −100% up, and 0), with methods below it drawn on the
+    bottom edge with their value, and new→new's 100% drawn only when a method comes near it.
+    None when no method row has a gain share."""
+    from adjustText import adjust_text
+
+    rows = group[(group["row"] == "method") & group["applicable"] & group["gain_share"].notna()]
     if rows.empty:
         return None
-    figure = _figure(11.0, 4.4)
+    figure = _figure(12.5, 4.6)
+    ys_all = 100 * rows["gain_share"].astype(float).to_numpy()
+    low, high = _competitive_range(ys_all, floor=-100.0)
     for k, (column, label, linthresh) in enumerate(
         [
             ("trainable_params", "trainable parameters (symlog; 0 = closed form)", 1.0),
@@ -122,20 +166,80 @@ def gain_vs_cost(group: pd.DataFrame, title: str) -> Figure | None:
     ):
         ax = figure.add_subplot(1, 2, k + 1)
         xs = rows[column].astype(float).to_numpy()
-        ys = 100 * rows["gain_share"].astype(float).to_numpy()
-        ax.scatter(xs, ys, s=40, color="tab:blue", zorder=3)
-        for x, y, name in zip(xs, ys, rows["method"], strict=True):
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=9)
-        ax.set_xscale("symlog", linthresh=linthresh)
-        ax.set_xlim(right=max(float(xs.max()), linthresh) * 5)  # room for the last label
+        edge = low + 0.03 * (high - low)  # methods below the range sit just above the edge
+        shown = np.where(ys_all < low, edge, np.minimum(ys_all, high))
+        clipped = shown != ys_all
+        ax.scatter(xs[~clipped], shown[~clipped], s=40, color="tab:blue", zorder=3)
+        ax.scatter(xs[clipped], shown[clipped], s=60, marker="v", color="tab:red", zorder=3,
+                   label="below the axis (value in label)" if clipped.any() else None)  # fmt: skip
+        texts = [
+            ax.text(x, y, f"{name} ({value:.0f}%)" if off else name, fontsize=9)
+            for x, y, value, off, name in zip(
+                xs, shown, ys_all, clipped, rows["method"], strict=True
+            )
+        ]
+        if (xs > 0).all():  # zoom to the methods: log from the cheapest to the dearest
+            ax.set_xscale("log")
+            ax.set_xlim(float(xs.min()) / 3, float(xs.max()) * 5)
+            label = label.replace("symlog", "log")
+        else:
+            ax.set_xscale("symlog", linthresh=linthresh)
+            ax.set_xlim(-0.5 * linthresh, max(float(xs.max()), linthresh) * 8)
+        ax.set_ylim(low, high)
         ax.axhline(0, color="black", linewidth=1, label="old→old (0%)")
-        ax.axhline(100, color="gray", linestyle="--", linewidth=1, label="new→new (100%)")
+        if high > 100:
+            ax.axhline(100, color="gray", linestyle="--", linewidth=1, label="new→new (100%)")
+        else:
+            ax.plot([], [], " ", label="new→new = 100% (above the axis)")
         ax.set_xlabel(label)
         ax.set_ylabel("gain share of rsum (%)")
         ax.grid(alpha=0.3)
-        if k == 0:
-            ax.legend(loc="best", frameon=False)
+        adjust_text(
+            texts,
+            x=xs,
+            y=shown,
+            ax=ax,
+            expand=(1.3, 1.6),
+            arrowprops={"arrowstyle": "-", "color": "gray", "linewidth": 0.6},
+        )
+        if k == 1:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
     figure.suptitle(f"Gain share vs cost — {title}")
+    return figure
+
+
+def backfill_curves(group: pd.DataFrame, title: str) -> Figure:
+    """R@1 against the share of the gallery re-embedded with NEW, per direction: a line per
+    method (random order solid, informed orders dashed) between the old→old and new→new
+    levels (``group``: one (pair, dataset, split) group of ``backfill_frame``)."""
+    figure = _figure(11.5, 4.6)
+    cmap = matplotlib.colormaps["tab10"]
+    colours = {m: cmap(i % 10) for i, m in enumerate(dict.fromkeys(group["method"]))}
+    first = group.iloc[0]
+    ends = group[group["fraction"] == 1.0]
+    for k, key in enumerate(("t2i_r1", "i2t_r1")):
+        ax = figure.add_subplot(1, 2, k + 1)
+        for (method, order), rows in group.groupby(["method", "order"], sort=False):
+            rows = rows.sort_values("fraction")
+            ax.plot(
+                100 * rows["fraction"],
+                rows[key],
+                marker="o",
+                markersize=4,
+                color=colours[method],
+                linestyle="-" if order == "random" else "--",
+                label=method if order == "random" else f"{method} ({ORDER_LABELS.get(order)})",
+            )
+        ax.axhline(first[f"old_old_{key}"], color="black", linewidth=1.5, label="old→old")
+        if not ends.empty:
+            ax.axhline(float(ends[key].iloc[0]), color="gray", linestyle=":", label="new→new")
+        ax.set_xlabel("gallery re-embedded with NEW (%)")
+        ax.set_ylabel(f"{METRIC_LABELS[key]} (%)")
+        ax.set_xticks([100 * f for f in sorted(set(group["fraction"]))])
+        ax.grid(alpha=0.3)
+        if k == 1:
+            ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
+    figure.suptitle(f"Partial backfill — {title}")
     return figure
 
 
@@ -228,10 +332,15 @@ def training_curves(result: RunResult) -> Figure:
 
 @dataclass(frozen=True)
 class Plot:
-    """One drawn figure: its caption and its files (PNG and SVG)."""
+    """One drawn figure: its caption, its files (PNG and SVG), and the rows behind it: the
+    leaderboard group ``(pair, dataset, split, search)`` (None for a figure of several splits:
+    then the pair's and dataset's) and the ``methods`` it draws."""
 
     caption: str
     files: tuple[Path, ...]
+    group: tuple[str, ...] = ()
+    methods: tuple[str, ...] = ()
+    kind: str = ""
 
     def file(self, fmt: str) -> Path:
         """The file in format ``fmt`` (``png`` or ``svg``)."""
@@ -261,17 +370,27 @@ def plot_results(results: Sequence[RunResult], output_dir: str | Path) -> list[P
 def _draw_all(results: list[RunResult], folder: Path) -> list[Plot]:
     plots: list[Plot] = []
 
-    def save(figure: Figure, stem: str, caption: str) -> None:
-        plots.append(Plot(caption, tuple(_save(figure, folder, stem))))
+    def save(figure: Figure, stem: str, caption: str, **rows: object) -> None:
+        plots.append(Plot(caption, tuple(_save(figure, folder, stem)), **rows))  # type: ignore[arg-type]
 
     frame = leaderboard_frame(results)
     for key, group in frame.groupby(GROUP_KEYS, sort=False) if not frame.empty else []:
         title = group_title(key)
         stem = "-".join(key[:3])
-        save(recall_bars(group, title), f"recall-{stem}", f"Recall by method and setting, {title}")
+        drawn = group[group["applicable"] & (group["setting"] != OLD_OLD)]
+        save(recall_bars(group, title), f"recall-{stem}", f"Recall by method and setting, {title}",
+             group=key, methods=tuple(drawn["method"]), kind="recall")  # fmt: skip
         figure = gain_vs_cost(group, title)
         if figure is not None:
-            save(figure, f"gain-vs-cost-{stem}", f"Gain share vs cost, {title}")
+            methods = group[(group["row"] == "method") & group["applicable"]]["method"]
+            save(figure, f"gain-vs-cost-{stem}", f"Gain share vs cost, {title}", group=key,
+                 methods=tuple(methods), kind="gain")  # fmt: skip
+    curves = backfill_frame(results)
+    for key, group in curves.groupby(GROUP_KEYS, sort=False) if not curves.empty else []:
+        title = group_title(key)
+        save(backfill_curves(group, title), f"backfill-{'-'.join(key[:3])}",
+             f"Partial backfill, {title}", group=key,
+             methods=tuple(dict.fromkeys(group["method"])), kind="backfill")  # fmt: skip
     for result in results:
         where = f"{result.pair}-{result.dataset}"
         for split, data in result.splits.items():
@@ -281,12 +400,18 @@ def _draw_all(results: list[RunResult], folder: Path) -> list[Plot]:
                     f"chain-{where}-{split}-{result.method}",
                     f"Compatibility matrix, {result.pair} · {result.dataset} · split {split} · "
                     f"{result.method}",
+                    group=(result.pair, result.dataset, split, EXACT),
+                    methods=(result.method,),
+                    kind="chain",
                 )
         if result.training_curves:
             save(
                 training_curves(result),
                 f"curves-{where}-{result.method}",
                 f"Training curves, {result.pair} · {result.dataset} · {result.method}",
+                group=(result.pair, result.dataset, result.split, EXACT),
+                methods=(result.method,),
+                kind="training",
             )
     swept: dict[tuple[str, str], list[RunResult]] = {}
     for result in results:
@@ -298,5 +423,8 @@ def _draw_all(results: list[RunResult], folder: Path) -> list[Plot]:
             sweep_plot(group, title),
             f"sweep-{pair}-{dataset}",
             f"Recall vs number of image–text pairs, {title}",
+            group=(pair, dataset, group[0].split, EXACT),
+            methods=tuple(r.method for r in group),
+            kind="sweep",
         )
     return plots

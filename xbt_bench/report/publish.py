@@ -1,32 +1,55 @@
-"""A static HTML page of the leaderboards and plots: no server, no scripts, no network assets.
+"""A static HTML page of the leaderboards and plots to explore: no server, no network assets.
 
 ``publish`` rebuilds the tables and plots from the result files and writes
-``<output_dir>/index.html`` with inline CSS; images are referenced relatively (``plots/*.svg``),
-so the folder can be copied or served as it is.
+``<output_dir>/index.html`` with inline CSS and a small inline script; images are referenced
+relatively (``plots/*.svg``), so the folder can be copied, served, or opened from ``file://``.
+The script makes every table sortable by any column (click its header), shows one
+(pair, dataset, split) at a time through a selector, and highlights the rows behind a plot
+when its "rows" link is followed. Without JavaScript the page shows everything, unsorted.
 """
 
 from __future__ import annotations
 
 import html
+import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 
 from xbt_bench.atomic import write_text
+from xbt_bench.errors import XbtError
+from xbt_bench.report.cost import (
+    DEFAULT_FRACTIONS,
+    ESTIMATE_NOTE,
+    cost_inputs,
+    estimate,
+    plan_recalls,
+    plans_frame,
+)
 from xbt_bench.report.leaderboard import (
     APPROXIMATE_TITLE,
+    BACKFILL_LEGEND,
+    BACKFILL_TITLE,
+    EXACT,
     LEGEND,
     NOT_HELD,
     REPORTED_NOTE,
     REPORTED_TITLE,
     Leaderboards,
+    backfill_display,
     build_leaderboards,
+    chain_metric,
     display_frame,
     group_title,
+    matrix_frame,
     reported_display,
     reported_notes,
 )
 from xbt_bench.report.plots import Plot, plot_results
+
+# The gallery size of the page's cost estimates (`xbt-bench cost --gallery-size N` for yours).
+PAGE_GALLERY_SIZE = 100_000_000
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto;
@@ -35,71 +58,295 @@ h1 { margin-bottom: 0.2rem; } h2 { margin-top: 2.5rem; border-bottom: 1px solid 
 h3 { margin-top: 1.8rem; font-size: 1.05rem; }
 p.meta, p.note { color: #57606a; font-size: 0.92rem; }
 nav a { margin-right: 1rem; }
+div.controls { position: sticky; top: 0; background: #ffffffee; padding: 0.5rem 0;
+               border-bottom: 1px solid #d0d7de; z-index: 1; }
 div.scroll { overflow-x: auto; }
 table.board { border-collapse: collapse; font-size: 0.86rem; margin: 0.4rem 0 1rem; }
 table.board th, table.board td { border: 1px solid #d0d7de; padding: 0.25rem 0.5rem;
                                  white-space: nowrap; text-align: left; }
 table.board th { background: #f6f8fa; }
+table.sortable th { cursor: pointer; user-select: none; }
+table.sortable th[aria-sort="ascending"]::after { content: " ▲"; font-size: 0.7em; }
+table.sortable th[aria-sort="descending"]::after { content: " ▼"; font-size: 0.7em; }
 table.leaderboard td { text-align: right; }
 table.leaderboard td:first-child, table.leaderboard td:nth-child(2),
 table.leaderboard td:last-child { text-align: left; }
+tr.hl td { background: #fff8c5; }
+span[title] { border-bottom: 1px dotted #8c959f; cursor: help; }
 span.held { color: #1a7f37; font-weight: 600; } span.missed { color: #cf222e; font-weight: 600; }
 section.reported { background: #fff8c5; border: 1px solid #d4a72c; padding: 0.2rem 1rem 1rem; }
 figure { display: inline-block; margin: 0.5rem 1rem 1.5rem 0; vertical-align: top; }
 figure img { max-width: 100%; border: 1px solid #d0d7de; }
 figcaption { font-size: 0.88rem; color: #57606a; }
+.hidden { display: none !important; }
+"""
+
+# Sorting: a cell sorts by its leading number (k/M suffixes scaled), else by its text; empty,
+# "–" and "n/a" cells go last in either direction. Selecting: elements with data-group are
+# shown when the selector is on "all" or on their group.
+SCRIPT = """
+(function () {
+  "use strict";
+  function sortKey(cell) {
+    var text = cell.textContent.trim();
+    if (text === "" || text === "–" || text === "n/a") return null;
+    var m = text.match(/^([-+−]?\\d[\\d,]*\\.?\\d*(?:e[-+]?\\d+)?)\\s*([kMG])?/);
+    if (!m) return text.toLowerCase();
+    var scale = {k: 1e3, M: 1e6, G: 1e9}[m[2]] || 1;
+    return parseFloat(m[1].replace(/,/g, "").replace("−", "-")) * scale;
+  }
+  function compare(a, b) {
+    if (typeof a === typeof b) return a < b ? -1 : a > b ? 1 : 0;
+    return typeof a === "number" ? -1 : 1;
+  }
+  function sortBy(table, th) {
+    var column = Array.prototype.indexOf.call(th.parentNode.children, th);
+    var ascending = th.getAttribute("aria-sort") !== "ascending";
+    table.querySelectorAll("thead th").forEach(function (h) { h.removeAttribute("aria-sort"); });
+    th.setAttribute("aria-sort", ascending ? "ascending" : "descending");
+    var body = table.tBodies[0];
+    var rows = Array.prototype.slice.call(body.rows).map(function (row, i) {
+      return {row: row, i: i, key: sortKey(row.cells[column])};
+    });
+    rows.sort(function (a, b) {
+      if (a.key === null || b.key === null) {
+        return a.key === b.key ? a.i - b.i : a.key === null ? 1 : -1;
+      }
+      var c = compare(a.key, b.key);
+      return (ascending ? c : -c) || a.i - b.i;
+    });
+    rows.forEach(function (r) { body.appendChild(r.row); });
+  }
+  document.querySelectorAll("table.sortable").forEach(function (table) {
+    table.querySelectorAll("thead th").forEach(function (th) {
+      th.title = "sort by this column";
+      th.addEventListener("click", function () { sortBy(table, th); });
+    });
+  });
+  var select = document.getElementById("group-select");
+  function show() {
+    document.querySelectorAll("[data-group]").forEach(function (el) {
+      var groups = el.getAttribute("data-group").split(" ");
+      el.classList.toggle("hidden", !!select.value && groups.indexOf(select.value) < 0);
+    });
+  }
+  if (select) select.addEventListener("change", show);
+  document.querySelectorAll("a.rows").forEach(function (link) {
+    link.addEventListener("click", function () {
+      var methods = link.getAttribute("data-methods").split(" ");
+      var table = document.getElementById(link.getAttribute("href").slice(1));
+      document.querySelectorAll("tr.hl").forEach(function (r) { r.classList.remove("hl"); });
+      if (!table) return;
+      table.querySelectorAll("tbody tr").forEach(function (row) {
+        if (methods.indexOf(row.cells[0].textContent.trim()) >= 0) row.classList.add("hl");
+      });
+    });
+  });
+})();
 """
 
 
-def _figure(plot: Plot, output_dir: Path) -> str:
-    svg = plot.file("svg").relative_to(output_dir).as_posix()
-    png = plot.file("png").relative_to(output_dir).as_posix()
-    caption = html.escape(plot.caption)
-    return (
-        f'<figure><img src="{html.escape(svg)}" alt="{caption}">'
-        f'<figcaption>{caption} (<a href="{html.escape(png)}">PNG</a>)</figcaption></figure>'
-    )
+def group_id(key: Sequence[str]) -> str:
+    """A safe id for a (pair, dataset, split, search) group, used by the selector and links."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "--".join(key))
 
 
 def _mark(mark: str) -> str:
     return f'<span class="{"missed" if mark == NOT_HELD else "held"}">{mark}</span>'
 
 
-def _table(frame: pd.DataFrame, classes: str, **options: object) -> str:
-    table = frame.to_html(classes=classes, border=0, na_rep="–", **options)
+def _tip(text: str, tooltip: str) -> str:
+    return f'<span title="{html.escape(tooltip)}">{text}</span>' if tooltip else text
+
+
+def _table(frame: pd.DataFrame, classes: str, table_id: str = "", **options: object) -> str:
+    table = frame.to_html(classes=f"{classes} sortable", border=0, na_rep="–", **options)
+    if table_id:
+        table = table.replace("<table ", f'<table id="{table_id}" ', 1)
     return f'<div class="scroll">{table}</div>'  # wide tables scroll, the page does not
 
 
-def _leaderboard_sections(boards: Leaderboards) -> str:
-    parts = []
-    for frame, level in ((boards.exact, "h3"), (boards.approximate, "h4")):
-        if frame is boards.approximate and not frame.empty:
-            parts.append(f"<h3>{html.escape(APPROXIMATE_TITLE)}</h3>")
-        for key, group in boards.groups(frame):
-            first = group.iloc[0]
-            shown = display_frame(group, mark=_mark, escape=html.escape)
+def _figure(plot: Plot, output_dir: Path, table: str | None) -> str:
+    svg = plot.file("svg").relative_to(output_dir).as_posix()
+    png = plot.file("png").relative_to(output_dir).as_posix()
+    caption = html.escape(plot.caption)
+    group = f' data-group="{group_id(plot.group)}"' if plot.group else ""
+    link = ""
+    if table is not None:
+        methods = html.escape(" ".join(plot.methods))
+        link = (
+            f' · <a class="rows" href="#{table}" data-methods="{methods}">rows behind this '
+            "plot</a>"
+        )
+    return (
+        f'<figure{group}><img src="{html.escape(svg)}" alt="{caption}">'
+        f'<figcaption>{caption} (<a href="{html.escape(png)}">PNG</a>){link}</figcaption>'
+        "</figure>"
+    )
+
+
+class _Page:
+    """The page's parts, with the tables plots link to (``tables[(kind, group id)]``)."""
+
+    def __init__(self, boards: Leaderboards, plots: list[Plot], output_dir: Path) -> None:
+        self.boards = boards
+        self.plots = plots
+        self.output_dir = output_dir
+        self.placed: set[int] = set()
+
+    def figures(
+        self,
+        group: tuple,
+        kinds: Sequence[str],
+        table: str | None,
+        methods: tuple[str, ...] | None = None,
+    ) -> str:
+        """The plots of ``group`` of the given kinds (and of exactly ``methods`` when given),
+        linked to ``table``."""
+        out = []
+        for i, plot in enumerate(self.plots):
+            mine = tuple(plot.group) == tuple(group) and methods in (None, plot.methods)
+            if i not in self.placed and plot.kind in kinds and mine:
+                self.placed.add(i)
+                out.append(_figure(plot, self.output_dir, table))
+        return "\n".join(out)
+
+    def leaderboards(self) -> str:
+        parts = []
+        boards = self.boards
+        for frame, level in ((boards.exact, "h3"), (boards.approximate, "h4")):
+            if frame is boards.approximate and not frame.empty:
+                parts.append(f"<h3>{html.escape(APPROXIMATE_TITLE)}</h3>")
+            for key, group in boards.groups(frame):
+                gid = group_id(key)
+                first = group.iloc[0]
+                shown = display_frame(group, mark=_mark, escape=html.escape, tip=_tip)
+                parts += [
+                    f'<div class="group" data-group="{gid}">',
+                    f'<{level} id="group-{gid}">{html.escape(group_title(key))}</{level}>',
+                    f'<p class="note">old <code>{html.escape(first["old"])}</code> → new '
+                    f"<code>{html.escape(first['new'])}</code></p>",
+                    _table(shown, "board leaderboard", f"table-{gid}", index=False, escape=False),
+                    self.figures(key, ("recall", "gain"), f"table-{gid}"),
+                    "</div>",
+                ]
+        return "\n".join(parts)
+
+    def backfill(self) -> str:
+        curves = self.boards.backfill
+        if curves.empty:
+            return (
+                '<p class="note">No partial-backfill curves in these results: run '
+                "<code>xbt-bench backfill --pair NAME</code>.</p>"
+            )
+        parts = [f'<p class="note">{html.escape(BACKFILL_LEGEND)}</p>']
+        for key, group in self.boards.groups(curves):
+            gid = group_id(key)
             parts += [
-                f"<{level}>{html.escape(group_title(key))}</{level}>",
-                f'<p class="note">old <code>{html.escape(first["old"])}</code> → new '
-                f"<code>{html.escape(first['new'])}</code></p>",
-                _table(shown, "board leaderboard", index=False, escape=False),
+                f'<div class="group" data-group="{gid}">',
+                f"<h3>{html.escape(group_title(key))}</h3>",
+                _table(backfill_display(group), "board", f"backfill-{gid}", index=False),
+                self.figures(key, ("backfill",), f"backfill-{gid}"),
+                "</div>",
             ]
-    if not boards.chains.empty:
-        parts += [
-            "<h3>Chains: average compatibility</h3>",
-            _table(boards.chains, "board", index=False, float_format="{:.2f}".format),
+        return "\n".join(parts)
+
+    def chains(self) -> str:
+        boards = self.boards
+        if boards.chains.empty:
+            return (
+                '<p class="note">No chain results: run <code>xbt-bench run --pair '
+                "toy-s-m-l</code> for the toy chain's compatibility matrix.</p>"
+            )
+        groups = " ".join(
+            group_id((r["pair"], r["dataset"], r["split"], r["search"]))
+            for _, r in boards.chains.iterrows()
+        )
+        parts = [
+            f'<div data-group="{groups}">',
+            _table(boards.chains, "board", "chains", index=False, float_format="{:.2f}".format),
+            "</div>",
         ]
-        for title, matrix in boards.chain_matrices():
-            parts += [f"<h4>{html.escape(title)}</h4>", _table(matrix, "board")]
-    return "\n".join(parts)
+        for result in boards.results:
+            for split, data in result.splits.items():
+                if data.chain_matrix is None:
+                    continue
+                key = (result.pair, result.dataset, split, result.approximate_index or EXACT)
+                gid = group_id(key)
+                metric = chain_metric(data.chain_matrix)
+                ac = data.chain_matrix.average_compatibility[metric]
+                table = f"chain-{gid}-{result.method}"
+                parts += [
+                    f'<div class="group" data-group="{gid}">',
+                    f"<h3>{html.escape(group_title(key))} · {html.escape(result.method)}: "
+                    f"{html.escape(metric)}, AC = {ac:.2f}</h3>",
+                    _table(matrix_frame(data.chain_matrix, metric), "board", table),
+                    self.figures(key, ("chain",), table, (result.method,)),
+                    "</div>",
+                ]
+        return "\n".join(parts)
+
+    def cost(self) -> str:
+        parts = [
+            f'<p class="note">{html.escape(ESTIMATE_NOTE)} A gallery of '
+            f"{PAGE_GALLERY_SIZE:,} images; <code>xbt-bench cost --pair NAME --gallery-size N "
+            "[--hardware FILE.toml]</code> for yours.</p>"
+        ]
+        for pair in dict.fromkeys(r.pair for r in self.boards.results):
+            pair_results = [r for r in self.boards.results if r.pair == pair]
+            try:
+                inputs = cost_inputs(pair_results, pair)
+            except XbtError as error:
+                parts.append(f'<p class="note">{html.escape(pair)}: no estimate ({error}).</p>')
+                continue
+            recalls = plan_recalls(pair_results, pair, DEFAULT_FRACTIONS)
+            frame = plans_frame(estimate(inputs, PAGE_GALLERY_SIZE, recalls=recalls), inputs)
+            split = next(r.split for r in pair_results)
+            groups = " ".join(
+                group_id((pair, r.dataset, s, EXACT)) for r in pair_results for s in r.splits
+            )
+            sources = "".join(
+                f"<li>{html.escape(key)}: {html.escape(source)}</li>"
+                for key, source in inputs.sources.items()
+            )
+            parts += [
+                f'<div data-group="{" ".join(dict.fromkeys(groups.split()))}">',
+                f"<h3>{html.escape(pair)} (estimate; recalls on split "
+                f"{html.escape(split)})</h3>",
+                _table(frame, "board", f"cost-{group_id((pair,))}", index=False),
+                f"<ul>{sources}</ul>",
+                "</div>",
+            ]
+        return "\n".join(parts)
+
+    def other_plots(self) -> str:
+        out = []
+        for i, plot in enumerate(self.plots):
+            if i in self.placed:
+                continue
+            gid = group_id(plot.group) if plot.group else ""
+            table = f"table-{gid}" if gid else None
+            out.append(_figure(plot, self.output_dir, table))
+        return "\n".join(out) or '<p class="note">No other plots.</p>'
+
+
+def _options(boards: Leaderboards) -> str:
+    keys = [key for frame in (boards.exact, boards.approximate) for key, _ in boards.groups(frame)]
+    return "".join(
+        f'<option value="{group_id(key)}">{html.escape(group_title(key))}</option>'
+        for key in keys
+    )
 
 
 def page(boards: Leaderboards, plots: list[Plot], output_dir: Path, results_dir: Path) -> str:
     """The HTML text of the published page."""
-    reported = _table(reported_display(boards.reported), "board reported", index=False)
+    parts = _Page(boards, plots, output_dir)
+    leaderboards, backfill = parts.leaderboards(), parts.backfill()
+    chains, cost, others = parts.chains(), parts.cost(), parts.other_plots()
+    reported = _table(reported_display(boards.reported), "board reported", "reported-table",
+                      index=False)  # fmt: skip
     notes = "".join(f"<li>{html.escape(note)}</li>" for note in reported_notes(boards.reported))
     newest = max(r.date for r in boards.results).strftime("%Y-%m-%d %H:%M UTC")
-    figures = "\n".join(_figure(plot, output_dir) for plot in plots)
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -114,16 +361,33 @@ def page(boards: Leaderboards, plots: list[Plot], output_dir: Path, results_dir:
 {len(boards.results)} result files (the newest from {newest}) in
 <code>{html.escape(str(results_dir))}</code>; the tables are also in this folder as CSV and
 Markdown.</p>
-<nav><a href="#leaderboards">Leaderboards</a><a href="#plots">Plots</a>
+<nav><a href="#leaderboards">Leaderboards</a><a href="#backfill">Partial backfill</a>
+<a href="#cost">Cost</a><a href="#chains">Chains</a><a href="#plots">More plots</a>
 <a href="#reported">{html.escape(REPORTED_TITLE)}</a></nav>
+<div class="controls"><label>Pair · dataset · split:
+<select id="group-select"><option value="">all</option>{_options(boards)}</select></label>
+<span class="note">Click a column header to sort; hover a recall for its 95% intervals.</span>
+</div>
 <section id="leaderboards">
 <h2>Leaderboards</h2>
 <p class="note">{html.escape(LEGEND)}</p>
-{_leaderboard_sections(boards)}
+{leaderboards}
+</section>
+<section id="backfill">
+<h2>{html.escape(BACKFILL_TITLE)}</h2>
+{backfill}
+</section>
+<section id="cost">
+<h2>Cost of the upgrade (estimate)</h2>
+{cost}
+</section>
+<section id="chains">
+<h2>Chains: compatibility matrices</h2>
+{chains}
 </section>
 <section id="plots">
-<h2>Plots</h2>
-{figures or '<p class="note">No plots: no exact-search results.</p>'}
+<h2>More plots</h2>
+{others}
 </section>
 <section id="reported" class="reported">
 <h2>{html.escape(REPORTED_TITLE)}</h2>
@@ -131,6 +395,7 @@ Markdown.</p>
 {reported}
 <ul>{notes}</ul>
 </section>
+<script>{SCRIPT}</script>
 </body>
 </html>
 """
@@ -144,3 +409,4 @@ def publish(results_dir: str | Path, output_dir: str | Path) -> Path:
     path = output_dir / "index.html"
     write_text(path, page(boards, plots, output_dir, results_dir))
     return path
+

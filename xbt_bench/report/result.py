@@ -12,6 +12,12 @@ cannot disagree.
 A sweep over the number of image-text pairs (``recall vs n_pairs`` plot) is recorded in
 ``sweep``: one ``SweepPoint(n_pairs, metrics)`` per fit, ``metrics`` being that fit's
 ``method->old`` metrics on the primary split.
+
+Partial-backfill curves (``xbt-bench backfill``) are recorded in ``backfill``
+(:class:`Backfill`: per split and order, one ``BackfillPoint(fraction, metrics)`` per share of
+the gallery re-embedded, with the calibration and orders chosen on support), and the embedding
+throughputs the run measured in ``throughputs`` (the cost model's input). Both are optional, so
+files written before them load unchanged.
 """
 
 from __future__ import annotations
@@ -325,6 +331,110 @@ class SweepPoint(BaseModel):
         return value
 
 
+class BackfillPoint(BaseModel):
+    """Recall on a gallery whose share ``fraction`` of items holds NEW's embeddings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fraction: float = Field(ge=0, le=1)
+    metrics: dict[str, float]
+
+    @field_validator("metrics")
+    @classmethod
+    def _valid_metrics(cls, value: dict[str, float]) -> dict[str, float]:
+        _check_metrics({"partial->mixed": value})
+        return value
+
+
+class CalibrationChoice(BaseModel):
+    """How one direction's NEW-part scores were put on the OLD part's scale before the merge:
+    ``affine`` (``scale * s + shift``, fitted on support) or ``none``, whichever had the higher
+    R@1 on support (``support_r1``: mean over the backfill fractions strictly between 0 and 1,
+    random order), ties to ``none``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["none", "affine"]
+    scale: float = 1.0
+    shift: float = 0.0
+    fitted: list[float] = Field(
+        default_factory=list, description="the affine map fitted on support: [scale, shift]"
+    )
+    support_r1: dict[str, float] = Field(default_factory=dict)
+
+
+class OrderChoice(BaseModel):
+    """One order in which items are re-embedded, scored on support: mean R@1 of both
+    directions over the fractions strictly between 0 and 1; an informed order is ``kept`` (its
+    curves reported) only when it beats the random order there."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    support_r1: float
+    kept: bool
+
+
+class Backfill(BaseModel):
+    """Partial-backfill curves of one method: recall against the share of the gallery
+    re-embedded with NEW, per evaluation split and order (``curves[split][order]``, points by
+    ascending fraction), with the calibration and the orders chosen on ``support``. The OLD
+    part is searched with the method's queries, the NEW part with NEW's; a fraction 0 is the
+    method's own method→old (old→old for ``old``), 1 is new→new."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    fractions: list[float] = Field(min_length=1)
+    seed: int = Field(description="seed of the random order")
+    support: str
+    calibration: dict[str, CalibrationChoice]
+    orders: dict[str, OrderChoice]
+    curves: dict[str, dict[str, list[BackfillPoint]]]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Backfill:
+        kept = {name for name, order in self.orders.items() if order.kept}
+        for split, by_order in self.curves.items():
+            if set(by_order) != kept:
+                raise ValueError(
+                    f"backfill curves of split {split!r} are for orders {sorted(by_order)}, "
+                    f"the kept orders are {sorted(kept)}"
+                )
+            for order, points in by_order.items():
+                if [p.fraction for p in points] != self.fractions:
+                    raise ValueError(
+                        f"backfill curve {split}/{order} must have one point per fraction "
+                        f"{self.fractions}"
+                    )
+        return self
+
+
+class EmbeddingThroughput(BaseModel):
+    """How fast a model embedded on the run's machine: ``rows`` images or texts in
+    ``device_seconds`` (summed over the cache entries the run used, from their manifests;
+    seconds times the ranks that shared the work)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: Literal["old", "new"]
+    side: Literal["image", "text"]
+    rows: int = Field(gt=0)
+    device_seconds: float = Field(gt=0)
+    device: str
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def rows_per_s(self) -> float:
+        """Rows embedded per device-second."""
+        return self.rows / self.device_seconds
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_derived(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if k != "rows_per_s"}
+        return data
+
+
 def path_component(value: str) -> str:
     """``value`` as one safe path component: itself when it is one, else a readable slug plus a
     short hash of the whole value (``folder:/data/a/b`` -> ``folder_data_a_b-3f2a9c1d``), so two
@@ -362,6 +472,12 @@ class RunResult(BaseModel):
         default_factory=dict, description="per training stage, {step, loss, lr, ...} points"
     )
     sweep: list[SweepPoint] = Field(default_factory=list)
+    backfill: Backfill | None = Field(
+        None, description="partial-backfill curves (`xbt-bench backfill`); None when not run"
+    )
+    throughputs: list[EmbeddingThroughput] = Field(
+        default_factory=list, description="OLD's and NEW's measured embedding throughput"
+    )
     seed: int
     seeds: list[int] = Field(
         default_factory=list, description="every training seed a trained method ran with"
