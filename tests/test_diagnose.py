@@ -11,8 +11,9 @@ from support import run_cli
 from xbt_bench.pairs import load_pair, pair_registry
 
 FIELDS = {
-    "pair", "old_ref", "new_ref", "dataset", "split", "images", "captions", "fit_corpus", "fingerprints",
-    "date", "cka_texts", "cka_images", "procrustes", "capability_gap", "retrieval",
+    "pair", "old_ref", "new_ref", "dataset", "split", "images", "captions", "fit_corpus",
+    "fingerprints", "date", "cka_texts", "cka_images", "procrustes", "capability_gap",
+    "retrieval",
 }  # fmt: skip
 
 
