@@ -2,7 +2,7 @@
 its weights) followed by ψ towards targets in OLD's space, on image–text pairs.
 
 Loss, with φ = ψ ∘ NEW' the query encoders and (T_txt, T_img) a batch's targets:
-InfoNCE(φ_img, T_txt) + InfoNCE(φ_txt, T_img) + InfoNCE(φ_img, φ_txt)
+InfoNCE(φ_img, T_txt) + InfoNCE(φ_txt, T_img) + v·InfoNCE(φ_img, φ_txt)
 + w·[(1 − cos(φ_txt, T_txt)) + (1 − cos(φ_img, T_img))].
 
 Where the targets come from is one :class:`Targets` provider per anchor mode:
@@ -74,6 +74,11 @@ class Stage2Config(ProjectionConfig):
     stage2_tau: float = Field(0.02, gt=0, description="stage-2 InfoNCE temperature")
     stage2_cos_weight: float = Field(
         10.0, ge=0, description="stage-2 weight of the cosine terms towards the anchors"
+    )
+    image_text_weight: float = Field(
+        1.0,
+        ge=0,
+        description="weight of InfoNCE(φ_img, φ_txt), the agreement of the two query sides",
     )
     checkpoint_every: int = Field(100, ge=1, description="stage-2 checkpoint interval (steps)")
 
@@ -426,7 +431,7 @@ def stage2_loss(
         t2i = info_nce(text_q, image_t, cfg.stage2_tau)
         image_text = info_nce(image_q, text_q, cfg.stage2_tau)
         cos = cosine_loss(text_q, text_t) + cosine_loss(image_q, image_t)
-        loss = i2t + t2i + image_text + cfg.stage2_cos_weight * cos
+        loss = i2t + t2i + cfg.image_text_weight * image_text + cfg.stage2_cos_weight * cos
         return {"loss": loss, "i2t": i2t, "t2i": t2i, "image_text": image_text, "cos": cos}
 
     return loss_fn
