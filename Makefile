@@ -17,13 +17,18 @@ demo: $(BIN)/.installed
 	$(BIN)/xbt-bench run --pair toy-s-to-m
 	$(BIN)/xbt-bench publish
 
-# Everything committed under results/ and leaderboards/: the demo, the xbt-gallery variant, the
-# sample-efficiency sweep, the partial-backfill curves (cached fits: seconds) and the toy chain.
-results: demo
-	$(BIN)/xbt-bench run --pair toy-s-to-m --method xbt-gallery
+# Everything committed under results/ and leaderboards/ (from one clean commit): every method
+# with 3 seeds and its partial-backfill curves, the xbt-gallery variant, the sample-efficiency
+# sweep (one seed, recorded in the 3-seed result files), the second toy pair, the toy chain, and
+# each pair's diagnostics.
+results: $(BIN)/.installed
+	$(BIN)/xbt-bench run --pair toy-s-to-m --seeds 3 --backfill
+	$(BIN)/xbt-bench run --pair toy-s-to-m --seeds 3 --method xbt-gallery
 	$(BIN)/xbt-bench sweep --pair toy-s-to-m
-	$(BIN)/xbt-bench backfill --pair toy-s-to-m
+	$(BIN)/xbt-bench run --pair toy-m-to-l --seeds 3
 	$(BIN)/xbt-bench run --pair toy-s-m-l --method procrustes --method slerp --method xbt
+	$(BIN)/xbt-bench pairs diagnose toy-s-to-m --split support
+	$(BIN)/xbt-bench pairs diagnose toy-m-to-l --split support
 	$(BIN)/xbt-bench publish
 
 test: $(BIN)/.installed

@@ -312,3 +312,22 @@ def test_leaderboard_reads_copied_results(synthetic_results: Path, tmp_path: Pat
     first = build_leaderboards(synthetic_results, tmp_path / "a").exact.drop(columns="file")
     second = build_leaderboards(copy, tmp_path / "b").exact.drop(columns="file")
     pd.testing.assert_frame_equal(first, second)
+
+
+def test_a_sweep_records_its_points_in_the_several_seed_run(tmp_path: Path) -> None:
+    from xbt_bench.report.result import SweepPoint
+    from xbt_bench.sweep import onto_seeded_run
+
+    seeded = _result(seeds=[0, 1, 2], config={"lr": 1e-3})
+    seeded.save(tmp_path)
+    swept = _result(
+        seeds=[0],
+        config={"lr": 1e-3},
+        sweep=[SweepPoint(n_pairs=0, metrics=SYNTHETIC_OLD)],
+        info={"sweep_wall_time_s": 3.0},
+    )
+    merged = onto_seeded_run(swept, tmp_path)
+    assert merged.seeds == [0, 1, 2] and merged.sweep == swept.sweep  # the 3-seed run kept
+    assert merged.info["sweep_wall_time_s"] == 3.0
+    other = swept.model_copy(update={"config": {"lr": 2e-3}})
+    assert onto_seeded_run(other, tmp_path) is other  # other settings: the sweep's own result

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import replace
+from pathlib import Path
 
 from rich.console import Console
 
@@ -34,6 +35,27 @@ def sweepable_methods(variants: bool = False) -> list[str]:
         for name in methods.names()
         if methods.get(name).sweepable and (variants or not methods.get(name).variant)
     ]
+
+
+def onto_seeded_run(result: RunResult, results_dir: Path) -> RunResult:
+    """The sweep points of the one-seed ``result`` recorded in the result file it would replace
+    when that file is a several-seed run of the same method, settings and first seed (whose
+    first seed is this run): the file keeps its seeds' mean, spread and intervals (its sweep's
+    full-pairs point is that first seed's fit); ``result`` otherwise."""
+    path = result.path_in(results_dir)
+    try:
+        previous = RunResult.from_json(path) if path.exists() else None
+    except XbtError:
+        return result
+    if (
+        previous is None
+        or len(previous.seeds) < 2
+        or previous.seeds[0] != result.seed
+        or previous.config != result.config
+    ):
+        return result
+    info = {**previous.info, "sweep_wall_time_s": result.info["sweep_wall_time_s"]}
+    return previous.model_copy(update={"sweep": result.sweep, "info": info})
 
 
 def run_sweep(options: RunOptions, counts: Sequence[int], console: Console) -> list[RunResult]:
@@ -76,6 +98,7 @@ def run_sweep(options: RunOptions, counts: Sequence[int], console: Console) -> l
         sweep = [SweepPoint(n_pairs=n, metrics=points[n]) for n in sorted(points)]
         sweep_time = {"sweep_wall_time_s": round(time.perf_counter() - started, 3)}
         result = result.model_copy(update={"sweep": sweep, "info": {**result.info, **sweep_time}})
+        result = onto_seeded_run(result, options.output_dir)
         if distributed.is_main():  # under torchrun, one rank writes
             console.print(f"  wrote {result.save(options.output_dir)}")
         results.append(result)
