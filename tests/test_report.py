@@ -331,3 +331,31 @@ def test_a_sweep_records_its_points_in_the_several_seed_run(tmp_path: Path) -> N
     assert merged.info["sweep_wall_time_s"] == 3.0
     other = swept.model_copy(update={"config": {"lr": 2e-3}})
     assert onto_seeded_run(other, tmp_path) is other  # other settings: the sweep's own result
+
+
+def test_pair_diagnostics_join_the_leaderboard(synthetic_results: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from xbt_bench.report.leaderboard import build_leaderboards
+
+    results = tmp_path / "results"
+    shutil.copytree(synthetic_results, results)
+    report = {
+        "pair": "toy-s-to-m", "dataset": "toy-shapes", "split": "support",
+        "old": {"modality_gap": 0.61}, "new": {"modality_gap": 0.42},
+        "cka_texts": 0.8, "cka_images": 0.7,
+        "procrustes": {"r2_texts": 0.91, "r2_images": 0.52, "linear_r2_texts": 0.97},
+        "capability_gap": {"t2i_r1": 12.5, "i2t_r1": 10.0, "rsum_percent": 14.2},
+    }  # fmt: skip
+    folder = results / "toy-s-to-m" / "toy-shapes" / "diagnostics"
+    folder.mkdir()
+    (folder / "support.json").write_text(json.dumps(report))
+    boards = build_leaderboards(results, tmp_path / "boards")  # not read as a result file
+    row = boards.diagnostics.iloc[0]
+    assert (row["pair"], row["rotation R² texts"], row["new−old rsum %"]) == (
+        "toy-s-to-m",
+        0.91,
+        14.2,
+    )
+    assert "Pair diagnostics" in (tmp_path / "boards" / "leaderboard.md").read_text()
+    assert (tmp_path / "boards" / "diagnostics.csv").exists()

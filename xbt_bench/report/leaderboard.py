@@ -9,6 +9,7 @@ go to separate tables and are never ranked together. Published numbers appear on
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -96,8 +97,10 @@ def _row(result: RunResult, split: str, setting: str, row: str, path: Path | Non
         **{f"{k}_lo": intervals.get(k, [math.nan])[0] for k in METRIC_KEYS},
         **{f"{k}_hi": intervals.get(k, [math.nan, math.nan])[1] for k in METRIC_KEYS},
         **{f"held_{k}": (compat.held[k] if compat else None) for k in METRIC_KEYS},
-        **{f"held95_{k}": (compat.held_95[k] if compat and compat.held_95 else None)
-           for k in METRIC_KEYS},  # fmt: skip
+        **{
+            f"held95_{k}": (compat.held_95[k] if compat and compat.held_95 else None)
+            for k in METRIC_KEYS
+        },  # fmt: skip
         **{f"margin_{k}_lo": margins.get(k, [math.nan])[0] for k in METRIC_KEYS},
         **{f"margin_{k}_hi": margins.get(k, [math.nan, math.nan])[1] for k in METRIC_KEYS},
         "cells_held": compat.cells_held if compat else None,
@@ -385,9 +388,7 @@ def backfill_display(group: pd.DataFrame) -> pd.DataFrame:
         rows = rows.sort_values("fraction")
         row = {"method": method, "order": ORDER_LABELS.get(order, order)}
         for _, point in rows.iterrows():
-            row[f"{100 * point['fraction']:g}%"] = (
-                f"{point['t2i_r1']:.1f}/{point['i2t_r1']:.1f}"
-            )
+            row[f"{100 * point['fraction']:g}%"] = f"{point['t2i_r1']:.1f}/{point['i2t_r1']:.1f}"
         passes = []
         for key in ("t2i_r1", "i2t_r1"):
             above = rows[rows[key] > rows[f"old_old_{key}"]]
@@ -437,6 +438,7 @@ class Leaderboards:
     reported: pd.DataFrame
     results: list[RunResult] = field(repr=False)
     backfill: pd.DataFrame = field(default_factory=pd.DataFrame)
+    diagnostics: pd.DataFrame = field(default_factory=pd.DataFrame)
     files: list[Path] = field(default_factory=list)
 
     @staticmethod
@@ -456,6 +458,41 @@ class Leaderboards:
         return out
 
 
+DIAGNOSTICS_TITLE = "Pair diagnostics (how alike OLD and NEW are, before any method)"
+DIAGNOSTICS_LEGEND = (
+    "From `xbt-bench pairs diagnose`: each model's modality gap ‖mean image − mean text‖, linear "
+    "CKA between OLD and NEW, the R² of an orthogonal NEW→OLD map fitted on the text corpus (on "
+    "the split's captions, and transferred to its images; a general linear map's R² for "
+    "reference), and new→new − old→old."
+)
+
+
+def diagnostics_frame(results_dir: str | Path) -> pd.DataFrame:
+    """One row per diagnostics file under ``results_dir`` (``<pair>/<dataset>/diagnostics/``)."""
+    rows = []
+    for path in sorted(Path(results_dir).glob("*/*/diagnostics/*.json")):
+        report = json.loads(path.read_text(encoding="utf-8"))
+        fit, gap = report["procrustes"], report["capability_gap"]
+        rows.append(
+            {
+                "pair": report["pair"],
+                "dataset": report["dataset"],
+                "split": report["split"],
+                "old gap": round(report["old"]["modality_gap"], 3),
+                "new gap": round(report["new"]["modality_gap"], 3),
+                "CKA texts": round(report["cka_texts"], 3),
+                "CKA images": round(report["cka_images"], 3),
+                "rotation R² texts": round(fit["r2_texts"], 3),
+                "rotation R² images": round(fit["r2_images"], 3),
+                "linear R² texts": round(fit["linear_r2_texts"], 3),
+                "new−old R@1 T2I": round(gap["t2i_r1"], 2),
+                "new−old R@1 I2T": round(gap["i2t_r1"], 2),
+                "new−old rsum %": round(gap["rsum_percent"], 1),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def leaderboards(results_dir: str | Path) -> Leaderboards:
     """Read every result under ``results_dir`` and build the leaderboard tables."""
     results = load_results(results_dir)
@@ -467,6 +504,7 @@ def leaderboards(results_dir: str | Path) -> Leaderboards:
         reported=load_reported(),
         results=results,
         backfill=backfill_frame(results),
+        diagnostics=diagnostics_frame(results_dir),
     )
 
 
@@ -511,6 +549,15 @@ def _markdown(boards: Leaderboards, results_dir: Path) -> str:
                 backfill_display(group).to_markdown(index=False, disable_numparse=True),
                 "",
             ]
+    if not boards.diagnostics.empty:
+        lines += [
+            f"## {DIAGNOSTICS_TITLE}",
+            "",
+            DIAGNOSTICS_LEGEND,
+            "",
+            boards.diagnostics.to_markdown(index=False, disable_numparse=True),
+            "",
+        ]
     lines += [
         f"## {REPORTED_TITLE}",
         "",
@@ -534,6 +581,7 @@ def build_leaderboards(results_dir: str | Path, output_dir: str | Path) -> Leade
         "leaderboard-approximate.csv": boards.approximate,
         "chains.csv": boards.chains,
         "backfill.csv": boards.backfill,
+        "diagnostics.csv": boards.diagnostics,
         "reported.csv": boards.reported,
     }
     for name, frame in tables.items():

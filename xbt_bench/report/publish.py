@@ -31,6 +31,8 @@ from xbt_bench.report.leaderboard import (
     APPROXIMATE_TITLE,
     BACKFILL_LEGEND,
     BACKFILL_TITLE,
+    DIAGNOSTICS_LEGEND,
+    DIAGNOSTICS_TITLE,
     EXACT,
     LEGEND,
     NOT_HELD,
@@ -175,8 +177,7 @@ def _figure(plot: Plot, output_dir: Path, table: str | None) -> str:
     if table is not None:
         methods = html.escape(" ".join(plot.methods))
         link = (
-            f' · <a class="rows" href="#{table}" data-methods="{methods}">rows behind this '
-            "plot</a>"
+            f' · <a class="rows" href="#{table}" data-methods="{methods}">rows behind this plot</a>'
         )
     return (
         f'<figure{group}><img src="{html.escape(svg)}" alt="{caption}">'
@@ -311,8 +312,7 @@ class _Page:
             )
             parts += [
                 f'<div data-group="{" ".join(dict.fromkeys(groups.split()))}">',
-                f"<h3>{html.escape(pair)} (estimate; recalls on split "
-                f"{html.escape(split)})</h3>",
+                f"<h3>{html.escape(pair)} (estimate; recalls on split {html.escape(split)})</h3>",
                 _table(frame, "board", f"cost-{group_id((pair,))}", index=False),
                 f"<ul>{sources}</ul>",
                 "</div>",
@@ -333,8 +333,7 @@ class _Page:
 def _options(boards: Leaderboards) -> str:
     keys = [key for frame in (boards.exact, boards.approximate) for key, _ in boards.groups(frame)]
     return "".join(
-        f'<option value="{group_id(key)}">{html.escape(group_title(key))}</option>'
-        for key in keys
+        f'<option value="{group_id(key)}">{html.escape(group_title(key))}</option>' for key in keys
     )
 
 
@@ -346,6 +345,11 @@ def page(boards: Leaderboards, plots: list[Plot], output_dir: Path, results_dir:
     reported = _table(reported_display(boards.reported), "board reported", "reported-table",
                       index=False)  # fmt: skip
     notes = "".join(f"<li>{html.escape(note)}</li>" for note in reported_notes(boards.reported))
+    diagnostics = (
+        _table(boards.diagnostics, "board", "diagnostics-table", index=False)
+        if not boards.diagnostics.empty
+        else '<p class="note">No diagnostics: run <code>xbt-bench pairs diagnose PAIR</code>.</p>'
+    )
     newest = max(r.date for r in boards.results).strftime("%Y-%m-%d %H:%M UTC")
     return f"""<!doctype html>
 <html lang="en">
@@ -362,7 +366,8 @@ def page(boards: Leaderboards, plots: list[Plot], output_dir: Path, results_dir:
 <code>{html.escape(str(results_dir))}</code>; the tables are also in this folder as CSV and
 Markdown.</p>
 <nav><a href="#leaderboards">Leaderboards</a><a href="#backfill">Partial backfill</a>
-<a href="#cost">Cost</a><a href="#chains">Chains</a><a href="#plots">More plots</a>
+<a href="#cost">Cost</a><a href="#chains">Chains</a><a href="#diagnostics">Diagnostics</a>
+<a href="#plots">More plots</a>
 <a href="#reported">{html.escape(REPORTED_TITLE)}</a></nav>
 <div class="controls"><label>Pair · dataset · split:
 <select id="group-select"><option value="">all</option>{_options(boards)}</select></label>
@@ -384,6 +389,11 @@ Markdown.</p>
 <section id="chains">
 <h2>Chains: compatibility matrices</h2>
 {chains}
+</section>
+<section id="diagnostics">
+<h2>{html.escape(DIAGNOSTICS_TITLE)}</h2>
+<p class="note">{html.escape(DIAGNOSTICS_LEGEND)}</p>
+{diagnostics}
 </section>
 <section id="plots">
 <h2>More plots</h2>
@@ -409,4 +419,3 @@ def publish(results_dir: str | Path, output_dir: str | Path) -> Path:
     path = output_dir / "index.html"
     write_text(path, page(boards, plots, output_dir, results_dir))
     return path
-
