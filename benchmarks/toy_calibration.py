@@ -237,12 +237,42 @@ def print_row(row: dict[str, Any]) -> None:
     )
 
 
+def markdown(rows_file: Path) -> str:
+    """One Markdown table line per recorded row (the experiment log of docs/toy-world.md)."""
+    lines = [
+        "| attempt | pair | old→old T/I R@1 | new→new T/I | Procrustes T/I (Δ) | SLERP cells AB/BA "
+        "| rsum gap | mod. gap old/new | CKA txt/img | Procr. R² txt/img (lin. txt) | targets |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for line in rows_file.read_text().splitlines():
+        row = json.loads(line)
+        o, n, p = row["old_old"], row["new_new"], row["procrustes"]
+        d, fit = row["diagnostics"], row["diagnostics"]["procrustes"]
+        lines.append(
+            f"| {row['candidate']['name']} | {row['pair']} "
+            f"| {o['t2i_r1']:.1f} / {o['i2t_r1']:.1f} | {n['t2i_r1']:.1f} / {n['i2t_r1']:.1f} "
+            f"| {p['t2i_r1']:.1f} / {p['i2t_r1']:.1f} ({p['t2i_r1'] - o['t2i_r1']:+.1f} / "
+            f"{p['i2t_r1'] - o['i2t_r1']:+.1f}) "
+            f"| {row['slerp']['AB']['cells']} / {row['slerp']['BA']['cells']} "
+            f"| {row['rsum_gap_percent']:+.1f}% "
+            f"| {d['old']['modality_gap']:.2f} / {d['new']['modality_gap']:.2f} "
+            f"| {d['cka_texts']:.2f} / {d['cka_images']:.2f} "
+            f"| {fit['r2_texts']:.2f} / {fit['r2_images']:.2f} ({fit['linear_r2_texts']:.2f}) "
+            f"| {row['passed']}/5 |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("candidates", nargs="*", type=Path, help="candidate JSON files")
     parser.add_argument("--pairs", default=",".join(DEFAULT_PAIRS), help="OLD:NEW,...")
     parser.add_argument("--out", type=Path, help="append one JSON line per pair here")
+    parser.add_argument("--markdown", type=Path, help="print the rows of this --out file, stop")
     args = parser.parse_args()
+    if args.markdown:
+        print(markdown(args.markdown))
+        return
     torch.set_num_threads(1)
     candidates = [json.loads(p.read_text()) | {"file": str(p)} for p in args.candidates]
     for candidate in candidates or [{"name": "zoo", "file": None}]:
