@@ -123,9 +123,20 @@ def test_hard_groups_differ_from_their_base_in_exactly_one_attribute():
     assert kinds == {"shape", "colour", "size", "swap"}
 
 
-def test_captions_name_every_object_colour_shape_and_size():
-    data = toy_split("test", SMALL)
-    scenes = toy_scenes("test", SMALL)
+def _words_of(caption: str, table: dict[str, tuple[str, ...]]) -> set[str]:
+    """The values of ``table`` that ``caption`` names (longest synonyms first)."""
+    found = set()
+    for value, words in table.items():
+        for word in sorted(words, key=len, reverse=True):
+            if f" {word} " in f" {caption.replace(',', ' ')} ":
+                found.add(value)
+    return found
+
+
+def test_full_detail_captions_name_every_object_colour_shape_and_size():
+    full = ToyConfig(**{**SMALL.__dict__, "detail": 1.0})
+    data = toy_split("test", full)
+    scenes = toy_scenes("test", full)
     for caption, image in zip(data.captions, data.caption_image, strict=True):
         for obj in scenes[image].objects:
             for words in (COLOUR_WORDS[obj.colour], SHAPE_WORDS[obj.shape], SIZE_WORDS[obj.size]):
@@ -133,6 +144,23 @@ def test_captions_name_every_object_colour_shape_and_size():
         assert len(caption.split()) <= 20
 
 
+def test_partial_captions_leave_details_out_but_never_say_anything_false():
+    vague = ToyConfig(**{**SMALL.__dict__, "detail": 0.6})
+    data = toy_split("test", vague)
+    scenes = toy_scenes("test", vague)
+    named = []
+    for caption, image in zip(data.captions, data.caption_image, strict=True):
+        objects = scenes[image].objects
+        colours = _words_of(caption, COLOUR_WORDS)
+        shapes = _words_of(caption, SHAPE_WORDS)
+        assert colours <= {o.colour for o in objects}, (caption, objects)
+        assert shapes <= {o.shape for o in objects}, (caption, objects)
+        assert _words_of(caption, SIZE_WORDS) <= {o.size for o in objects}, (caption, objects)
+        assert colours or shapes, caption
+        named.append(len(colours) + len(shapes))
+        assert len(caption.split()) <= 20
+    # Some captions are vague, some still name both objects' colour and shape.
+    assert min(named) == 1 and max(named) == 4
 def test_objects_are_drawn_in_their_colour_at_their_cell():
     images = toy_images("test", SMALL)
     for image, scene in zip(images, toy_scenes("test", SMALL), strict=True):
@@ -172,6 +200,9 @@ def test_text_corpus_is_the_deduplicated_text_split():
     # Only captions were needed: no image of the text split was rendered.
     assert not list((toy.cache_dir("toy-shapes", SMALL.fingerprint())).glob("text.npy"))
     assert 0.0 <= caption_overlap(SMALL) < 0.2
+    # Vague captions ("a red circle") recur across splits; full ones almost never do.
+    full = ToyConfig(**{**SMALL.__dict__, "detail": 1.0})
+    assert caption_overlap(full) < 0.05
 
 
 def test_unknown_split_and_bad_config_are_rejected():

@@ -2,7 +2,10 @@
 
 Each image shows one or two shapes (8 shapes, 8 colours, 2 sizes, on a 3x3 grid of named
 positions) on a mildly varying grey background with pixel noise; each image has several
-captions drawn from varied templates and synonyms that name every object's size, colour and
+captions drawn from varied templates and synonyms. Like real captions, a caption may leave
+details out (``ToyConfig.detail``: the chance that it mentions each optional detail — an
+object's size, colour or shape word, where the objects are, the second object), but never
+says anything false; with ``detail=1`` every caption names every object's size, colour and
 shape and its position or its relation to the other object.
 
 Everything is deterministic from ``ToyConfig.seed``. Scenes (the objects' shapes, colours,
@@ -36,7 +39,7 @@ from xbt_bench.paths import cache_dir
 
 NAME = "toy-shapes"
 # Bump when generation changes, so stale caches are not reused.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 TOY_SPLITS: tuple[str, ...] = ("pretrain", "text", "pairs", "support", "test", "test-hard")
 TRAIN_SPLITS: tuple[str, ...] = ("pretrain", "text", "pairs")
@@ -132,6 +135,9 @@ class ToyConfig:
     n_test: int = 1000
     n_test_hard: int = 1000
     captions_per_image: int = 5
+    # Probability that a caption mentions each optional detail (an object's size, colour or
+    # shape word, where the objects are, the second object): 1 names everything.
+    detail: float = 0.9
 
     def __post_init__(self) -> None:
         if self.seed < 0:
@@ -143,6 +149,8 @@ class ToyConfig:
                 raise ValueError(f"ToyConfig.{_size_field(split)} must be >= 1")
         if self.captions_per_image < 1:
             raise ValueError("ToyConfig.captions_per_image must be >= 1")
+        if not 0 <= self.detail <= 1:
+            raise ValueError(f"ToyConfig.detail must be in [0, 1], got {self.detail}")
         n_eval = sum(self.split_size(split) for split in EVAL_SPLITS)
         if n_eval > _MAX_EVAL_SCENES:
             raise ValueError(
@@ -371,7 +379,8 @@ def _object_words(code: list[int], r: list[int]) -> tuple[str, str, str, str]:
     )
 
 
-def _caption(code: list[int], template: int, r: list[int]) -> str:
+def _full_caption(code: list[int], template: int, r: list[int]) -> str:
+    """A caption that names every attribute of every object, and where they are."""
     size, colour, shape, pos = _object_words(code[:4], r[:4])
     if code[4] < 0:
         return _SINGLE_TEMPLATES[template % len(_SINGLE_TEMPLATES)].format(
@@ -394,16 +403,108 @@ def _caption(code: list[int], template: int, r: list[int]) -> str:
     )
 
 
-def _captions(codes: np.ndarray, rng: np.random.Generator, per_image: int) -> list[str]:
-    """``per_image`` captions per scene, image-major; distinct templates while they last."""
+# A partial caption leaves details out, as real captions do; these templates never need them.
+_UNPLACED_TEMPLATES = (
+    "{a_obj}",
+    "there is {a_obj}",
+    "an image of {a_obj}",
+    "{obj}",
+    "a picture of {a_obj}",
+)
+_PLACED_TEMPLATES = (
+    "{a_obj} {pos}",
+    "there is {a_obj} {pos}",
+    "{pos} there is {a_obj}",
+    "{a_obj} sits {pos}",
+    "an image of {a_obj} {pos}",
+    "{obj} {pos}",
+    "{a_obj} placed {pos}",
+)
+_UNPLACED_PAIR_TEMPLATES = (
+    "{a} and {b}",
+    "{b} and {a}",
+    "there is {a} and {b}",
+    "an image of {a} and {b}",
+    "{a} together with {b}",
+)
+_GENERIC_NOUNS = ("shape", "object", "figure")
+# Which details a partial caption keeps: size, colour, shape word of each object, where they
+# are (a position or a relation), and the second object of a two-object scene.
+_KEEP_SIZE, _KEEP_COLOUR, _KEEP_SHAPE, _KEEP_PLACE, _KEEP_SECOND, _WHICH = 0, 1, 2, 3, 8, 9
+_N_KEEP = 10
+
+
+def _object_phrase(words: tuple[str, str, str, str], keep: list[bool], r: int) -> str:
+    """ "[size] [colour] shape" with the details ``keep`` drops; a dropped shape word becomes
+    a generic noun, but never when the colour is dropped too (the phrase would say nothing)."""
+    size, colour, shape, _ = words
+    noun = shape if keep[_KEEP_SHAPE] or not keep[_KEEP_COLOUR] else _pick(_GENERIC_NOUNS, r)
+    return " ".join([size] * keep[_KEEP_SIZE] + [colour] * keep[_KEEP_COLOUR] + [noun])
+
+
+def _partial_caption(code: list[int], template: int, r: list[int], keep: list[bool]) -> str:
+    """A caption of the scene that mentions only the details ``keep`` holds."""
+    objects = [
+        (code[4 * o : 4 * o + 4], r[4 * o : 4 * o + 4], keep[4 * o : 4 * o + 4]) for o in (0, 1)
+    ]
+    if code[4] < 0 or not keep[_KEEP_SECOND]:
+        obj_code, obj_r, obj_keep = objects[keep[_WHICH] and code[4] >= 0]
+        words = _object_words(obj_code, obj_r)
+        phrase = _object_phrase(words, obj_keep, obj_r[2])
+        templates = _PLACED_TEMPLATES if obj_keep[_KEEP_PLACE] else _UNPLACED_TEMPLATES
+        return templates[template % len(templates)].format(
+            obj=phrase, a_obj=_article(phrase), pos=words[3]
+        )
+    words = [_object_words(c, rr) for c, rr, _ in objects]
+    a, b = (
+        _article(_object_phrase(w, k, rr[2])) for w, (_, rr, k) in zip(words, objects, strict=True)
+    )
+    if not keep[_KEEP_PLACE]:
+        return _UNPLACED_PAIR_TEMPLATES[template % len(_UNPLACED_PAIR_TEMPLATES)].format(a=a, b=b)
+    return _PAIR_TEMPLATES[template % len(_PAIR_TEMPLATES)].format(
+        a=a,
+        b=b,
+        rel=_relation(code[3], code[7], r[8]),
+        inv=_relation(code[7], code[3], r[8]),
+        pos_a=words[0][3],
+        pos_b=words[1][3],
+    )
+
+
+def _captions(
+    codes: np.ndarray, rng: np.random.Generator, per_image: int, detail: float
+) -> list[str]:
+    """``per_image`` distinct captions per scene, image-major.
+
+    Each caption mentions each optional detail with probability ``detail`` (1: every caption
+    names everything); a caption that repeats one of its image's earlier captions is redrawn,
+    and after a few tries replaced by a full caption with the next unused template.
+    """
     n = len(codes)
+    tries = 4
     order = np.argsort(rng.random((n, max(len(_SINGLE_TEMPLATES), len(_PAIR_TEMPLATES)))), 1)
     draws = rng.integers(0, 1 << 30, size=(n, per_image, 9)).tolist()
-    templates = order[:, np.arange(per_image) % order.shape[1]].tolist()
+    keeps = (rng.random((n, per_image, tries, _N_KEEP)) < detail).tolist()
     captions = []
-    for code, image_templates, image_draws in zip(codes.tolist(), templates, draws, strict=True):
-        for template, r in zip(image_templates, image_draws, strict=True):
-            captions.append(_caption(code, template, r))
+    for code, image_order, image_draws, image_keeps in zip(
+        codes.tolist(), order.tolist(), draws, keeps, strict=True
+    ):
+        seen: set[str] = set()
+        fallback = iter(image_order * 2)
+        for k, r in enumerate(image_draws):
+            template = image_order[k % len(image_order)]
+            for keep in image_keeps[k]:
+                caption = (
+                    _full_caption(code, template, r)
+                    if all(keep[: 4 if code[4] < 0 else _WHICH])
+                    else _partial_caption(code, template, r, keep)
+                )
+                if caption not in seen:
+                    break
+            while caption in seen:
+                caption = _full_caption(code, next(fallback), r)
+            seen.add(caption)
+            captions.append(caption)
     return captions
 
 
@@ -521,7 +622,9 @@ def _split_data(split: str, config: ToyConfig) -> _SplitData:
         rng = _rng(config, split, "scenes")
         codes, groups = _train_codes(rng, config.split_size(split), reserved), []
     code_array = np.array(codes, dtype=np.int64).reshape(-1, 8)
-    captions = _captions(code_array, _rng(config, split, "captions"), config.captions_per_image)
+    captions = _captions(
+        code_array, _rng(config, split, "captions"), config.captions_per_image, config.detail
+    )
     write_json(
         path,
         {
