@@ -36,14 +36,21 @@ import numpy as np
 import torch
 
 from xbt_bench.data.toy import GENERATOR_VERSION, ToyConfig, toy_split, toy_text_corpus
+from xbt_bench.embed.tokens import token_table
 from xbt_bench.eval.diagnostics import pair_diagnostics
 from xbt_bench.eval.retrieval import RECALL_KEYS, evaluate_retrieval
+from xbt_bench.linalg import procrustes_map
 from xbt_bench.methods.closed_form import slerp
-from xbt_bench.models import toy_zoo
-from xbt_bench.models.loading import ZOO_MODEL_CONFIGS, load_model
-from xbt_bench.models.projection import procrustes_map
-from xbt_bench.models.toy_zoo import TRAIN_SUFFIX, ZooEntry, ZooSettings, build, cached_tokens
+from xbt_bench.models.loading import load_model
+from xbt_bench.models.toy_models import (
+    CARD_NAME,
+    TRAIN_SUFFIX,
+    ZooEntry,
+    ZooSettings,
+    zoo_models_dir,
+)
 from xbt_bench.paths import cache_dir
+from xbt_bench.toy import build as toy_build
 
 SPLIT = "support"
 ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
@@ -63,8 +70,8 @@ def merged(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 def candidate_entry(name: str, candidate: dict[str, Any]) -> ZooEntry:
     """Toy model ``name`` as the zoo configures it, with the candidate's overrides."""
-    model = json.loads((ZOO_MODEL_CONFIGS / f"{name}.json").read_text())
-    train = json.loads((ZOO_MODEL_CONFIGS / f"{name}{TRAIN_SUFFIX}").read_text())
+    model = json.loads((zoo_models_dir() / f"{name}.json").read_text())
+    train = json.loads((zoo_models_dir() / f"{name}{TRAIN_SUFFIX}").read_text())
     for part in (candidate.get("all", {}), candidate.get("models", {}).get(name, {})):
         model = merged(model, part.get("model", {}))
         train = merged(train, part.get("train", {}))
@@ -74,10 +81,11 @@ def candidate_entry(name: str, candidate: dict[str, Any]) -> ZooEntry:
 
 def built_card(entry: ZooEntry) -> dict[str, Any]:
     """The entry's card (building it first if needed): only its build facts are read."""
-    card = entry.card() if entry.is_built else None
-    if card is None:
+    if entry.is_built:
+        card = json.loads((entry.folder / CARD_NAME).read_text())
+    else:
         print(f"  building {entry.folder.name} ...", flush=True)
-        card = build(entry)
+        card = toy_build.build(entry)
     return {
         "folder": entry.folder.name,
         "parameters": card["parameters"],
@@ -94,12 +102,12 @@ def embeddings(entry: ZooEntry) -> dict[str, np.ndarray]:
     if all((folder / f"{n}.npy").is_file() for n in names):
         return {n: np.load(folder / f"{n}.npy") for n in names}
     loaded = load_model(f"local-dir:{entry.folder}")
-    images, texts, _ = toy_zoo._embed_split(
+    images, texts, _ = toy_build._embed_split(
         loaded.model, loaded.tokenizer, SPLIT, entry.settings.data
     )
     corpus = toy_text_corpus(entry.settings.data)
     tokens = torch.from_numpy(
-        cached_tokens(loaded.tokenizer, list(corpus.texts), corpus.fingerprint)
+        np.array(token_table(loaded.tokenizer, corpus.texts, corpus.fingerprint))
     )
     corpus_emb = torch.cat(
         [

@@ -331,3 +331,28 @@ def test_scoring_the_text_corpus_split_warns(
     load_pair_data(spec, RunOptions(pair=spec.name, splits=["text"]), Console(width=200))
     out = capsys.readouterr().out.replace("\n", " ")
     assert "split 'text' is pair 'toy-s-to-m''s stage-1 text corpus" in out
+
+
+def test_damaged_toy_data_is_generated_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Toy splits and images are cache entries too: verified when read."""
+    from xbt_bench.data import toy
+
+    monkeypatch.setenv("XBT_BENCH_HOME", str(tmp_path))
+    config = toy.ToyConfig(n_pretrain=8, n_text=8, n_pairs=8, n_support=8, n_test=8,
+                           n_test_hard=8, seed=11)  # fmt: skip
+    images = np.array(toy.toy_images("test", config))
+    captions = toy.toy_split("test", config).captions
+    npy = next(tmp_path.rglob("test.npy"))
+    raw = bytearray(npy.read_bytes())
+    raw[-10:] = bytes(10)  # a few pixels overwritten
+    npy.write_bytes(bytes(raw))
+    split_file = next(tmp_path.rglob("test.json"))
+    split_file.write_text(split_file.read_text().replace("a ", "the ", 1))
+    toy.toy_images.cache_clear()
+    toy._split_data.cache_clear()
+    assert np.array_equal(np.array(toy.toy_images("test", config)), images)
+    assert toy.toy_split("test", config).captions == captions
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert "fail their checksum" in err and "fails its checksum" in err

@@ -41,9 +41,13 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
     write_with(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Atomically write ``obj`` as indented JSON to ``path``."""
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+def write_json(path: str | os.PathLike[str], obj: Any, checked: bool = False) -> None:
+    """Atomically write ``obj`` as indented JSON to ``path``, with its SHA-256 beside it when
+    ``checked`` (see :func:`is_intact`)."""
+    text = json.dumps(obj, indent=2, sort_keys=False) + "\n"
+    (write_checked if checked else write_with)(
+        path, lambda tmp: tmp.write_text(text, encoding="utf-8")
+    )
 
 
 def write_npy(path: str | os.PathLike[str], array: np.ndarray, checked: bool = False) -> None:

@@ -33,7 +33,8 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from xbt_bench.atomic import write_json, write_npy
+from xbt_bench.atomic import is_intact, write_json, write_npy
+from xbt_bench.console import warn
 from xbt_bench.data.base import ImageTextSet, TextCorpus, fingerprint_of
 from xbt_bench.paths import cache_dir
 
@@ -606,7 +607,9 @@ def _cache_path(split: str, config: ToyConfig, suffix: str) -> Path:
 def _split_data(split: str, config: ToyConfig) -> _SplitData:
     """Scenes, captions and test-hard groups of ``split``: from disk, or generated."""
     path = _cache_path(split, config, ".json")
-    if path.exists():
+    if path.exists() and not is_intact(path):
+        warn(f"toy split file {path} fails its checksum; generating it again")
+    elif path.exists():
         saved = json.loads(path.read_text(encoding="utf-8"))
         return _SplitData(
             np.array(saved["scenes"], dtype=np.int64).reshape(-1, 8),
@@ -638,6 +641,7 @@ def _split_data(split: str, config: ToyConfig) -> _SplitData:
             "captions": captions,
             "caption_image": _caption_image(len(codes), config).tolist(),
         },
+        checked=True,
     )
     return _SplitData(code_array, tuple(captions), np.array(groups, dtype=np.int64))
 
@@ -650,11 +654,13 @@ def _caption_image(n_images: int, config: ToyConfig) -> np.ndarray:
 def toy_images(split: str, config: ToyConfig = ToyConfig()) -> np.ndarray:
     """All images of ``split``, uint8 [N, H, W, 3] (read-only), rendered once and cached."""
     path = _cache_path(_check_split(split), config, ".npy")
-    if path.exists():
+    if is_intact(path):
         return np.load(path, mmap_mode="r")
+    if path.exists():
+        warn(f"toy images {path} fail their checksum; rendering them again")
     rng = _rng(config, split, "images")
     images = _render(_split_data(split, config).codes, config.image_size, rng)
-    write_npy(path, images)
+    write_npy(path, images, checked=True)
     images.flags.writeable = False
     return images
 
