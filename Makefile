@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo results test lint clean-venv gpu-wheels
+.PHONY: demo results test bench lint clean-venv gpu-wheels
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,10 @@ results: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
+
+# Every speed figure in one run (about 15 minutes on 2 CPU cores): see benchmarks/__main__.py.
+bench: $(BIN)/.installed
+	$(BIN)/python -m benchmarks
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check .
