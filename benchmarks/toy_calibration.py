@@ -277,11 +277,12 @@ def main() -> None:
     parser.add_argument("--pairs", default=",".join(DEFAULT_PAIRS), help="OLD:NEW,...")
     parser.add_argument("--out", type=Path, help="append one JSON line per pair here")
     parser.add_argument("--markdown", type=Path, help="print the rows of this --out file, stop")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     args = parser.parse_args()
     if args.markdown:
         print(markdown(args.markdown))
         return
-    torch.set_num_threads(1)
+    torch.set_num_threads(args.threads)
     candidates = [json.loads(p.read_text()) | {"file": str(p)} for p in args.candidates]
     for candidate in candidates or [{"name": "zoo", "file": None}]:
         print(f"== {candidate['name']}: {candidate.get('note', '')}", flush=True)

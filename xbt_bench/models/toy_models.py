@@ -35,7 +35,7 @@ TRAIN_SUFFIX = ".train.json"
 SHIPPED_WEIGHTS_SUFFIX = ".safetensors"
 SHIPPED_CARD_SUFFIX = ".card.json"
 # Bump when the training code changes in a way that changes the weights it produces.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 # Quick builds: the same architectures on a small toy world, for far fewer steps.
 QUICK_TOY_CONFIG = ToyConfig(
     n_pretrain=4000, n_text=2000, n_pairs=1000, n_support=200, n_test=200, n_test_hard=200
