@@ -68,7 +68,7 @@ def test_content_hash_follows_every_setting() -> None:
     entry = zoo_entry("toy-s", quick=False)
     variants = [
         replace(entry, settings=replace(entry.settings, lr=entry.settings.lr * 2)),
-        replace(entry, settings=replace(entry.settings, temperature=entry.settings.temperature * 2)),
+        replace(entry, settings=replace(entry.settings, temperature=0.5)),
         replace(entry, settings=replace(entry.settings, data=ToyConfig(seed=1))),
         replace(entry, model_config={**entry.model_config, "embed_dim": 48}),
         zoo_entry("toy-s", quick=True),

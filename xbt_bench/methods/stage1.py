@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -48,6 +48,11 @@ class ProjectionConfig(MethodConfig):
     )
     tau: float = Field(0.02, gt=0, description="stage-1 InfoNCE temperature")
     cos_weight: float = Field(10.0, ge=0, description="stage-1 weight of 1 - cos(ψ(z), O_txt)")
+    proj_skip: Literal["trained", "fixed"] = Field(
+        "trained",
+        description="ψ's linear skip (initialised to the text Procrustes map): trained, or "
+        "fixed so that only the residual MLP learns",
+    )
 
 
 @dataclass
@@ -124,6 +129,7 @@ def prepare_stage1(ctx: FitContext, cfg: ProjectionConfig) -> Stage1Setup:
     with seeded(ctx.seed):
         psi = Projection(d_new, d_old, hidden=cfg.proj_hidden, layers=cfg.proj_layers)
     psi.init_linear(procrustes_map(new_texts, old_texts))
+    psi.linear.requires_grad_(cfg.proj_skip == "trained")
     device = torch.device(ctx.device)
     new_t = torch.from_numpy(new_texts).to(device)
     old_t = torch.from_numpy(old_texts).to(device)

@@ -37,6 +37,12 @@ class XbtGalleryConfig(XbtConfig):
     lora_towers: Literal["image", "text", "both"] = Field(
         "both", description="towers of NEW that get LoRA adapters"
     )
+    image_text_weight: float = Field(
+        0.0,
+        ge=0,
+        description="weight of InfoNCE(φ_img, φ_txt); 0 here (support rsum 363.7 against 348.0 "
+        "with 1, docs/methods.md)",
+    )
 
 
 class DistillConfig(Stage2Config, LoraSettings):
