@@ -256,7 +256,9 @@ def test_stage2_never_runs_old_except_distill(refs, toy, tmp_path, monkeypatch, 
         pairs = toy["pairs"]
         reused = pairs.n_images + len(pairs.captions) if anchors == "gallery" else 0
         assert passes["old_gallery_reused"] == reused
-    assert passes["new_image"] == 48
+    # 6 steps x 8 images, plus (xbt's default image anchors) frozen NEW's pass over the pairs.
+    anchor_pass = toy["pairs"].n_images if anchors == "surrogate" else 0
+    assert passes["new_image"] == 48 + anchor_pass
 
 
 @pytest.mark.parametrize("method", ["xbt", "finetune"])
@@ -309,6 +311,30 @@ def test_mean_image_anchor_averages_the_captions_anchors(refs, toy, tmp_path) ->
     _, caption = fit(refs, toy, tmp_path, "xbt")
     assert fitted.info["stage2"]["image_anchor"] == "mean"
     assert not np.allclose(fitted.encode_images(toy["test"]), caption.encode_images(toy["test"]))
+
+
+def test_procrustes_image_anchors_map_frozen_new_images_with_the_text_fitted_map(
+    refs, toy, tmp_path
+) -> None:
+    """xbt's default image targets: normalize(N_img(x) P), P the orthogonal map stage 1 fits on
+    the corpus's text pairs; no OLD image is read."""
+    ctx = make_ctx(refs, toy, tmp_path, "xbt")
+    cfg = methods.get("xbt").parse_settings(ctx.config)
+    assert cfg.image_anchor == "procrustes"
+    stage1 = pretrain_projection(ctx, cfg)
+    p = procrustes_map(ctx.embed_corpus("new"), ctx.embed_corpus("old"))
+    np.testing.assert_allclose(stage1.text_procrustes, p, atol=1e-6)
+    pairs = toy["pairs"]
+    got = stage2_module.procrustes_image_anchors(ctx, stage1, pairs)
+    mapped = ctx.embed("new", pairs, "image") @ p
+    np.testing.assert_allclose(
+        got, mapped / np.linalg.norm(mapped, axis=1, keepdims=True), atol=1e-5
+    )
+    targets = stage2_module.anchor_targets(cfg)(ctx, stage1, pairs)
+    batch = {"caption_index": torch.tensor([0, 1]), "image_index": torch.tensor([2, 0])}
+    _, image_t = targets(batch)
+    np.testing.assert_allclose(image_t.numpy(), got[[2, 0]], atol=1e-6)
+    assert ctx.usage["old_image"] == 0
 
 
 @pytest.mark.parametrize(
@@ -461,8 +487,10 @@ def test_hybrid_reuses_xbt_and_interpolates_with_old(refs, toy, tmp_path) -> Non
     test = toy["test"]
     for alpha, expected in ((0.0, "old"), (1.0, "xbt")):
         _, fixed = fit(refs, toy, tmp_path, "xbt-hybrid", alpha=alpha)
-        want = ctx.embed("old", test, "text", count=False) if expected == "old" else (
-            xbt.encode_texts(test)
+        want = (
+            ctx.embed("old", test, "text", count=False)
+            if expected == "old"
+            else (xbt.encode_texts(test))
         )
         np.testing.assert_allclose(fixed.encode_texts(test), want, atol=1e-5)
 

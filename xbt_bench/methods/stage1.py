@@ -62,6 +62,8 @@ class Stage1:
     psi: Projection
     key: str
     info: dict[str, Any]
+    # The orthogonal NEW→OLD map fitted on the corpus's text pairs (ψ's initial skip).
+    text_procrustes: np.ndarray | None = None
 
 
 def map_embeddings(psi: Projection, embeddings: np.ndarray, device: str = "cpu") -> np.ndarray:
@@ -103,6 +105,7 @@ class Stage1Setup:
     checkpoint_dir: Path
     key: str
     info: dict[str, Any]
+    text_procrustes: np.ndarray
 
 
 def prepare_stage1(ctx: FitContext, cfg: ProjectionConfig) -> Stage1Setup:
@@ -128,7 +131,8 @@ def prepare_stage1(ctx: FitContext, cfg: ProjectionConfig) -> Stage1Setup:
     )
     with seeded(ctx.seed):
         psi = Projection(d_new, d_old, hidden=cfg.proj_hidden, layers=cfg.proj_layers)
-    psi.init_linear(procrustes_map(new_texts, old_texts))
+    text_procrustes = procrustes_map(new_texts, old_texts)
+    psi.init_linear(text_procrustes)
     psi.linear.requires_grad_(cfg.proj_skip == "trained")
     device = torch.device(ctx.device)
     new_t = torch.from_numpy(new_texts).to(device)
@@ -169,7 +173,9 @@ def prepare_stage1(ctx: FitContext, cfg: ProjectionConfig) -> Stage1Setup:
         "noise_std": round(std, 6),
         "psi_params": count_parameters(psi),
     }
-    return Stage1Setup(psi, loss_fn, batch_at, config, ctx.work_dir / f"stage1-{key}", key, info)
+    return Stage1Setup(
+        psi, loss_fn, batch_at, config, ctx.work_dir / f"stage1-{key}", key, info, text_procrustes
+    )
 
 
 def pretrain_projection(ctx: FitContext, cfg: ProjectionConfig) -> Stage1:
@@ -187,4 +193,4 @@ def pretrain_projection(ctx: FitContext, cfg: ProjectionConfig) -> Stage1:
     setup.psi.requires_grad_(False)
     setup.psi.eval()
     info = {**setup.info, **log_info(log, setup.checkpoint_dir)}
-    return Stage1(psi=setup.psi, key=setup.key, info=info)
+    return Stage1(psi=setup.psi, key=setup.key, info=info, text_procrustes=setup.text_procrustes)

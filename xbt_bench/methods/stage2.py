@@ -101,10 +101,11 @@ class AnchorSettings(MethodConfig):
         description="surrogate: ψ₀(N_txt(t)), no OLD at all; gallery: OLD embeddings of the "
         "training pairs as a deployed system already holds them",
     )
-    image_anchor: Literal["caption", "mean"] = Field(
+    image_anchor: Literal["caption", "mean", "procrustes"] = Field(
         "caption",
         description="surrogate target of an image query: the anchor of the caption drawn with "
-        "it, or the mean anchor of all the image's captions",
+        "it, the mean anchor of all the image's captions, or procrustes: frozen NEW's image "
+        "embedding through stage 1's text-fitted orthogonal map P (no OLD)",
     )
 
 
@@ -157,6 +158,17 @@ def surrogate_anchors(ctx: FitContext, stage1: Stage1, pairs: ImageTextSet) -> n
     anchors = map_embeddings(stage1.psi, ctx.embed("new", pairs, "text"), ctx.device)
     write_npy(path, anchors, checked=True)
     return anchors
+
+
+def procrustes_image_anchors(ctx: FitContext, stage1: Stage1, pairs: ImageTextSet) -> np.ndarray:
+    """normalize(N_img(x) P) for every image of ``pairs``: frozen NEW's image embeddings through
+    stage 1's text-fitted orthogonal map (an orthogonal map keeps the geometry of NEW's image
+    region, which ψ's text-trained MLP does not); NEW image forward passes, no OLD."""
+    if stage1.text_procrustes is None:
+        raise XbtError("stage 1 kept no text Procrustes map; rerun stage 1")
+    mapped = ctx.embed("new", pairs, "image") @ stage1.text_procrustes
+    mapped /= np.maximum(np.linalg.norm(mapped, axis=1, keepdims=True), 1e-12)
+    return mapped.astype(np.float32)
 
 
 def mean_anchors(caption_anchors: np.ndarray, pairs: ImageTextSet) -> np.ndarray:
@@ -234,14 +246,23 @@ class SurrogateTargets:
     mode = "surrogate"
     old_forwards = False
 
-    def __init__(self, anchors: np.ndarray, pairs: ImageTextSet, image_anchor: str, device: Any):
+    def __init__(
+        self,
+        anchors: np.ndarray,
+        pairs: ImageTextSet,
+        image_anchor: str,
+        device: Any,
+        image_targets: np.ndarray | None = None,
+    ):
         self.image_anchor = image_anchor
         self.text = torch.from_numpy(anchors).to(device)
-        self.image = (
-            torch.from_numpy(mean_anchors(anchors, pairs)).to(device)
-            if image_anchor == "mean"
-            else None
-        )
+        self.image = None
+        if image_anchor == "mean":
+            self.image = torch.from_numpy(mean_anchors(anchors, pairs)).to(device)
+        elif image_anchor == "procrustes":
+            if image_targets is None:
+                raise XbtError("image_anchor='procrustes' needs the mapped NEW image embeddings")
+            self.image = torch.from_numpy(image_targets).to(device)
 
     def extra_inputs(self, batch: Batch, device: torch.device) -> dict[str, torch.Tensor]:
         return {}
@@ -315,7 +336,10 @@ def anchor_targets(settings: AnchorSettings) -> TargetFactory:
         if settings.anchors == "gallery":
             return GalleryTargets(ctx, pairs, ctx.device)
         anchors = surrogate_anchors(ctx, stage1, pairs)
-        return SurrogateTargets(anchors, pairs, settings.image_anchor, ctx.device)
+        image_targets = None
+        if settings.image_anchor == "procrustes":
+            image_targets = procrustes_image_anchors(ctx, stage1, pairs)
+        return SurrogateTargets(anchors, pairs, settings.image_anchor, ctx.device, image_targets)
 
     return make
 

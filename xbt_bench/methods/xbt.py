@@ -24,7 +24,28 @@ from .stage2 import AnchorSettings, LoraSettings, Stage2Config, fit_projection_o
 # A stage-2 method's settings type says what it trains and towards what (stage2_parts): LoRA
 # knobs mean adapters on the frozen NEW, anchor knobs mean targets without OLD in the loop.
 class XbtConfig(Stage2Config, LoraSettings, AnchorSettings):
-    """XBT: stage 1, then LoRA on frozen NEW towards anchors, without OLD."""
+    """XBT: stage 1, then LoRA on frozen NEW towards anchors, without OLD.
+
+    Defaults chosen on the toy pair's ``support`` split (docs/methods.md, grids 7–10): image
+    queries are pulled towards frozen NEW's images through stage 1's text-fitted orthogonal map,
+    with a strong cosine term, no image–text agreement term and a higher LoRA learning rate.
+    """
+
+    lr: float = Field(1e-2, gt=0, description="stage-2 learning rate of the LoRA adapters")
+    stage2_cos_weight: float = Field(
+        30.0, ge=0, description="stage-2 weight of the cosine terms towards the anchors"
+    )
+    image_text_weight: float = Field(
+        0.0,
+        ge=0,
+        description="weight of InfoNCE(φ_img, φ_txt), the agreement of the two query sides",
+    )
+    image_anchor: Literal["caption", "mean", "procrustes"] = Field(
+        "procrustes",
+        description="surrogate target of an image query: the anchor of the caption drawn with "
+        "it, the mean anchor of all the image's captions, or procrustes: frozen NEW's image "
+        "embedding through stage 1's text-fitted orthogonal map P (no OLD)",
+    )
 
 
 class XbtGalleryConfig(XbtConfig):
@@ -36,6 +57,10 @@ class XbtGalleryConfig(XbtConfig):
     )
     lora_towers: Literal["image", "text", "both"] = Field(
         "both", description="towers of NEW that get LoRA adapters"
+    )
+    lr: float = Field(1e-3, gt=0, description="stage-2 learning rate of the LoRA adapters")
+    stage2_cos_weight: float = Field(
+        10.0, ge=0, description="stage-2 weight of the cosine terms towards the anchors"
     )
     image_text_weight: float = Field(
         0.0,
