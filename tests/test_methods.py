@@ -313,6 +313,33 @@ def test_mean_image_anchor_averages_the_captions_anchors(refs, toy, tmp_path) ->
     assert not np.allclose(fitted.encode_images(toy["test"]), caption.encode_images(toy["test"]))
 
 
+def test_ridge_map_recovers_a_stretched_linear_relation() -> None:
+    from xbt_bench.methods.linear import ridge_map
+
+    rng = np.random.default_rng(0)
+    source = rng.normal(size=(2000, 6))
+    true = rng.normal(size=(6, 4)) * np.array([5.0, 1.0, 0.2, 0.05])  # not a rotation
+    target = source @ true + 0.01 * rng.normal(size=(2000, 4))
+    np.testing.assert_allclose(ridge_map(source, target, 0.0), true, atol=2e-3)
+    # The ridge term shrinks the map, as λ·n·||W||² says.
+    assert np.linalg.norm(ridge_map(source, target, 10.0)) < 0.5 * np.linalg.norm(true)
+
+
+def test_linear_maps_new_queries_with_the_text_fitted_ridge_map(refs, toy, tmp_path) -> None:
+    """The README's "Add a method" example: one module, registered, and this test."""
+    from xbt_bench.methods.linear import ridge_map
+
+    spec = methods.get("linear")
+    assert spec.kind == "closed form" and "linear" in methods.names()
+    ctx, fitted = fit(refs, toy, tmp_path, "linear", ridge=1e-2)
+    weight = ridge_map(ctx.embed_corpus("new"), ctx.embed_corpus("old"), 1e-2)
+    test = toy["test"]
+    expected = ctx.embed("new", test, "text", count=False) @ weight
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    np.testing.assert_allclose(fitted.encode_texts(test), expected, atol=1e-5)
+    assert fitted.gallery == "old" and fitted.dim == weight.shape[1]
+
+
 def test_procrustes_image_anchors_map_frozen_new_images_with_the_text_fitted_map(
     refs, toy, tmp_path
 ) -> None:

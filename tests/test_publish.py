@@ -15,6 +15,9 @@ import pytest
 
 from xbt_bench.report import publish
 
+# Publishing renders every plot and, in Chromium, the page: the full suite only.
+pytestmark = pytest.mark.slow
+
 CHROMIUM_FLAGS = [
     "--headless",
     "--no-sandbox",

@@ -321,6 +321,7 @@ def test_a_caption_file_that_is_not_utf8_names_its_line(tmp_path: Path) -> None:
         load_text_corpus(str(path))
 
 
+@pytest.mark.slow  # scores a whole split end to end
 def test_scoring_the_text_corpus_split_warns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -227,6 +227,7 @@ def test_leaderboard_lists_every_method_with_marks(synthetic_results: Path, tmp_
     assert "jang2025xbt: Y. K. Jang" in markdown[reported_at:]
 
 
+@pytest.mark.slow  # renders every plot
 def test_plots_are_written_and_stale_ones_removed(synthetic_results: Path, tmp_path: Path):
     stale = tmp_path / "plots" / "recall-gone-pair-test.png"
     stale.parent.mkdir(parents=True)
@@ -295,6 +296,7 @@ def test_summary_marks_each_cell(synthetic_results: Path):
     assert "color: #008000" in styled and "color: #800000" in styled  # green ✓, red ✗
 
 
+@pytest.mark.slow  # renders every plot
 def test_cli_commands(synthetic_results: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
     args = ["--results-dir", str(synthetic_results), "--output-dir", str(tmp_path)]
     code, out, _ = run_cli(["leaderboard", *args], capsys)
