@@ -169,7 +169,7 @@ def main() -> None:
                 f"{slow} / {fast}: time x{t_slow / t_fast:.1f}, peak memory "
                 f"x{m_slow / max(m_fast, 1.0):.1f}"
             )
-            if r_slow is not None:
+            if r_slow is not None and r_fast is not None:
                 same = all(abs(r_slow[k] - r_fast[k]) < 1e-3 for k in KS)
                 print(f"  recalls equal: {same}")
 
