@@ -34,7 +34,9 @@ results: $(BIN)/.installed
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
 
-# Every speed figure in one run (about 15 minutes on 2 CPU cores): see benchmarks/__main__.py.
+# Every speed figure in one run: see benchmarks/__main__.py. On 2 CPU cores the real-size text
+# tower of bench_trim.py alone ran over 23 minutes; `python -m benchmarks --only eval trainer demo`
+# (about 10 minutes) leaves it out.
 bench: $(BIN)/.installed
 	$(BIN)/python -m benchmarks
 
