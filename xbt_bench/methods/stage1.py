@@ -63,7 +63,7 @@ class Stage1:
     key: str
     info: dict[str, Any]
     # The orthogonal NEW→OLD map fitted on the corpus's text pairs (ψ's initial skip).
-    text_procrustes: np.ndarray | None = None
+    text_procrustes: np.ndarray
 
 
 def map_embeddings(psi: Projection, embeddings: np.ndarray, device: str = "cpu") -> np.ndarray:

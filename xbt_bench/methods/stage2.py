@@ -93,6 +93,13 @@ class LoraSettings(MethodConfig):
     lora_alpha: float | None = Field(None, gt=0, description="LoRA scale numerator; None = rank")
 
 
+IMAGE_ANCHOR_HELP = (
+    "surrogate target of an image query: the anchor of the caption drawn with it, the mean "
+    "anchor of all the image's captions, or procrustes: frozen NEW's image embedding through "
+    "stage 1's text-fitted orthogonal map P (no OLD)"
+)
+
+
 class AnchorSettings(MethodConfig):
     """Where stage 2's targets come from when OLD is not run (xbt, finetune)."""
 
@@ -103,9 +110,7 @@ class AnchorSettings(MethodConfig):
     )
     image_anchor: Literal["caption", "mean", "procrustes"] = Field(
         "caption",
-        description="surrogate target of an image query: the anchor of the caption drawn with "
-        "it, the mean anchor of all the image's captions, or procrustes: frozen NEW's image "
-        "embedding through stage 1's text-fitted orthogonal map P (no OLD)",
+        description=IMAGE_ANCHOR_HELP,
     )
 
 
@@ -164,8 +169,6 @@ def procrustes_image_anchors(ctx: FitContext, stage1: Stage1, pairs: ImageTextSe
     """normalize(N_img(x) P) for every image of ``pairs``: frozen NEW's image embeddings through
     stage 1's text-fitted orthogonal map (an orthogonal map keeps the geometry of NEW's image
     region, which ψ's text-trained MLP does not); NEW image forward passes, no OLD."""
-    if stage1.text_procrustes is None:
-        raise XbtError("stage 1 kept no text Procrustes map; rerun stage 1")
     mapped = ctx.embed("new", pairs, "image") @ stage1.text_procrustes
     mapped /= np.maximum(np.linalg.norm(mapped, axis=1, keepdims=True), 1e-12)
     return mapped.astype(np.float32)

@@ -18,7 +18,14 @@ from pydantic import Field
 from . import register_method
 from .base import FitContext, FittedMethod
 from .stage1 import ProjectionConfig
-from .stage2 import AnchorSettings, LoraSettings, Stage2Config, fit_projection_only, fit_stage2
+from .stage2 import (
+    IMAGE_ANCHOR_HELP,
+    AnchorSettings,
+    LoraSettings,
+    Stage2Config,
+    fit_projection_only,
+    fit_stage2,
+)
 
 
 # A stage-2 method's settings type says what it trains and towards what (stage2_parts): LoRA
@@ -42,9 +49,7 @@ class XbtConfig(Stage2Config, LoraSettings, AnchorSettings):
     )
     image_anchor: Literal["caption", "mean", "procrustes"] = Field(
         "procrustes",
-        description="surrogate target of an image query: the anchor of the caption drawn with "
-        "it, the mean anchor of all the image's captions, or procrustes: frozen NEW's image "
-        "embedding through stage 1's text-fitted orthogonal map P (no OLD)",
+        description=IMAGE_ANCHOR_HELP,
     )
 
 
