@@ -45,8 +45,8 @@ def main() -> None:
     args = parser.parse_args()
 
     total = fresh_build(args.names, args.quick) if args.fresh else None
-    from xbt_bench.models.toy_models import CARD_NAME, zoo_entry, zoo_names
     from xbt_bench.toy.build import build
+    from xbt_bench.toy.zoo import CARD_NAME, zoo_entry, zoo_names
 
     table = Table(title="Toy zoo on the toy test split (1000 images x 5 captions)")
     columns = (

@@ -90,8 +90,8 @@ def main() -> None:
     args = parser.parse_args()
     import open_clip
 
-    from xbt_bench.data.toy import toy_text_corpus
     from xbt_bench.models.loading import load_model
+    from xbt_bench.toy.world import toy_text_corpus
 
     toy_texts = list(toy_text_corpus().texts)[: args.captions]
     cases = []

@@ -24,7 +24,7 @@ from xbt_bench.eval import Embeddings
 from xbt_bench.methods import FitContext, ModelHandle, methods
 from xbt_bench.pairs import load_pair
 from xbt_bench.paths import cache_dir
-from xbt_bench.runner import score
+from xbt_bench.scoring import score
 
 KEYS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "rsum")
 
@@ -50,7 +50,7 @@ def main() -> None:
         shared={},
     )
     gallery = Embeddings(*(embed_split(old.get(), support, side) for side in ("image", "text")))
-    reference = score(gallery, gallery, support).metrics
+    reference = score(gallery, gallery, support.caption_image).metrics
     print("old->old on support: " + " ".join(f"{k} {reference[k]:.2f}" for k in KEYS))
     for entry in json.loads(Path(args.grid).read_text()):
         per_seed = []
@@ -58,7 +58,7 @@ def main() -> None:
             ctx = FitContext(**common, config=entry.get("settings", {}), seed=seed)
             fitted = methods.get(entry["method"])(ctx)
             queries = Embeddings(fitted.encode_images(support), fitted.encode_texts(support))
-            per_seed.append(score(queries, gallery, support).metrics)
+            per_seed.append(score(queries, gallery, support.caption_image).metrics)
         mean = {k: float(np.mean([m[k] for m in per_seed])) for k in KEYS}
         margin = {k: mean[k] - reference[k] for k in KEYS}
         held = sum(margin[k] > 0 for k in KEYS[:6])

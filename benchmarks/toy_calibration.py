@@ -35,22 +35,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from xbt_bench.data.toy import GENERATOR_VERSION, ToyConfig, toy_split, toy_text_corpus
 from xbt_bench.embed.tokens import token_table
-from xbt_bench.eval.diagnostics import pair_diagnostics
+from xbt_bench.eval import Embeddings
 from xbt_bench.eval.retrieval import RECALL_KEYS, evaluate_retrieval
 from xbt_bench.linalg import procrustes_map
 from xbt_bench.methods.closed_form import slerp
 from xbt_bench.models.loading import load_model
-from xbt_bench.models.toy_models import (
+from xbt_bench.paths import cache_dir, zoo_models_dir
+from xbt_bench.scoring import pair_diagnostics
+from xbt_bench.toy import build as toy_build
+from xbt_bench.toy.world import GENERATOR_VERSION, ToyConfig, toy_split, toy_text_corpus
+from xbt_bench.toy.zoo import (
     CARD_NAME,
     TRAIN_SUFFIX,
     ZooEntry,
     ZooSettings,
-    zoo_models_dir,
 )
-from xbt_bench.paths import cache_dir
-from xbt_bench.toy import build as toy_build
 
 SPLIT = "support"
 ALPHAS = tuple(round(0.1 * i, 1) for i in range(11))
@@ -102,7 +102,7 @@ def embeddings(entry: ZooEntry) -> dict[str, np.ndarray]:
     if all((folder / f"{n}.npy").is_file() for n in names):
         return {n: np.load(folder / f"{n}.npy") for n in names}
     loaded = load_model(f"local-dir:{entry.folder}")
-    images, texts, _ = toy_build._embed_split(
+    (images, texts), _ = toy_build.embed_toy_split(
         loaded.model, loaded.tokenizer, SPLIT, entry.settings.data
     )
     corpus = toy_text_corpus(entry.settings.data)
@@ -182,14 +182,12 @@ def pair_row(old_entry: ZooEntry, new_entry: ZooEntry) -> dict[str, Any]:
     new_new = retrieval(new["texts"], new["images"], new["images"], new["texts"], caption_image)
     proc = retrieval(mapped["texts"], old["images"], mapped["images"], old["texts"], caption_image)
     diag = pair_diagnostics(
-        old["images"],
-        old["texts"],
-        new["images"],
-        new["texts"],
+        Embeddings(old["images"], old["texts"]),
+        Embeddings(new["images"], new["texts"]),
         caption_image,
         fit_texts_old=old["corpus"],
         fit_texts_new=new["corpus"],
-    )
+    ).model_dump()
     halves = slerp_halves(old, mapped, caption_image)
     gap_pct = 100 * (new_new["rsum"] - old_old["rsum"]) / old_old["rsum"]
     targets = {

@@ -99,15 +99,15 @@ def synthetic_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     a sweep, training curves, identity not applicable) and the chain toy-s-m-l."""
     import numpy as np
 
-    from xbt_bench.report.result import (
-        Backfill,
+    from xbt_bench.embed.throughput import EmbeddingThroughput
+    from xbt_bench.methods.base import Cost
+    from xbt_bench.results import BackfillResult, ReportValue, RunResult, SweepResult
+    from xbt_bench.scoring import (
+        BackfillCurves,
         BackfillPoint,
         CalibrationChoice,
         ChainMatrix,
-        Cost,
-        EmbeddingThroughput,
         OrderChoice,
-        RunResult,
         SplitResult,
         SweepPoint,
     )
@@ -141,7 +141,7 @@ def synthetic_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     ]
     fractions = [0.0, 0.1, 0.25, 0.5, 0.75, 1.0]
 
-    def backfill(method: dict[str, float], informed: bool) -> Backfill:
+    def backfill(method: dict[str, float], informed: bool) -> BackfillCurves:
         """Curves from method->old (0) to new->new (1), straight lines; the informed order
         (kept when ``informed``) sits half-way between the line and new->new."""
 
@@ -159,7 +159,7 @@ def synthetic_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
             return out
 
         orders = {"random": points, "old-margin": points} if informed else {"random": points}
-        return Backfill(
+        return BackfillCurves(
             fractions=fractions,
             seed=0,
             support="toy-shapes/support",
@@ -200,29 +200,49 @@ def synthetic_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "slerp": Cost(wall_time_s=4.1, fit_time_s=0.9, forward_passes={"old": 500, "new": 500}),
         "procrustes": Cost(wall_time_s=3.0, fit_time_s=0.05),
     }
+    identity = {key: common[key] for key in ("pair", "old", "new", "dataset")}
+    references = {
+        split: {k: v for k, v in data.metrics.items() if k != "method->old"}
+        for split, data in splits(None).items()
+    }
+    SweepResult(
+        **identity,
+        method="xbt",
+        split="test",
+        seed=0,
+        points=[
+            SweepPoint(n_pairs=n, metrics=_recalls((28 + n / 1000, 58, 70), (41 + n / 800, 72, 82)))
+            for n in (0, 500, 2000, 8000)
+        ],
+        references=references["test"],
+        wall_time_s=300.0,
+    ).save(root)
+    for method, informed in (("xbt", False), ("slerp", True)):
+        BackfillResult(
+            **identity,
+            method=method,
+            seeds=[0],
+            backfill=backfill(SYNTHETIC_METHODS[method], informed),
+            references=references,
+        ).save(root)
     for method, values in SYNTHETIC_METHODS.items():
         extra = {}
         if method == "xbt":
             extra = {
                 "training_curves": {"stage1": curve, "stage2": curve[:10]},
-                "sweep": [
-                    SweepPoint(
-                        n_pairs=n, metrics=_recalls((28 + n / 1000, 58, 70), (41 + n / 800, 72, 82))
-                    )
-                    for n in (0, 500, 2000, 8000)
-                ],
                 "info": {
                     "alpha": np.float32(0.5),
                     "stage1": {"corpus_texts": 20000},
                     "stage2": {"pair_captions": 40000},
                 },
-                "backfill": backfill(values, informed=False),
                 "throughputs": throughputs,
             }
         if method == "slerp":
             extra = {
-                "backfill": backfill(values, informed=True),
-                "info": {"alpha": {"i2t": 0.1, "t2i": 0.0}},
+                "report": {
+                    "alpha_i2t": ReportValue(label="α I2T", value=0.1),
+                    "alpha_t2i": ReportValue(label="α T2I", value=0.0),
+                },
             }
         method_splits = splits(values)
         if method == "xbt":  # 95% intervals on `test`: I2T R@1's margin holds at 95%
@@ -295,7 +315,7 @@ def small_pair(tmp_path_factory: pytest.TempPathFactory, monkeypatch_module) -> 
     """A registered pair of the toy models whose data are folder datasets and a text file."""
     from support import SMALL_WORLD, write_folder_dataset
 
-    from xbt_bench.data.toy import toy_split
+    from xbt_bench.toy.world import toy_split
 
     root = tmp_path_factory.mktemp("small-world")
     for split in ("pairs", "support", "test"):

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xbt_bench.data.toy import ToyConfig, toy_split
+from xbt_bench.toy.world import ToyConfig, toy_split
 
 SMALL_WORLD = ToyConfig(
     seed=3, n_pretrain=10, n_text=300, n_pairs=120, n_support=60, n_test=80, n_test_hard=10

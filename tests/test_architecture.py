@@ -3,6 +3,7 @@ packaging list (so a wheel carries it), model zoo included."""
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -36,3 +37,41 @@ def test_model_zoo_is_found_in_a_checkout() -> None:
     from xbt_bench.paths import model_zoo
 
     assert model_zoo() == ROOT / "model_zoo"
+
+
+# The functions that read a result file back, and the only modules allowed to call them: the
+# results package itself and the reports (and the CLI's report commands) that join the files.
+READERS = {"from_json", "from_data", "read_result", "read_object", "load_result_set",
+           "load_results"}  # fmt: skip
+MAY_READ = ("xbt_bench/results/", "xbt_bench/report/", "xbt_bench/cli.py")
+
+
+def reader_calls(source: str) -> list[str]:
+    """``line name`` of every call of a result reader in ``source``."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call):
+            name = getattr(node.func, "attr", None) or getattr(node.func, "id", None)
+            if name in READERS:
+                found.append(f"{node.lineno} {name}")
+    return found
+
+
+def test_no_command_reads_a_result_file_back_to_merge_into_it() -> None:
+    """Each command writes its own file and never reads one: outside the readers (results/,
+    report/, the CLI's report commands) no module calls a result reader."""
+    calls = [
+        f"{path.relative_to(ROOT).as_posix()}:{call}"
+        for path in sorted((ROOT / "xbt_bench").rglob("*.py"))
+        if not path.relative_to(ROOT).as_posix().startswith(MAY_READ)
+        for call in reader_calls(path.read_text(encoding="utf-8"))
+    ]
+    assert calls == []
+
+
+def test_the_guard_finds_the_read_backs_it_replaced() -> None:
+    """What round 2's runner and sweep did (``keep_recorded``, ``onto_seeded_run``) is caught."""
+    keep_recorded = "def keep(result, root):\n    old = RunResult.from_json(result.path_in(root))\n"
+    onto_seeded_run = "def onto(result, root):\n    return load_results(root)[0]\n"
+    assert reader_calls(keep_recorded) == ["2 from_json"]
+    assert reader_calls(onto_seeded_run) == ["2 load_results"]

@@ -9,8 +9,8 @@ import pytest
 from support import run_cli
 
 from xbt_bench.errors import ConfigError, NotFoundError
-from xbt_bench.report import load_results
 from xbt_bench.report.cost import CostInputs, Hardware, cost_inputs, estimate, plans_frame
+from xbt_bench.results import load_results
 
 GIVEN = CostInputs(
     device="gpu",

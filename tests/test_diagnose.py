@@ -39,6 +39,7 @@ def test_diagnose_the_toy_pair_writes_json_beside_the_results(
     assert "rotation R² texts" in out and "CKA images" in out
     (path,) = tmp_path.glob(f"{small_pair}/*/diagnostics/test.json")
     report = json.loads(path.read_text())
+    assert (report["kind"], report["schema_version"]) == ("diagnostics", 2)
     _check(report, tmp_path)
     assert report["old_ref"] == "zoo:toy-s" and report["images"] == 80
 
@@ -62,7 +63,7 @@ def test_diagnose_a_pair_of_local_checkpoint_files(
     folder.mkdir()
     (folder / "tiny-files.toml").write_text(text)
     monkeypatch.setenv("XBT_BENCH_PAIRS", str(folder))
-    report = diagnose_pair(load_pair("tiny-files"))
+    report = diagnose_pair(load_pair("tiny-files")).to_dict()
     _check(report, tmp_path)
     assert report["old_ref"].endswith("tiny.pt") and report["fingerprints"]["old"].startswith(
         f"{tiny_model_name}@"

@@ -6,13 +6,23 @@ import numpy as np
 import pytest
 
 from xbt_bench.errors import InputError
-from xbt_bench.eval.diagnostics import (
-    linear_cka,
-    map_fit,
-    modality_gap,
-    pair_diagnostics,
-)
+from xbt_bench.eval import Embeddings
+from xbt_bench.eval.diagnostics import linear_cka, map_fit, modality_gap
 from xbt_bench.linalg import procrustes_map
+from xbt_bench.scoring import pair_diagnostics as score_pair
+
+
+def pair_diagnostics(
+    old_images: np.ndarray,
+    old_texts: np.ndarray,
+    new_images: np.ndarray,
+    new_texts: np.ndarray,
+    caption_image: np.ndarray,
+    **fit: np.ndarray,
+) -> dict:
+    """The typed diagnostics of the two spaces, as a plain dict."""
+    old, new = Embeddings(old_images, old_texts), Embeddings(new_images, new_texts)
+    return score_pair(old, new, caption_image, **fit).model_dump()
 
 
 def _rotation(dim: int, seed: int) -> np.ndarray:

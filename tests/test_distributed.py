@@ -19,7 +19,6 @@ from PIL import Image
 
 from xbt_bench import distributed
 from xbt_bench.data.base import ImageTextSet
-from xbt_bench.data.toy import ToyConfig, toy_split, toy_text_corpus
 from xbt_bench.embed import EmbeddingCache, embed_split, split_key
 from xbt_bench.embed.sharded import embed_split_sharded
 from xbt_bench.errors import XbtError
@@ -29,10 +28,11 @@ from xbt_bench.methods import FitContext, ModelHandle, methods
 from xbt_bench.methods import stage2 as stage2_module
 from xbt_bench.methods.base import SIDES, FittedMethod
 from xbt_bench.models.loading import load_model
-from xbt_bench.models.toy_models import ZooSettings
-from xbt_bench.report.result import RunResult
-from xbt_bench.runner import score
+from xbt_bench.results import RunResult, SweepResult
+from xbt_bench.scoring import score
 from xbt_bench.toy.build import ensure_checkpoint
+from xbt_bench.toy.world import ToyConfig, toy_split, toy_text_corpus
+from xbt_bench.toy.zoo import ZooSettings
 from xbt_bench.train import TrainConfig, train
 
 pytestmark = pytest.mark.slow  # torchrun subprocesses (minutes)
@@ -373,7 +373,7 @@ def query_metrics(ctx: FitContext, fitted: FittedMethod) -> dict[str, float]:
     test = toy_split("test", TOY_DDP)
     gallery = Embeddings(*(ctx.embed("old", test, side, count=False) for side in SIDES))
     queries = Embeddings(fitted.encode_images(test), fitted.encode_texts(test))
-    return score(queries, gallery, test).metrics
+    return score(queries, gallery, test.caption_image).metrics
 
 
 def stage2_weights(checkpoint_dir: str | Path) -> dict[str, torch.Tensor]:
@@ -619,9 +619,8 @@ def test_torchrun_sweep_command_records_points_and_rank_0_writes(
     launch = ["--redirects", "3", "--log-dir", str(logs), "-m", "xbt_bench"]
     sweep = ["sweep", "--pair", pair, "--method", "xbt", "--pairs", "0,8", *settings]
     torchrun(*launch, *sweep, "--output-dir", str(tmp_path / "out"), **env)
-    (path,) = (tmp_path / "out").glob(f"{pair}/*/xbt.json")
-    result = RunResult.from_json(path)
-    assert [p.n_pairs for p in result.sweep][:2] == [0, 8]
-    assert result.sweep[-1].metrics == result.metrics["method->old"]
+    (path,) = (tmp_path / "out").glob(f"{pair}/*/xbt.sweep.json")
+    sweep = SweepResult.from_json(path)
+    assert [p.n_pairs for p in sweep.points][:2] == [0, 8] and sweep.points[-1].n_pairs > 8
     stdout = {int(p.parent.name): p.read_text() for p in logs.glob("*/attempt_0/*/stdout.log")}
     assert "wrote" in stdout[0] and stdout[1].strip() == ""

@@ -14,13 +14,13 @@ import torch
 
 from xbt_bench.cli import main
 from xbt_bench.data.base import ImageTextSet
-from xbt_bench.data.toy import ToyConfig, toy_split, toy_text_corpus
 from xbt_bench.errors import ConfigError, NotFoundError, XbtError
 from xbt_bench.linalg import procrustes_map
 from xbt_bench.methods import FitContext, ModelHandle, methods
 from xbt_bench.methods import stage2 as stage2_module
 from xbt_bench.methods.closed_form import slerp
 from xbt_bench.methods.stage1 import pretrain_projection
+from xbt_bench.toy.world import ToyConfig, toy_split, toy_text_corpus
 
 WIDE_MODEL = "xbt-test-tiny-wide"
 WIDE_CONFIG = {
@@ -511,6 +511,7 @@ def test_hybrid_reuses_xbt_and_interpolates_with_old(refs, toy, tmp_path) -> Non
     grid = [round(0.1 * i, 1) for i in range(11)]
     alphas, _ = choose_alphas(old, ours, support.caption_image, grid, "per-direction")
     assert hybrid.info["alpha"] == alphas
+    assert hybrid.report == {"alpha_i2t": alphas["i2t"], "alpha_t2i": alphas["t2i"]}
     test = toy["test"]
     for alpha, expected in ((0.0, "old"), (1.0, "xbt")):
         _, fixed = fit(refs, toy, tmp_path, "xbt-hybrid", alpha=alpha)
@@ -523,8 +524,8 @@ def test_hybrid_reuses_xbt_and_interpolates_with_old(refs, toy, tmp_path) -> Non
 
 
 def test_an_extending_method_takes_its_base_methods_pair_settings() -> None:
+    from xbt_bench.options import RunOptions, method_config
     from xbt_bench.pairs import DataRefs, PairSpec
-    from xbt_bench.runner import RunOptions, method_config
 
     spec = PairSpec(
         name="p",

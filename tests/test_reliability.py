@@ -19,7 +19,7 @@ from xbt_bench.data.base import ImageTextSet
 from xbt_bench.embed import EmbeddingCache, embed_split, split_key
 from xbt_bench.errors import ConfigError
 from xbt_bench.models.loading import LoadedModel, load_model
-from xbt_bench.report.result import RunResult, load_results
+from xbt_bench.results import RunResult, load_results
 from xbt_bench.train import TrainConfig, train
 
 
@@ -128,7 +128,7 @@ def test_the_leaderboard_refuses_results_that_do_not_belong_together(
 
 def test_folder_datasets_with_similar_paths_get_their_own_files() -> None:
     """Defect 4: ``folder:/data/a/b`` and ``folder:/data/a_b``."""
-    from xbt_bench.report.result import path_component
+    from xbt_bench.results import path_component
 
     first, second = path_component("folder:/data/a/b"), path_component("folder:/data/a_b")
     assert first != second
@@ -283,7 +283,7 @@ def test_cache_prune_removes_what_a_killed_extraction_left(
 
 
 @pytest.mark.slow
-def test_a_rerun_over_a_corrupt_result_says_its_sweep_is_lost(
+def test_a_rerun_replaces_a_corrupt_result_without_reading_it(
     small_pair: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "results"
@@ -292,9 +292,7 @@ def test_a_rerun_over_a_corrupt_result_says_its_sweep_is_lost(
     (path,) = out.glob(f"{small_pair}/*/old.json")
     path.write_text("{ not json")
     capsys.readouterr()
-    assert run_cli(args) == 0
-    out_text = capsys.readouterr().out.replace("\n", " ")
-    assert "replacing an unreadable result file" in out_text and str(path) in out_text
+    assert run_cli(args) == 0  # each command writes its own file; it never reads it back
     assert RunResult.from_json(path).method == "old"
 
 
@@ -325,8 +323,8 @@ def test_a_caption_file_that_is_not_utf8_names_its_line(tmp_path: Path) -> None:
 def test_scoring_the_text_corpus_split_warns(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from xbt_bench.options import RunOptions, load_pair_data
     from xbt_bench.pairs import load_pair
-    from xbt_bench.runner import RunOptions, load_pair_data
 
     spec = load_pair("toy-s-to-m")
     load_pair_data(spec, RunOptions(pair=spec.name, splits=["text"]), Console(width=200))
@@ -338,7 +336,7 @@ def test_damaged_toy_data_is_generated_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """Toy splits and images are cache entries too: verified when read."""
-    from xbt_bench.data import toy
+    from xbt_bench.toy import world as toy
 
     monkeypatch.setenv("XBT_BENCH_HOME", str(tmp_path))
     config = toy.ToyConfig(n_pretrain=8, n_text=8, n_pairs=8, n_support=8, n_test=8,

@@ -17,18 +17,10 @@ from rich.console import Console
 from test_cli import run_cli
 
 from xbt_bench.errors import ConfigError, NotFoundError
-from xbt_bench.report import (
-    ChainMatrix,
-    Cost,
-    RunResult,
-    SplitResult,
-    build_leaderboards,
-    collect_versions,
-    git_revision,
-    load_results,
-    make_plots,
-    print_summary,
-)
+from xbt_bench.methods.base import Cost
+from xbt_bench.report import build_leaderboards, make_plots, print_summary
+from xbt_bench.results import RunResult, collect_versions, git_revision, load_results
+from xbt_bench.scoring import ChainMatrix, SplitResult
 
 ISSUE_KEYS = [
     "pair",
@@ -106,13 +98,13 @@ def test_result_json_round_trip_has_the_issue_keys(synthetic_results: Path, tmp_
 def test_minimal_file_without_splits_loads(tmp_path: Path):
     data = _result().to_dict()
     del data["splits"]
-    del data["backfill"], data["throughputs"]  # as files written before they existed
+    del data["throughputs"], data["report"]  # optional: a hand-written file may leave them out
     path = tmp_path / "hand-written.json"
     path.write_text(json.dumps(data))
     result = RunResult.from_json(path)
     assert list(result.splits) == ["test"]
     assert result.compatibility.cells_held == 5
-    assert result.backfill is None and result.throughputs == []
+    assert result.throughputs == [] and result.report == {}
 
 
 def _sha8(text: str) -> str:
@@ -136,7 +128,12 @@ def test_paths_and_provenance(tmp_path: Path):
     [
         ("{not json", "is not valid JSON"),
         ('["a list"]', "must hold a JSON object"),
-        ('{"pair": "p"}', "lacks the keys ['old', 'new'"),
+        ('{"schema_version": 2, "pair": "p"}', "lacks the keys ['old', 'new'"),
+        ('{"pair": "p", "method": "xbt"}', "has schema version 1, older than this xbt-bench's 2; "
+         "regenerate it with `xbt-bench run --pair p --method xbt`"),
+        ('{"kind": "sweep", "schema_version": 9}', "has schema version 9; this xbt-bench reads "
+         "version 2: upgrade xbt-bench"),
+        ('{"kind": "tea", "schema_version": 2}', "has unknown kind 'tea'"),
     ],
 )
 def test_malformed_file_is_named(tmp_path: Path, text: str, message: str):
@@ -158,7 +155,7 @@ def test_invalid_values_are_named(tmp_path: Path):
         RunResult.from_json(path)
     with pytest.raises(NotFoundError, match="does not exist"):
         load_results(tmp_path / "nowhere")
-    with pytest.raises(NotFoundError, match="no result files"):
+    with pytest.raises(NotFoundError, match="no run results"):
         load_results(tmp_path)
 
 
@@ -240,7 +237,7 @@ def test_plots_are_written_and_stale_ones_removed(synthetic_results: Path, tmp_p
         "gain-vs-cost-toy-s-to-m-toy-shapes-test",
         "chain-toy-s-m-l-toy-shapes-test-xbt",
         "curves-toy-s-to-m-toy-shapes-xbt",
-        "sweep-toy-s-to-m-toy-shapes",
+        "sweep-toy-s-to-m-toy-shapes-test",
     } <= stems
     assert len(files) == 2 * len(stems)
     for path in files:
@@ -316,43 +313,48 @@ def test_leaderboard_reads_copied_results(synthetic_results: Path, tmp_path: Pat
     pd.testing.assert_frame_equal(first, second)
 
 
-def test_a_sweep_records_its_points_in_the_several_seed_run(tmp_path: Path) -> None:
-    from xbt_bench.report.result import SweepPoint
-    from xbt_bench.sweep import onto_seeded_run
+def test_every_command_writes_its_own_file_and_a_rerun_keeps_the_others(tmp_path: Path) -> None:
+    from xbt_bench.results import SweepResult, load_result_set
+    from xbt_bench.scoring import SweepPoint
 
-    seeded = _result(seeds=[0, 1, 2], config={"lr": 1e-3})
-    seeded.save(tmp_path)
-    swept = _result(
-        seeds=[0],
-        config={"lr": 1e-3},
-        sweep=[SweepPoint(n_pairs=0, metrics=SYNTHETIC_OLD)],
-        info={"sweep_wall_time_s": 3.0},
+    run = _result(seeds=[0, 1, 2], config={"lr": 1e-3})
+    sweep = SweepResult(
+        **{key: getattr(run, key) for key in ("pair", "old", "new", "method", "dataset")},
+        split="test",
+        seed=0,
+        points=[SweepPoint(n_pairs=0, metrics=SYNTHETIC_OLD)],
+        references={"old->old": SYNTHETIC_OLD, "new->new": SYNTHETIC_NEW},
+        wall_time_s=3.0,
     )
-    merged = onto_seeded_run(swept, tmp_path)
-    assert merged.seeds == [0, 1, 2] and merged.sweep == swept.sweep  # the 3-seed run kept
-    assert merged.info["sweep_wall_time_s"] == 3.0
-    other = swept.model_copy(update={"config": {"lr": 2e-3}})
-    assert onto_seeded_run(other, tmp_path) is other  # other settings: the sweep's own result
+    paths = [run.save(tmp_path), sweep.save(tmp_path)]
+    assert [p.name for p in paths] == ["xbt.json", "xbt.sweep.json"]
+    run.model_copy(update={"seeds": [0]}).save(tmp_path)  # a plain rerun of the method
+    found = load_result_set(tmp_path)
+    assert [r.seeds for r in found.runs] == [[0]]
+    assert found.sweeps == [sweep]  # untouched: it lives in its own file
+    assert json.loads(paths[1].read_text())["kind"] == "sweep"
 
 
 def test_pair_diagnostics_join_the_leaderboard(synthetic_results: Path, tmp_path: Path) -> None:
     import shutil
 
     from xbt_bench.report.leaderboard import build_leaderboards
+    from xbt_bench.results import DiagnosticsResult
 
     results = tmp_path / "results"
     shutil.copytree(synthetic_results, results)
-    report = {
-        "pair": "toy-s-to-m", "dataset": "toy-shapes", "split": "support",
-        "old": {"modality_gap": 0.61}, "new": {"modality_gap": 0.42},
-        "cka_texts": 0.8, "cka_images": 0.7,
-        "procrustes": {"r2_texts": 0.91, "r2_images": 0.52, "linear_r2_texts": 0.97},
-        "capability_gap": {"t2i_r1": 12.5, "i2t_r1": 10.0, "rsum_percent": 14.2},
-    }  # fmt: skip
-    folder = results / "toy-s-to-m" / "toy-shapes" / "diagnostics"
-    folder.mkdir()
-    (folder / "support.json").write_text(json.dumps(report))
-    boards = build_leaderboards(results, tmp_path / "boards")  # not read as a result file
+    geometry = {"dim": 64, "matched_cosine": 0.3}
+    DiagnosticsResult(
+        pair="toy-s-to-m", old_ref="zoo:toy-s", new_ref="zoo:toy-m", dataset="toy-shapes",
+        split="support", images=1000, captions=5000, fit_corpus="toy-shapes:text",
+        old={**geometry, "modality_gap": 0.61}, new={**geometry, "modality_gap": 0.42},
+        cka_texts=0.8, cka_images=0.7,
+        procrustes={"fit_texts": 99, "r2_texts": 0.91, "r2_images": 0.52, "residual_texts": 0.1,
+                    "residual_images": 0.5, "linear_r2_texts": 0.97},
+        capability_gap={"t2i_r1": 12.5, "i2t_r1": 10.0, "rsum": 55.0, "rsum_percent": 14.2},
+        retrieval={"old": SYNTHETIC_OLD, "new": SYNTHETIC_NEW},
+    ).save(results)  # fmt: skip
+    boards = build_leaderboards(results, tmp_path / "boards")
     row = boards.diagnostics.iloc[0]
     assert (row["pair"], row["rotation R² texts"], row["new−old rsum %"]) == (
         "toy-s-to-m",

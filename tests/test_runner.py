@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from support import KEYS, SMALL_WORLD, run_cli, tiny_settings
 
-from xbt_bench.data.toy import toy_split
 from xbt_bench.methods import default_methods, methods
-from xbt_bench.report.result import RunResult
+from xbt_bench.results import BackfillResult, RunResult, SweepResult
+from xbt_bench.toy.world import toy_split
 
 pytestmark = pytest.mark.slow  # end-to-end runs of every method
 
@@ -80,18 +80,21 @@ def test_sweep_records_points_per_pair_count(small_pair: str, tmp_path: Path, ca
             "--output-dir", str(out), *tiny_settings()]  # fmt: skip
     code = run_cli(args)
     assert code == 0, capsys.readouterr().err
-    (path,) = out.glob(f"{small_pair}/*/xbt.json")
-    result = RunResult.from_json(path)
-    assert [p.n_pairs for p in result.sweep] == [0, 30, 60]
-    assert all(set(p.metrics) == set(KEYS) for p in result.sweep)
+    (path,) = out.glob(f"{small_pair}/*/xbt.sweep.json")
+    sweep = SweepResult.from_json(path)
+    assert [p.n_pairs for p in sweep.points] == [0, 30, 60]
+    assert all(set(p.metrics) == set(KEYS) for p in sweep.points)
+    assert not list(out.glob(f"{small_pair}/*/xbt.json"))  # a sweep writes no run result
     # 60 pairs is the full run: its point is the run's own method->old score
-    assert result.sweep[-1].metrics == result.metrics["method->old"]
-    # a plain rerun with the same settings keeps the recorded points; other settings drop them
     run = ["run", "--pair", small_pair, "--method", "xbt", "--output-dir", str(out)]
     assert run_cli([*run, *tiny_settings()]) == 0
-    assert RunResult.from_json(path).sweep == result.sweep
+    result = RunResult.from_json(path.with_name("xbt.json"))
+    assert sweep.points[-1].metrics == result.metrics["method->old"]
+    assert sweep.references == {k: result.metrics[k] for k in ("old->old", "new->new")}
+    # a rerun with other settings replaces the run's file and leaves the sweep's alone
+    before = path.read_bytes()
     assert run_cli([*run, *tiny_settings(), "--set", "lora_rank=2"]) == 0
-    assert RunResult.from_json(path).sweep == []
+    assert path.read_bytes() == before
     assert run_cli(["sweep", "--pair", small_pair, "--method", "slerp"]) == 1
     assert "do not train on image-text pairs" in capsys.readouterr().err
 
@@ -319,15 +322,24 @@ def test_seeds_give_a_mean_a_spread_and_intervals(small_pair: str, tmp_path: Pat
 def test_backfill_curves_hybrid_and_measured_throughputs(small_pair: str, tmp_path: Path) -> None:
     out = tmp_path / "results"
     names = ("old", "new", "procrustes", "xbt", "xbt-hybrid")
+    methods_args = [a for m in names for a in ("--method", m)]
     args = ["backfill", "--pair", small_pair, "--fractions", "0,50,100", "--output-dir", str(out),
-            *[a for m in names for a in ("--method", m)], *tiny_settings()]  # fmt: skip
+            *methods_args, *tiny_settings()]  # fmt: skip
     assert run_cli(args) == 0
-    results = {p.stem: RunResult.from_json(p) for p in out.glob(f"{small_pair}/*/*.json")}
-    assert results["new"].backfill is None  # NEW's queries do not search OLD's gallery
-    for name in ("old", "procrustes", "xbt", "xbt-hybrid"):
-        result = results[name]
-        backfill = result.backfill
+    curves = {p.name.split(".")[0]: BackfillResult.from_json(p)
+              for p in out.glob(f"{small_pair}/*/*.backfill.json")}  # fmt: skip
+    assert set(curves) == {"old", "procrustes", "xbt", "xbt-hybrid"}  # NEW's queries search NEW
+    assert not list(out.glob(f"{small_pair}/*/xbt.json"))  # a backfill writes no run result
+    run = ["run", "--pair", small_pair, "--output-dir", str(out), *methods_args]
+    assert run_cli([*run, *tiny_settings()]) == 0
+    results = {p.stem: RunResult.from_json(p) for p in out.glob(f"{small_pair}/*/*.json")
+               if p.name.count(".") == 1}  # fmt: skip
+    for name, found in curves.items():
+        result, backfill = results[name], found.backfill
         assert backfill.fractions == [0.0, 0.5, 1.0] and backfill.support.endswith("support")
+        assert found.references["test"] == {
+            k: result.metrics[k] for k in ("old->old", "new->new")
+        }
         own = result.metrics["old->old" if name == "old" else "method->old"]
         for order, curve in backfill.curves["test"].items():
             assert backfill.orders[order].kept
@@ -337,19 +349,21 @@ def test_backfill_curves_hybrid_and_measured_throughputs(small_pair: str, tmp_pa
             assert set(choice.support_r1) == {"none", "affine"}
             kept = "affine" if choice.support_r1["affine"] > choice.support_r1["none"] else "none"
             assert choice.kind == kept
-    # the hybrid reused xbt's training and records its α per direction
+    # the hybrid reused xbt's training and reports its α per direction
     hybrid, xbt = results["xbt-hybrid"], results["xbt"]
     assert hybrid.info["stage2"]["checkpoint_dir"] == xbt.info["stage2"]["checkpoint_dir"]
-    assert set(hybrid.info["alpha"]) == {"i2t", "t2i"}
+    assert set(hybrid.report) == {"alpha_i2t", "alpha_t2i"}
+    assert hybrid.report["alpha_i2t"].label == "α I2T"
     # every result carries the embedding throughputs the cost model reads
     measured = {(t.model, t.side): t for t in xbt.throughputs}
     assert {("old", "image"), ("old", "text"), ("new", "image"), ("new", "text")} <= set(measured)
     assert measured["new", "image"].device == "cpu" and measured["new", "image"].rows_per_s > 0
     assert run_cli(["cost", "--pair", small_pair, "--gallery-size", "1000000",
                     "--results-dir", str(out)]) == 0  # fmt: skip
-    # a plain rerun keeps the recorded curves; a backfill needs a share strictly inside (0, 1)
-    run = ["run", "--pair", small_pair, "--method", "procrustes", "--output-dir", str(out)]
-    assert run_cli(run) == 0
-    path = next(out.glob(f"{small_pair}/*/procrustes.json"))
-    assert RunResult.from_json(path).backfill == results["procrustes"].backfill
+    # a plain rerun leaves the curves alone; a backfill needs a share strictly inside (0, 1)
+    path = next(out.glob(f"{small_pair}/*/procrustes.backfill.json"))
+    before = path.read_bytes()
+    assert run_cli(["run", "--pair", small_pair, "--method", "procrustes",
+                    "--output-dir", str(out)]) == 0  # fmt: skip
+    assert path.read_bytes() == before
     assert run_cli(["backfill", "--pair", small_pair, "--fractions", "0,100"]) == 1

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xbt_bench.data import toy
-from xbt_bench.data.toy import (
+from xbt_bench.toy import world as toy
+from xbt_bench.toy.world import (
     COLOUR_WORDS,
     EVAL_SPLITS,
     POSITIONS,

@@ -13,13 +13,13 @@ import pytest
 import torch
 from PIL import Image
 
+from xbt_bench import paths
 from xbt_bench.atomic import sha256_of
-from xbt_bench.data.toy import ToyConfig, toy_images
 from xbt_bench.errors import ConfigError, NotFoundError
-from xbt_bench.models import toy_models
+from xbt_bench.eval import Embeddings
 from xbt_bench.models.loading import load_model
-from xbt_bench.models.toy_models import ZooSettings, zoo_entry, zoo_names
 from xbt_bench.toy import build as toy_build
+from xbt_bench.toy import zoo as toy_models
 from xbt_bench.toy.build import (
     embedding_geometry,
     ensure_checkpoint,
@@ -28,6 +28,8 @@ from xbt_bench.toy.build import (
     image_tensor,
     ship,
 )
+from xbt_bench.toy.world import ToyConfig, toy_images
+from xbt_bench.toy.zoo import ZooSettings, zoo_entry, zoo_names
 
 TINY_DATA = ToyConfig(
     n_pretrain=96, n_text=8, n_pairs=8, n_support=8, n_test=40, n_test_hard=8, seed=3
@@ -113,7 +115,7 @@ def test_unknown_name_suggests_the_closest() -> None:
 def test_geometry_of_known_embeddings() -> None:
     images = np.array([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
     texts = np.array([[1.0, 0.0, 0.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
-    geometry = embedding_geometry(images, texts, np.array([0, 1, 1]))
+    geometry = embedding_geometry(Embeddings(images, texts), np.array([0, 1, 1]))
     assert geometry["matched_cosine"] == pytest.approx(1 / 3)
     # centroids (.5, .5, 0) and (1/3, 0, 2/3)
     assert geometry["modality_gap"] == pytest.approx(np.sqrt(1 / 36 + 1 / 4 + 4 / 9))
@@ -161,7 +163,7 @@ def own_zoo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (folder / "toy-s.json").write_text(json.dumps(entry.model_config))
     recipe = TINY.to_dict()
     (folder / "toy-s.train.json").write_text(json.dumps(recipe))
-    monkeypatch.setattr(toy_models, "model_zoo", lambda: tmp_path / "zoo")
+    monkeypatch.setattr(paths, "model_zoo", lambda: tmp_path / "zoo")
     return folder
 
 

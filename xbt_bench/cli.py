@@ -7,20 +7,19 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 # Set before huggingface_hub is imported anywhere: progress bars and telemetry only.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from .errors import XbtError, validation_message
 
 if TYPE_CHECKING:
-    from .models.toy_models import ZooEntry
-    from .runner import RunOptions
+    from .options import RunOptions
+    from .toy.zoo import ZooEntry
 
 # Piped or logged output keeps whole numbers in the summary tables (rich would wrap it at 80).
 console = Console(width=None if sys.stdout.isatty() else 140)
@@ -59,22 +58,17 @@ app.add_typer(zoo_app, name="zoo")
 def pairs_list() -> None:
     """Show every registered pair as a table."""
     from .pairs import pair_registry, parse_pair_file, shadowed_pairs
+    from .report.tables import pairs_table
 
     registry = pair_registry()
-    table = Table(title="Registered pairs")
-    for column in ("name", "old", "new", "dataset", "description"):
-        table.add_column(column, overflow="fold")
-    notes = []
+    specs, notes = [], []
     for name in registry.names():
-        spec = parse_pair_file(registry.get(name))
-        old_new = " -> ".join(spec.chain[1:]) if spec.is_chain else spec.new
         hidden = shadowed_pairs(name)
-        table.add_row(name + (" *" if hidden else ""), spec.old, old_new, spec.dataset,
-                      spec.description)  # fmt: skip
+        specs.append((parse_pair_file(registry.get(name)), bool(hidden)))
         notes += [f"* {name}: {registry.get(name)} replaces {path}" for path in hidden]
-    console.print(table)
+    console.print(pairs_table(specs))
     if notes:
-        console.print("\n".join(notes), highlight=False, soft_wrap=True)
+        console.print("\n".join(notes), markup=False, highlight=False, soft_wrap=True)
 
 
 @pairs_app.command("show")
@@ -138,38 +132,13 @@ def pairs_diagnose(
     """How alike the pair's OLD and NEW are on a split, before any method runs: modality gaps,
     CKA, how well a text-fitted rotation maps NEW onto OLD (texts, and transferred to images),
     and NEW's capability gain."""
-    from .diagnose import diagnose_pair, save_diagnostics
+    from .diagnose import diagnose_pair
     from .pairs import load_pair
+    from .report.tables import diagnostics_table
 
     report = diagnose_pair(load_pair(name), split, dataset, data_root)
-    table = Table(title=f"{report['pair']} · {report['dataset']} · split {report['split']}")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    table.add_column("meaning", overflow="fold")
-    rows = [
-        *[
-            (f"{which} modality gap", report[which]["modality_gap"], "‖mean image − mean text‖")
-            for which in ("old", "new")
-        ],
-        *[
-            (f"{which} matched cosine", report[which]["matched_cosine"], "caption vs its image")
-            for which in ("old", "new")
-        ],
-        ("CKA texts", report["cka_texts"], "linear CKA of OLD and NEW on the same captions"),
-        ("CKA images", report["cka_images"], "... on the same images"),
-        ("rotation R² texts", report["procrustes"]["r2_texts"],
-         f"orthogonal map fitted on {report['fit_corpus']}, on the split's captions"),
-        ("rotation R² images", report["procrustes"]["r2_images"], "the same map on images"),
-        ("linear R² texts", report["procrustes"]["linear_r2_texts"],
-         "a general linear map, for reference"),
-        ("new−old R@1 T2I", report["capability_gap"]["t2i_r1"], "points"),
-        ("new−old R@1 I2T", report["capability_gap"]["i2t_r1"], "points"),
-        ("new−old rsum", report["capability_gap"]["rsum_percent"], "percent of old→old's rsum"),
-    ]  # fmt: skip
-    for label, value, meaning in rows:
-        table.add_row(label, f"{value:.3f}", meaning)
-    console.print(table)
-    console.print(f"wrote {save_diagnostics(results_dir, report)}", highlight=False)
+    console.print(diagnostics_table(report))
+    console.print(f"wrote {report.save(results_dir)}", markup=False, highlight=False)
 
 
 @models_app.command("info")
@@ -187,15 +156,9 @@ def models_info(
 @datasets_app.command("list")
 def datasets_list() -> None:
     """Show every dataset name (and name pattern), its splits and the files it needs."""
-    from .data.registry import DATASET_INFOS, PATTERN_INFOS
+    from .report.tables import datasets_table
 
-    table = Table(title="Datasets (files are looked up in --data-root)")
-    table.add_column("name", no_wrap=True)
-    for column in ("kind", "splits", "needs"):
-        table.add_column(column, overflow="fold")
-    for info in (*DATASET_INFOS, *PATTERN_INFOS):
-        table.add_row(info.name, info.kind, ", ".join(info.splits), info.needs)
-    console.print(table)
+    console.print(datasets_table())
 
 
 @datasets_app.command("check")
@@ -233,33 +196,24 @@ def datasets_check(
 @methods_app.command("list")
 def methods_list() -> None:
     """Show every registered method: what it trains and when it needs OLD."""
-    from .methods import method_names, methods
+    from .report.tables import methods_table
 
-    table = Table(title="Methods (SPEC §3)")
-    for column in ("method", "trains", "OLD at query time", "OLD in training", "notes"):
-        table.add_column(column, overflow="fold")
-    for name in method_names():
-        method = methods.get(name)
-        query = "yes" if method.old_at_query else "no"
-        label = f"{name} (variant)" if method.variant else name
-        table.add_row(label, method.trains, query, method.old_in_training, method.notes)
-    console.print(table)
+    console.print(methods_table())
     console.print("variants run only when named: xbt-bench run --pair P --method NAME")
 
 
 @methods_app.command("show")
 def methods_show(name: Annotated[str, typer.Argument(help="method name, e.g. xbt")]) -> None:
     """Show one method's settings with their defaults (set them in a pair file's
-    ``[methods.NAME]`` table or with ``xbt-bench run --set KEY=VALUE``)."""
+    \\[methods.NAME] table or with ``xbt-bench run --set KEY=VALUE``)."""
+    from rich.markup import escape
+
     from .methods import methods
+    from .report.tables import settings_table
 
     method = methods.get(name)
-    console.print(f"[bold]{method.name}[/bold]: {method.notes}")
-    table = Table(title=f"{method.name} settings")
-    for column in ("setting", "default", "meaning"):
-        table.add_column(column, overflow="fold")
-    for setting, default, meaning in method.describe_settings():
-        table.add_row(setting, default, meaning)
+    console.print(f"[bold]{escape(method.name)}[/bold]: {escape(method.notes)}")
+    table = settings_table(name)
     console.print(table if table.rows else "(no settings)")
 
 
@@ -308,38 +262,25 @@ SetOption = Annotated[
 ]
 
 
-def _run_options(
-    pair: str,
-    methods: list[str] | None,
-    dataset: str | None,
-    splits: list[str] | None,
-    data_root: Path | None,
-    output_dir: Path,
-    seed: int,
-    device: str,
-    quick: bool,
-    workers: int | None,
-    settings: list[str] | None,
-) -> RunOptions:
-    """The options ``run`` and ``sweep`` share, in their order there, as RunOptions; the
-    output folder is checked before any work."""
-    from .errors import ConfigError
-    from .runner import RunOptions
+def _run_options(args: dict[str, Any]) -> RunOptions:
+    """RunOptions from a command's arguments (its ``locals()``): the options that ``run``,
+    ``backfill`` and ``sweep`` share, under their command-line names (``method``, ``split``,
+    ``seeds``, ``workers``, ``set_``), checked before any work."""
+    from .options import RunOptions
 
-    if output_dir.exists() and not output_dir.is_dir():
-        raise ConfigError(f"--output-dir {output_dir} is a file; give a folder for the results")
     return RunOptions(
-        pair=pair,
-        methods=methods or [],
-        dataset=dataset,
-        splits=splits or [],
-        data_root=data_root,
-        output_dir=output_dir,
-        seed=seed,
-        device=device,
-        quick=quick,
-        num_workers=workers,
-        overrides=_parse_overrides(settings),
+        pair=args["pair"],
+        methods=args["method"] or [],
+        dataset=args.get("dataset"),
+        splits=args["split"] or [],
+        data_root=args["data_root"],
+        output_dir=args["output_dir"],
+        seed=args["seed"],
+        n_seeds=args.get("seeds", 1),
+        device=args["device"],
+        quick=args["quick"],
+        num_workers=args["workers"],
+        overrides=_parse_overrides(args["set_"]),
     )
 
 
@@ -377,19 +318,22 @@ def run_command(
         typer.Option(help="also record partial-backfill curves (as `xbt-bench backfill`)"),
     ] = False,
 ) -> None:
-    """Run a pair end to end: embed, fit every method, score every setting, write results.
+    """Run a pair end to end: embed, fit every method, score every setting, write results
+    (with --backfill also the partial-backfill curves, as `xbt-bench backfill` writes them).
     Under torchrun the ranks share the embedding and the training (DDP); rank 0 writes."""
-    from dataclasses import replace
-
+    from .backfill import run_backfill
     from .eval.backfill import DEFAULT_FRACTIONS
+    from .options import check_backfill
+    from .pairs import load_pair
     from .runner import run
 
+    if backfill:
+        check_backfill(load_pair(pair), DEFAULT_FRACTIONS)  # before any work
     with _torchrun_job(device) as device:
-        options = _run_options(
-            pair, method, dataset, split, data_root, output_dir, seed, device, quick, workers, set_
-        )
-        fractions = list(DEFAULT_FRACTIONS) if backfill else None
-        run(replace(options, n_seeds=seeds, backfill=fractions), console)
+        options = _run_options(locals())
+        runner = run(options, console)
+        if backfill:
+            run_backfill(options, DEFAULT_FRACTIONS, console, runner)
 
 
 def _percentages(text: str, option: str) -> list[float]:
@@ -429,18 +373,18 @@ def backfill_command(
     set_: SetOption = None,
 ) -> None:
     """Partial backfill: recall when a share of the gallery is re-embedded with NEW (its items
-    searched with NEW's queries, the rest with each method's), per method and order, written
-    into each method's result (a run of the pair, with curves; cached work is reused)."""
-    from dataclasses import replace
-
-    from .runner import run
+    searched with NEW's queries, the rest with each method's), per method and order; each
+    method's curves go to its own file, <method>.backfill.json (the methods are fitted as `run`
+    fits them: cached work is reused)."""
+    from .backfill import run_backfill
+    from .options import check_backfill
+    from .pairs import load_pair
 
     shares = _percentages(fractions, "--fractions")
+    check_backfill(load_pair(pair), shares)  # before any work
     with _torchrun_job(device) as device:
-        options = _run_options(
-            pair, method, None, split, data_root, output_dir, seed, device, quick, workers, set_
-        )
-        run(replace(options, n_seeds=seeds, backfill=shares), console)
+        options = _run_options(locals())
+        run_backfill(options, shares, console)
 
 
 @app.command("cost")
@@ -473,26 +417,23 @@ def cost_command(
         plan_recalls,
         plans_frame,
     )
-    from .report.result import load_results
+    from .report.tables import frame_table
+    from .results import load_result_set
 
     if gallery_side not in ("image", "text"):
         raise ConfigError(f"--gallery-side {gallery_side!r} is not one of image, text")
     shares = _percentages(fractions, "--fractions")
-    results = load_results(results_dir)
+    found = load_result_set(results_dir)
     entered = Hardware.from_toml(hardware) if hardware is not None else None
-    inputs = cost_inputs(results, pair, gallery_side, entered, str(hardware))
+    inputs = cost_inputs(found.runs, pair, gallery_side, entered, str(hardware))
     frame = plans_frame(
-        estimate(inputs, gallery_size, shares, plan_recalls(results, pair, shares)), inputs
+        estimate(inputs, gallery_size, shares, plan_recalls(found, pair, shares)), inputs
     )
-    table = Table(
-        title=f"Estimated cost of upgrading {pair}: a gallery of {gallery_size:,} "
-        f"{gallery_side}s (ESTIMATE)"
+    title = (
+        f"Estimated cost of upgrading {pair}: a gallery of {gallery_size:,} {gallery_side}s "
+        "(ESTIMATE)"
     )
-    for column in frame.columns:
-        table.add_column(str(column), overflow="fold")
-    for row in frame.itertuples(index=False):
-        table.add_row(*map(str, row))
-    console.print(table)
+    console.print(frame_table(frame, title))
     console.print(ESTIMATE_NOTE, highlight=False, soft_wrap=True)
     for key, source in inputs.sources.items():
         console.print(f"  {key}: {source}", highlight=False, soft_wrap=True)
@@ -529,9 +470,7 @@ def sweep_command(
         message = f"--pairs {pairs!r}: use comma-separated integers, e.g. 0,500,2000"
         raise ConfigError(message) from None
     with _torchrun_job(device) as device:
-        options = _run_options(
-            pair, method, None, split, data_root, output_dir, seed, device, quick, workers, set_
-        )
+        options = _run_options(locals())
         run_sweep(options, counts, console)
 
 
@@ -599,7 +538,7 @@ def zoo_build(
     import torch
 
     from .distributed import init_distributed, is_main, shutdown_distributed
-    from .models.toy_models import zoo_entry, zoo_names
+    from .toy.zoo import zoo_entry, zoo_names
 
     if threads is not None:
         torch.set_num_threads(threads)
@@ -661,44 +600,14 @@ def _build_toy_models(entries: list[ZooEntry], out: Console) -> None:
 @zoo_app.command("list")
 def zoo_list(quick: QuickOption = False) -> None:
     """Show each toy model: where its weights are, its size, test retrieval and geometry."""
-    from .models.toy_models import zoo_entry, zoo_names
+    from .report.tables import ZOO_LEGEND, zoo_table
+    from .toy.zoo import zoo_entry, zoo_names
 
-    table = Table(title="Toy models (R@1 and geometry on the toy test split)")
-    columns = (
-        "model", "weights", "dim", "towers", "tau", "R@1 t2i/i2t", "match", "gap", "intra i/t"
-    )
-    for column in columns:
-        table.add_column(column, no_wrap=column in ("model", "weights"), overflow="fold")
-    paths = []
-    for name in zoo_names():
-        entry = zoo_entry(name, quick)
-        vision, text = entry.model_config["vision_cfg"], entry.model_config["text_cfg"]
-        settings = entry.settings
-        card = entry.card()
-        source = "shipped" if entry.ships_weights else "built" if entry.is_built else "none"
-        row = [
-            name,
-            source,
-            str(entry.model_config["embed_dim"]),
-            f"vit {vision['width']}x{vision['layers']}/{vision['patch_size']} "
-            f"txt {text['width']}x{text['layers']}",
-            f"{settings.temperature:g}" + ("~" if settings.learn_temperature else ""),
-        ]
-        if card:
-            recall, geometry = card["retrieval"], card["geometry"]
-            row += [
-                f"{recall['t2i_r1']:.1f}/{recall['i2t_r1']:.1f}",
-                f"{geometry['matched_cosine']:.2f}",
-                f"{geometry['modality_gap']:.2f}",
-                f"{geometry['image_intra_cosine']:.2f}/{geometry['text_intra_cosine']:.2f}",
-            ]
-        else:
-            row += ["-"] * 4
-        table.add_row(*row)
-        paths.append(f"{name}: {entry.weights_path if card else entry.folder}")
-    console.print(table)
-    console.print("towers: width x layers (/patch px); tau~ = learned temperature")
-    console.print("\n".join(paths), soft_wrap=True, highlight=False)
+    entries = [zoo_entry(name, quick) for name in zoo_names()]
+    console.print(zoo_table(entries))
+    console.print(ZOO_LEGEND, highlight=False)
+    paths = [f"{e.name}: {e.weights_path if e.card() else e.folder}" for e in entries]
+    console.print("\n".join(paths), soft_wrap=True, markup=False, highlight=False)
 
 
 cache_app = typer.Typer(help="The cache under $XBT_BENCH_HOME.", no_args_is_help=True)

@@ -60,6 +60,15 @@ def did_you_mean(name: str, choices: Iterable[str], known: str = "known") -> str
     return f"{known}: {', '.join(sorted(choices)) or '(none)'}"
 
 
+def require(owner: object, checks: dict[str, bool], what: str, rules: str) -> None:
+    """ConfigError naming the value of every field of ``owner`` whose check failed
+    (``"invalid toy recipe: lr=0 (lr > 0, ...)"``); nothing when all hold."""
+    bad = [name for name, ok in checks.items() if not ok]
+    if bad:
+        values = ", ".join(f"{name}={getattr(owner, name)!r}" for name in bad)
+        raise ConfigError(f"invalid {what}: {values} ({rules})")
+
+
 def validation_message(error: ValidationError) -> tuple[str, str, str]:
     """The first problem pydantic found, as ``(field, message, error type)``; ``field`` is the
     dotted location (``"(top level)"`` when the whole object is at fault)."""

@@ -17,6 +17,11 @@ def model_zoo() -> Path:
     return source if (source / "pairs").is_dir() else _PACKAGE / "model_zoo"
 
 
+def zoo_models_dir() -> Path:
+    """``model_zoo/models``: the toy models' open_clip configs, recipes and shipped weights."""
+    return model_zoo() / "models"
+
+
 def home() -> Path:
     """The root of every cache (toy data, toy models, embeddings, training checkpoints)."""
     env = os.environ.get("XBT_BENCH_HOME")

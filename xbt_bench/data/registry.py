@@ -46,7 +46,7 @@ _KARPATHY = ("train", "val", "test")
 DATASET_INFOS: tuple[DatasetInfo, ...] = (
     DatasetInfo(
         "toy-shapes", "toy world", ("pretrain", "text", "pairs", "support", "test", "test-hard"),
-        "nothing (generated and cached)", "xbt_bench.data.toy:load_toy_dataset",
+        "nothing (generated and cached)", "xbt_bench.toy.world:load_toy_dataset",
     ),
     DatasetInfo(
         "flickr30k", "CLIP_benchmark", _KARPATHY,

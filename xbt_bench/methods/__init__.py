@@ -1,4 +1,4 @@
-"""The method registry: every way of building a backward-compatible query encoder (SPEC §3).
+"""The method registry: every way of building a backward-compatible query encoder.
 
 A method is one function in one module, declared once with :func:`register_method`, which
 carries everything the runner, the sweep, the leaderboard and the CLI need to know about it::
@@ -29,7 +29,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Any, Literal
 
@@ -48,7 +48,7 @@ Fit = Callable[[FitContext, Any], FittedMethod]
 
 @dataclass(frozen=True)
 class MethodSpec:
-    """One registered method: its fit function, settings class and card (SPEC §3's table).
+    """One registered method: its fit function, settings class and card.
 
     - ``kind``: ``reference`` (old, new: scored, never fitted), ``closed form`` (fitted without
       training, deterministic) or ``trained`` (stochastic: ``xbt-bench run --seeds N`` repeats
@@ -61,7 +61,9 @@ class MethodSpec:
     - ``sweepable``: trains on image–text pairs, so ``xbt-bench sweep`` refits it on fewer;
     - ``extends``: another method whose settings this one's include: a pair file's table for
       that method applies to this one too (its own table wins), so both train the same way and
-      share their checkpoints.
+      share their checkpoints;
+    - ``report``: what the fitted method shows on the leaderboard, ``{key: label}``; each fit
+      fills ``FittedMethod.report`` with exactly these keys (e.g. slerp's α per direction).
     """
 
     name: str
@@ -76,6 +78,7 @@ class MethodSpec:
     deploys: Deploys = METHOD_OLD
     sweepable: bool = False
     extends: str | None = None
+    report: Mapping[str, str] = field(default_factory=dict)
 
     def parse_settings(self, values: Mapping[str, Any] | MethodConfig | None) -> MethodConfig:
         """``values`` over this method's defaults; ConfigError naming the bad key."""
@@ -93,6 +96,11 @@ class MethodSpec:
         """Fit on ``ctx`` (settings from ``ctx.config``): timed, with peak memory and cost."""
         settings = self.parse_settings(ctx.config)
         fitted = measured(ctx, lambda: self.fit(ctx, settings))
+        if set(fitted.report) != set(self.report):
+            raise XbtError(
+                f"method {self.name!r} reported {sorted(fitted.report)} but declares "
+                f"{sorted(self.report)} (register_method(report=...)); fix the method"
+            )
         fitted.config = settings.model_dump()
         fitted.needs_old_at_query = self.old_at_query
         return fitted
@@ -132,6 +140,7 @@ def register_method(
     deploys: Deploys = METHOD_OLD,
     sweepable: bool = False,
     extends: str | None = None,
+    report: Mapping[str, str] | None = None,
 ) -> Callable[[Fit], Fit]:
     """Declare the decorated ``fit(ctx, settings) -> FittedMethod`` as method ``name``
     (fields as :class:`MethodSpec`); the function itself is returned unchanged."""
@@ -152,6 +161,7 @@ def register_method(
             deploys=deploys,
             sweepable=sweepable,
             extends=extends,
+            report=dict(report or {}),
         )
         methods.register(name, spec)
         return fit

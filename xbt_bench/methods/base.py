@@ -1,4 +1,4 @@
-"""The one interface every method speaks (SPEC §3).
+"""The one interface every method speaks.
 
 A method is a function ``fit(ctx: FitContext, settings) -> FittedMethod`` declared with
 :func:`xbt_bench.methods.register_method`. It turns a pair (OLD, NEW), its data and its
@@ -26,10 +26,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
+from pydantic import Field, computed_field
 
 from ..data.base import ImageTextSet, TextCorpus
 from ..errors import XbtError
+from ..record import Record
 
 if TYPE_CHECKING:
     from ..embed import EmbeddingCache, EmbedStats
@@ -71,18 +72,16 @@ class ModelHandle:
 FORWARD_KEYS = ("old_image", "old_text", "new_image", "new_text", "old_gallery_reused")
 
 
-class Cost(BaseModel):
-    """What a method cost (SPEC §4 "Cost"): time, forward passes, trainable parameters, memory.
+class Cost(Record):
+    """What a method cost: time, forward passes, trainable parameters, memory.
 
     ``forward_passes`` counts, per model and side (:data:`FORWARD_KEYS`), the images and texts
     embedded for the method at training time (through the cache or inside a training loop,
     whether or not the cache already held them, so costs do not depend on the cache's state);
     ``old_gallery_reused`` counts OLD gallery vectors the method read instead of computing.
     ``trainable_params`` counts every parameter it trained in any stage (adapters, ψ, or NEW's
-    weights), ``new_params`` NEW's parameters.
+    weights), ``new_params`` NEW's parameters; ``image_text_pairs`` the pairs it used.
     """
-
-    model_config = ConfigDict(extra="forbid")
 
     wall_time_s: float = Field(
         0.0, ge=0, description="the whole run of this method: fit, query embedding and scoring"
@@ -97,15 +96,12 @@ class Cost(BaseModel):
     forward_passes: dict[str, int] = Field(default_factory=dict)
     trainable_params: int = Field(0, ge=0)
     new_params: int = Field(0, ge=0)
+    image_text_pairs: int = Field(
+        0, ge=0, description="image–text pairs (images, each with its captions) it trained on"
+    )
     peak_memory_mb: float | None = Field(None, ge=0)
     device: str = "cpu"
 
-    @model_validator(mode="before")
-    @classmethod
-    def _drop_derived(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            data = {k: v for k, v in data.items() if k != "trainable_share"}
-        return data
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -124,7 +120,9 @@ class FittedMethod:
     ``encode_images(data)`` -> [n_images, dim] and ``encode_texts(data)`` -> [n_captions, dim]:
     L2-normalised float32 queries to search the ``gallery`` model's embeddings of ``data``.
     ``applicable`` is False when the method does not apply to the pair (``reason`` says why);
-    its encoders still work so the runner may show the numbers, labelled.
+    its encoders still work so the runner may show the numbers, labelled. ``report`` holds the
+    values the method declared for the leaderboard (``register_method(report=...)``), e.g.
+    slerp's α per direction.
     """
 
     name: str
@@ -135,6 +133,7 @@ class FittedMethod:
     config: dict[str, Any] = field(default_factory=dict)
     cost: Cost = field(default_factory=Cost)
     info: dict[str, Any] = field(default_factory=dict)
+    report: dict[str, float | str] = field(default_factory=dict)
     applicable: bool = True
     reason: str = ""
     needs_old_at_query: bool = False

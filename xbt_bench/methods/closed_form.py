@@ -28,10 +28,12 @@ from pydantic import Field
 from ..data.base import ImageTextSet
 from ..linalg import procrustes_map
 from . import register_method
-from .base import FitContext, FittedMethod, Side
+from .base import Cost, FitContext, FittedMethod, Side
 from .settings import MethodConfig
 
 DIRECTIONS = {"i2t": "image", "t2i": "text"}  # retrieval direction -> the side of its queries
+# What slerp and xbt-hybrid show on the leaderboard: the interpolation weight of each direction.
+ALPHA_REPORT = {"alpha_i2t": "α I2T", "alpha_t2i": "α T2I"}
 
 
 def _normalize(x: np.ndarray) -> np.ndarray:
@@ -168,6 +170,11 @@ def choose_alphas(
     }
 
 
+def alpha_report(alphas: dict[str, float]) -> dict[str, float | str]:
+    """The leaderboard's view of α per direction (:data:`ALPHA_REPORT`)."""
+    return {f"alpha_{direction}": alphas[direction] for direction in DIRECTIONS}
+
+
 def _padded(x: np.ndarray, width: int) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, width - x.shape[1])))
 
@@ -180,10 +187,12 @@ def _padded(x: np.ndarray, width: int) -> np.ndarray:
     old_at_query=True,
     old_in_training="text embeddings only",
     notes="SLERP-BC: OLD query interpolated with Procrustes(NEW query); α per direction on support",
+    report=ALPHA_REPORT,
 )
 def fit_slerp(ctx: FitContext, settings: SlerpConfig) -> FittedMethod:
     """SLERP-BC's protocol (module docstring). Needs OLD at query time."""
     weight = _fit_map(ctx, settings)
+    uses_pairs = settings.support_modality != "text"  # the map is fitted on their images
     d_old = ctx.old.get().embed_dim
     width = weight.shape[1]
 
@@ -214,6 +223,8 @@ def fit_slerp(ctx: FitContext, settings: SlerpConfig) -> FittedMethod:
         dim=d_old,
         image_encoder=encoder("i2t"),
         text_encoder=encoder("t2i"),
+        report=alpha_report(alphas),
+        cost=Cost(image_text_pairs=ctx.train_pairs.n_images if uses_pairs else 0),
         info={
             "alpha": alphas,
             "support_score_by_alpha": scores,

@@ -17,7 +17,14 @@ import numpy as np
 from ..data.base import ImageTextSet
 from . import register_method
 from .base import SIDES, FitContext, FittedMethod, Side
-from .closed_form import DIRECTIONS, AlphaSettings, choose_alphas, slerp
+from .closed_form import (
+    ALPHA_REPORT,
+    DIRECTIONS,
+    AlphaSettings,
+    alpha_report,
+    choose_alphas,
+    slerp,
+)
 from .stage2 import fit_stage2
 from .xbt import XbtConfig
 
@@ -35,6 +42,7 @@ class HybridConfig(XbtConfig, AlphaSettings):
     old_in_training="no (stage 2); OLD's support embeddings to choose α",
     notes="XBT's query SLERP'd with OLD's own query; α per direction on support",
     extends="xbt",
+    report=ALPHA_REPORT,
 )
 def fit_xbt_hybrid(ctx: FitContext, settings: HybridConfig) -> FittedMethod:
     """slerp(OLD query, XBT query, α) with α per direction chosen on support (module doc).
@@ -66,6 +74,7 @@ def fit_xbt_hybrid(ctx: FitContext, settings: HybridConfig) -> FittedMethod:
         image_encoder=encoder("i2t"),
         text_encoder=encoder("t2i"),
         cost=xbt.cost,
+        report=alpha_report(alphas),
         info={
             **xbt.info,
             "alpha": alphas,

@@ -1,4 +1,4 @@
-"""XBT's stage 1 (SPEC §2): the projection ψ from NEW's space into OLD's, pretrained on text only.
+"""XBT's stage 1: the projection ψ from NEW's space into OLD's, pretrained on text only.
 
 ψ(z) = normalize(Wz + MLP(z)), W initialised with the text-fitted Procrustes map; trained on
 the corpus's (N_txt(t), O_txt(t)) pairs with input noise z̃ = normalize(z + σε) (σ relative to the

@@ -1,5 +1,5 @@
-"""XBT's stage 2 (SPEC §2) and its rivals' shared machinery: train NEW (LoRA adapters, or all of
-its weights) followed by ψ towards targets in OLD's space, on image–text pairs.
+"""XBT's stage 2 and its rivals' shared machinery: train NEW (LoRA adapters, or all of
+its weights) followed by ψ towards targets in OLD's space, on image–text pairs (docs/methods.md).
 
 Loss, with φ = ψ ∘ NEW' the query encoders and (T_txt, T_img) a batch's targets:
 InfoNCE(φ_img, T_txt) + InfoNCE(φ_txt, T_img) + v·InfoNCE(φ_img, φ_txt)
@@ -557,11 +557,14 @@ def prepare_stage2(ctx: FitContext, name: str, cfg: Stage2Config, stage1: Stage1
     )
 
 
-def _params_cost(ctx: FitContext, trainable: int, training_time_s: float) -> Cost:
+def _params_cost(
+    ctx: FitContext, trainable: int, training_time_s: float, image_text_pairs: int = 0
+) -> Cost:
     return Cost(
         trainable_params=trainable,
         new_params=count_parameters(ctx.new.get().model),
         training_time_s=round(training_time_s, 3),
+        image_text_pairs=image_text_pairs,
     )
 
 
@@ -647,5 +650,7 @@ def fit_stage2(ctx: FitContext, name: str, cfg: Stage2Config) -> FittedMethod:
             "stage2": {**setup.info, **log_info(log, setup.checkpoint_dir)},
             "encoder_identity": encoder.identity,
         },
-        cost=_params_cost(ctx, trained, stage1.info["wall_time_s"] + log.wall_time_s),
+        cost=_params_cost(
+            ctx, trained, stage1.info["wall_time_s"] + log.wall_time_s, setup.pairs.n_images
+        ),
     )

@@ -1,4 +1,4 @@
-"""The XBT family (SPEC §2–§3): ``xbt-proj`` (stage 1: ψ on text only), ``xbt`` (stage 1, then
+"""The XBT family (docs/methods.md): ``xbt-proj`` (stage 1: ψ on text only), ``xbt`` (stage 1, then
 LoRA on the frozen NEW towards anchors, without OLD), its ``xbt-gallery`` variant, ``distill``
 (XBT's stage 2 with OLD run in the loop for its targets) and ``finetune`` (stage 2 training all
 of NEW's weights, no LoRA).

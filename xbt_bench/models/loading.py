@@ -1,8 +1,10 @@
 """The one model loader: a model reference in, an eval-mode open_clip model out.
 
-Every kind of weight source (built-in tag, local file, hub repo, local folder, toy zoo) ends
-in the same ``open_clip.create_model_and_transforms`` call, so toy and real models share
-every code path after this point.
+A reference is parsed (:mod:`.refs`) and its kind looked up in one table of weight sources
+(:data:`weight_sources`: built-in tag, local file, hub repo, local folder, and the toy zoo, which
+the toy world registers by name), each turning the reference into :class:`Weights`. Every kind
+ends in the same ``open_clip.create_model_and_transforms`` call, so toy and real models share
+every code path after this point; a new kind of reference is one entry in the table.
 """
 
 from __future__ import annotations
@@ -21,9 +23,9 @@ import torch
 
 from ..atomic import sha256_of, write_json
 from ..errors import NotFoundError, XbtError
-from ..paths import home
+from ..paths import home, zoo_models_dir
+from ..registry import Registry
 from .refs import ModelRef, parse_model_ref
-from .toy_models import zoo_entry, zoo_models_dir, zoo_names
 
 HUB_PROBE_SECONDS = 3.0
 # Captions of different lengths on which trimmed and full text towers must agree.
@@ -56,12 +58,26 @@ class LoadedModel:
         return f"{type(self.tokenizer).__name__}(context_length={context}{trim})"
 
 
-def _register_zoo_configs() -> None:
+def register_zoo_configs() -> None:
+    """Make the model zoo's open_clip configs (``model_zoo/models/NAME.json``) known to
+    open_clip, so ``NAME`` works in every kind of reference (``zoo:toy-s``, ``toy-s:/path``)."""
     import open_clip
 
     folder = zoo_models_dir()
-    if folder.is_dir() and not set(zoo_names()) <= set(open_clip.list_models()):
+    names = {path.stem for path in folder.glob("*.json") if path.stem.count(".") == 0}
+    if folder.is_dir() and not names <= set(open_clip.list_models()):
         open_clip.add_model_config(folder)
+
+
+@dataclass(frozen=True)
+class Weights:
+    """What a weight source resolves a reference to: the open_clip model name (or
+    ``local-dir:PATH``), its weights file, and keyword options for
+    ``open_clip.create_model_and_transforms``."""
+
+    model_name: str
+    path: Path
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 def weights_sha256(path: Path) -> str:
@@ -120,8 +136,9 @@ def _missing_weights(ref: ModelRef, what: str, fetch_hint: str) -> XbtError:
     )
 
 
-def _resolve_tag(ref: ModelRef) -> tuple[str, Path, dict[str, Any]]:
-    """A built-in tag's weights file (from the local cache, or downloaded when online)."""
+def tag_weights(ref: ModelRef) -> Weights:
+    """A built-in tag's weights file (from the local cache, or downloaded when online) and the
+    preprocessing its pretrained config sets."""
     import open_clip
     from open_clip.pretrained import HF_SAFE_WEIGHTS_NAME, HF_WEIGHTS_NAME
 
@@ -159,7 +176,14 @@ def _resolve_tag(ref: ModelRef) -> tuple[str, Path, dict[str, Any]]:
             if not hub_reachable():
                 raise _missing_weights(ref, f"{cached} is missing", f"download {url}")
             cached = Path(open_clip.download_pretrained(cfg, prefer_hf_hub=False))
-    return ref.name, cached, cfg
+    options = {
+        "force_quick_gelu": bool(cfg.get("quick_gelu", False)),
+        "image_mean": cfg.get("mean"),
+        "image_std": cfg.get("std"),
+        "image_interpolation": cfg.get("interpolation"),
+        "image_resize_mode": cfg.get("resize_mode"),
+    }
+    return Weights(ref.name, cached, options)
 
 
 def _resolve_hub_repo(ref: ModelRef) -> Path:
@@ -194,6 +218,51 @@ def _weights_in_dir(folder: Path) -> Path:
     return found[0]
 
 
+def file_weights(ref: ModelRef) -> Weights:
+    """An open_clip config ``NAME`` with a local weights file."""
+    import open_clip
+
+    weights = Path(ref.source).expanduser()
+    if not weights.is_file():
+        raise NotFoundError(f"weights file {weights} (in {ref.text!r}) does not exist")
+    if ref.name not in open_clip.list_models():
+        raise NotFoundError(
+            f"model {ref.name!r} (in {ref.text!r}) is not an open_clip model config; use "
+            "a name from open_clip.list_models() or local-dir:/path with its own config"
+        )
+    return Weights(ref.name, weights)
+
+
+def folder_weights(ref: ModelRef, folder: Path) -> Weights:
+    """A folder with ``open_clip_config.json`` and weights (open_clip's hub layout)."""
+    if not (folder / "open_clip_config.json").is_file():
+        raise NotFoundError(
+            f"{ref.text!r}: {folder / 'open_clip_config.json'} does not exist; a local-dir "
+            "needs open_clip_config.json and open_clip_model.safetensors"
+        )
+    return Weights(f"local-dir:{folder}", _weights_in_dir(folder))
+
+
+def hub_weights(ref: ModelRef) -> Weights:
+    """An open_clip repo of the Hugging Face hub (from the local cache, or downloaded)."""
+    return folder_weights(ref, _resolve_hub_repo(ref))
+
+
+def local_dir_weights(ref: ModelRef) -> Weights:
+    """A local folder in open_clip's hub layout."""
+    return folder_weights(ref, Path(ref.source).expanduser())
+
+
+# Kinds of reference (refs.parse_model_ref) -> what resolves them to weights; "module:attr"
+# entries are imported on first use.
+weight_sources: Registry[Callable[[ModelRef], Weights]] = Registry("model reference kind")
+weight_sources.register("tag", tag_weights)
+weight_sources.register("file", file_weights)
+weight_sources.register("hf-hub", hub_weights)
+weight_sources.register("local-dir", local_dir_weights)
+weight_sources.register("zoo", "xbt_bench.toy.zoo:zoo_weights")
+
+
 def load_model(ref: str, device: str | torch.device = "cpu") -> LoadedModel:
     """Load the model named by ``ref`` (see :mod:`xbt_bench.models.refs`) in eval mode.
 
@@ -203,47 +272,13 @@ def load_model(ref: str, device: str | torch.device = "cpu") -> LoadedModel:
     import open_clip
 
     parsed = parse_model_ref(ref)
-    _register_zoo_configs()
-    kwargs: dict[str, Any] = {}
-    if parsed.kind == "zoo":
-        model_name, weights = parsed.name, zoo_entry(parsed.name).weights_path
-    elif parsed.kind == "tag":
-        model_name, weights, cfg = _resolve_tag(parsed)
-        kwargs = {
-            "force_quick_gelu": bool(cfg.get("quick_gelu", False)),
-            "image_mean": cfg.get("mean"),
-            "image_std": cfg.get("std"),
-            "image_interpolation": cfg.get("interpolation"),
-            "image_resize_mode": cfg.get("resize_mode"),
-        }
-    elif parsed.kind == "file":
-        weights = Path(parsed.source).expanduser()
-        if not weights.is_file():
-            raise NotFoundError(f"weights file {weights} (in {ref!r}) does not exist")
-        if parsed.name not in open_clip.list_models():
-            raise NotFoundError(
-                f"model {parsed.name!r} (in {ref!r}) is not an open_clip model config; use "
-                "a name from open_clip.list_models() or local-dir:/path with its own config"
-            )
-        model_name = parsed.name
-    else:
-        folder = (
-            _resolve_hub_repo(parsed)
-            if parsed.kind == "hf-hub"
-            else Path(parsed.source).expanduser()
-        )
-        if not (folder / "open_clip_config.json").is_file():
-            raise NotFoundError(
-                f"{ref!r}: {folder / 'open_clip_config.json'} does not exist; a local-dir "
-                "needs open_clip_config.json and open_clip_model.safetensors"
-            )
-        weights = _weights_in_dir(folder)
-        model_name = f"local-dir:{folder}"
-
+    register_zoo_configs()
+    resolved = weight_sources.get(parsed.kind)(parsed)
+    model_name, weights = resolved.model_name, resolved.path
     pretrained = None if model_name.startswith("local-dir:") else str(weights)
     try:
         model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=pretrained, device=device, weights_only=True, **kwargs
+            model_name, pretrained=pretrained, device=device, weights_only=True, **resolved.options
         )
     except (RuntimeError, ValueError, OSError) as error:
         raise XbtError(f"could not load {ref!r} from {weights}: {error}") from error

@@ -1,4 +1,4 @@
-"""ψ: the projection from NEW's embedding space into OLD's (SPEC §2, stage 1).
+"""ψ: the projection from NEW's embedding space into OLD's (stage 1 of XBT, docs/methods.md).
 
 ψ(z) = normalize(W z + MLP(z)), with W initialised to the orthogonal Procrustes map fitted on
 text pairs (:func:`xbt_bench.linalg.procrustes_map`) and the MLP's last layer initialised to

@@ -21,7 +21,8 @@ import tomllib
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from xbt_bench.errors import ConfigError, NotFoundError, validation_message
-from xbt_bench.report.result import METHOD_OLD, NEW_NEW, RunResult
+from xbt_bench.eval.compat import METHOD_OLD, NEW_NEW
+from xbt_bench.results import ResultSet, RunResult
 
 DEFAULT_FRACTIONS = (0.1, 0.25, 0.5, 0.75)
 ESTIMATE_NOTE = (
@@ -248,27 +249,25 @@ def _r1(metrics: dict[str, float]) -> str:
     return f"{metrics['t2i_r1']:.1f}/{metrics['i2t_r1']:.1f}"
 
 
-def plan_recalls(
-    results: Sequence[RunResult], pair: str, fractions: Sequence[float]
-) -> dict[str, str]:
-    """What each plan gives on the pair's primary split, from its results: new→new for the full
-    backfill, xbt's method→old, and at each fraction the random-order backfill curves of ``old``
-    (OLD's queries on the OLD part) and ``xbt``."""
-    mine = _pair_results(results, pair)
+def plan_recalls(found: ResultSet, pair: str, fractions: Sequence[float]) -> dict[str, str]:
+    """What each plan gives on the pair's primary split, from its result files: new→new for the
+    full backfill, xbt's method→old, and at each fraction the random-order backfill curves of
+    ``old`` (OLD's queries on the OLD part) and ``xbt``."""
+    mine = _pair_results(found.runs, pair)
     out: dict[str, str] = {}
     first = mine[0]
     out["full backfill"] = _r1(first.metrics[NEW_NEW])
     by_method = {r.method: r for r in mine}
     if "xbt" in by_method and METHOD_OLD in by_method["xbt"].metrics:
         out["xbt"] = _r1(by_method["xbt"].metrics[METHOD_OLD])
+    curves = {b.method: b.backfill for b in found.backfills if b.pair == pair}
     for fraction in fractions:
         parts = []
         for method in ("old", "xbt"):
-            result = by_method.get(method)
-            backfill = result.backfill if result is not None else None
+            backfill = curves.get(method)
             if backfill is None or fraction not in backfill.fractions:
                 continue
-            points = backfill.curves.get(result.split, {}).get("random", [])
+            points = backfill.curves.get(first.split, {}).get("random", [])
             point = next((p for p in points if p.fraction == fraction), None)
             if point is not None:
                 parts.append(f"{_r1(point.metrics)} ({method} queries)")

@@ -1,15 +1,15 @@
-"""Leaderboards built from result files only: a tidy pandas table, CSV and Markdown.
+"""Leaderboards built from result files only: tidy pandas tables, CSV and Markdown.
 
-Rows: one per (result, split), plus the ``old->old`` and ``new->new`` reference rows of each
-(pair, dataset, split) group, taken from its newest result unless a result of a reference
+Rows: one per (run result, split), plus the ``old->old`` and ``new->new`` reference rows of
+each (pair, dataset, split) group, taken from its newest result unless a result of a reference
 method (``setting`` old->old / new->new) already gives them. Exact and approximate-search rows
-go to separate tables and are never ranked together. Published numbers appear only in their own
-"reported, not re-run" table.
+go to separate tables and are never ranked together. The partial-backfill and diagnostics
+tables come from their own result files, joined here by pair and dataset. Published numbers
+appear only in their own "reported, not re-run" table.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,18 +19,17 @@ import pandas as pd
 
 from xbt_bench.atomic import write_text
 from xbt_bench.data.reported import CITATIONS, PROTOCOLS, REPORTED_LABEL, load_reported
+from xbt_bench.eval.compat import METHOD_OLD, NEW_NEW, OLD_OLD
 from xbt_bench.eval.retrieval import METRIC_KEYS
 from xbt_bench.methods import methods
-from xbt_bench.report.result import (
-    METHOD_OLD,
-    NEW_NEW,
-    OLD_OLD,
-    CalibrationChoice,
-    ChainMatrix,
+from xbt_bench.results import (
+    BackfillResult,
+    DiagnosticsResult,
+    ResultSet,
     RunResult,
-    load_results,
-    result_files,
+    load_result_set,
 )
+from xbt_bench.scoring import CalibrationChoice, ChainMatrix
 
 GROUP_KEYS = ["pair", "dataset", "split", "search"]
 FLIP_KEYS = ("t2i_nfr", "t2i_pfr", "i2t_nfr", "i2t_pfr")
@@ -79,8 +78,7 @@ def _row(result: RunResult, split: str, setting: str, row: str, path: Path | Non
     flips = (data.flips or {}) if compat else {}
     std = (data.seed_std or {}) if setting == METHOD_OLD and row == "method" else {}
     margins = (compat.margin_interval or {}) if compat else {}
-    alpha = result.info.get("alpha") if row == "method" else None
-    alpha = alpha if isinstance(alpha, dict) else {}
+    report = result.report if row == "method" else {}
     cost = result.cost
     record = {
         "pair": result.pair,
@@ -108,8 +106,8 @@ def _row(result: RunResult, split: str, setting: str, row: str, path: Path | Non
         "cells_total": compat.cells_total if compat else None,
         "seeds": len(result.seeds) if row == "method" and result.seeds else 1,
         "gain_share": compat.gain_share.get("rsum") if compat else None,
-        "alpha_i2t": alpha.get("i2t", math.nan),
-        "alpha_t2i": alpha.get("t2i", math.nan),
+        **{key: value.value for key, value in report.items()},
+        "report": " · ".join(f"{v.label} {_value(v.value)}" for v in report.values()),
         **{k: flips.get(k, math.nan) for k in FLIP_KEYS},
         "old": result.old,
         "new": result.new,
@@ -220,11 +218,9 @@ def interval_tip(r: pd.Series, key: str) -> str:
     return "; ".join(parts)
 
 
-def alpha_note(r: pd.Series) -> str:
-    """``α I2T 0.3 · T2I 0.1`` for methods that chose an interpolation weight (else empty)."""
-    if pd.isna(r.get("alpha_i2t", math.nan)):
-        return ""
-    return f"α I2T {r['alpha_i2t']:g} · T2I {r['alpha_t2i']:g}"
+def _value(value: float | str) -> str:
+    """A declared report value as text (numbers without trailing zeros)."""
+    return f"{value:g}" if isinstance(value, float | int) else str(value)
 
 
 def display_frame(
@@ -268,7 +264,7 @@ def display_frame(
         row["trainable"] = _params(r["trainable_params"], r["trainable_share"]) if is_method else ""
         row["fit time"] = f"{r['fit_time_s']:.1f} s" if is_method else ""
         row["device"] = escape(str(r["device"])) if is_method else ""
-        notes = [alpha_note(r)] if r["applicable"] else []
+        notes = [r["report"]] if r["applicable"] else []
         if not r["applicable"]:
             notes.append(f"not applicable: {r['not_applicable_reason']}")
         row["note"] = escape("; ".join(n for n in notes if n))
@@ -340,17 +336,15 @@ def _calibration_label(choice: CalibrationChoice) -> str:
     return "none" if choice.kind == "none" else f"{choice.scale:.3g}·s {choice.shift:+.3g}"
 
 
-def backfill_frame(results: Sequence[RunResult]) -> pd.DataFrame:
-    """Tidy partial-backfill curves of the exact-search results: one row per (result, split,
-    order, fraction) with every metric, the old→old level, the calibration per direction and
-    the support scores of the orders."""
+def backfill_frame(backfills: Sequence[BackfillResult]) -> pd.DataFrame:
+    """Tidy partial-backfill curves: one row per (backfill result, split, order, fraction) with
+    every metric, the old→old level, the calibration per direction and the support scores of
+    the orders."""
     rows = []
-    for result in results:
-        if result.backfill is None or result.approximate_index is not None:
-            continue
+    for result in backfills:
         backfill = result.backfill
         for split, by_order in backfill.curves.items():
-            old = result.splits[split].metrics[OLD_OLD]
+            old = result.references[split][OLD_OLD]
             for order, points in by_order.items():
                 for point in points:
                     rows.append(
@@ -430,16 +424,22 @@ def reported_notes(reported: pd.DataFrame) -> list[str]:
 
 @dataclass
 class Leaderboards:
-    """The tables of a leaderboard build and the files written."""
+    """The tables of a leaderboard build, the result files they come from and the files
+    written."""
 
     exact: pd.DataFrame
     approximate: pd.DataFrame
     chains: pd.DataFrame
     reported: pd.DataFrame
-    results: list[RunResult] = field(repr=False)
+    found: ResultSet = field(repr=False)
     backfill: pd.DataFrame = field(default_factory=pd.DataFrame)
     diagnostics: pd.DataFrame = field(default_factory=pd.DataFrame)
     files: list[Path] = field(default_factory=list)
+
+    @property
+    def results(self) -> list[RunResult]:
+        """The run results behind the tables."""
+        return self.found.runs
 
     @staticmethod
     def groups(frame: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
@@ -467,44 +467,41 @@ DIAGNOSTICS_LEGEND = (
 )
 
 
-def diagnostics_frame(results_dir: str | Path) -> pd.DataFrame:
-    """One row per diagnostics file under ``results_dir`` (``<pair>/<dataset>/diagnostics/``)."""
-    rows = []
-    for path in sorted(Path(results_dir).glob("*/*/diagnostics/*.json")):
-        report = json.loads(path.read_text(encoding="utf-8"))
-        fit, gap = report["procrustes"], report["capability_gap"]
-        rows.append(
-            {
-                "pair": report["pair"],
-                "dataset": report["dataset"],
-                "split": report["split"],
-                "old gap": round(report["old"]["modality_gap"], 3),
-                "new gap": round(report["new"]["modality_gap"], 3),
-                "CKA texts": round(report["cka_texts"], 3),
-                "CKA images": round(report["cka_images"], 3),
-                "rotation R² texts": round(fit["r2_texts"], 3),
-                "rotation R² images": round(fit["r2_images"], 3),
-                "linear R² texts": round(fit["linear_r2_texts"], 3),
-                "new−old R@1 T2I": round(gap["t2i_r1"], 2),
-                "new−old R@1 I2T": round(gap["i2t_r1"], 2),
-                "new−old rsum %": round(gap["rsum_percent"], 1),
-            }
-        )
+def diagnostics_frame(diagnostics: Sequence[DiagnosticsResult]) -> pd.DataFrame:
+    """One row per diagnostics result (``xbt-bench pairs diagnose``)."""
+    rows = [
+        {
+            "pair": report.pair,
+            "dataset": report.dataset,
+            "split": report.split,
+            "old gap": round(report.old.modality_gap, 3),
+            "new gap": round(report.new.modality_gap, 3),
+            "CKA texts": round(report.cka_texts, 3),
+            "CKA images": round(report.cka_images, 3),
+            "rotation R² texts": round(report.procrustes.r2_texts, 3),
+            "rotation R² images": round(report.procrustes.r2_images, 3),
+            "linear R² texts": round(report.procrustes.linear_r2_texts, 3),
+            "new−old R@1 T2I": round(report.capability_gap.t2i_r1, 2),
+            "new−old R@1 I2T": round(report.capability_gap.i2t_r1, 2),
+            "new−old rsum %": round(report.capability_gap.rsum_percent, 1),
+        }
+        for report in diagnostics
+    ]
     return pd.DataFrame(rows)
 
 
 def leaderboards(results_dir: str | Path) -> Leaderboards:
-    """Read every result under ``results_dir`` and build the leaderboard tables."""
-    results = load_results(results_dir)
-    frame = leaderboard_frame(results, result_files(results_dir))
+    """Read every result file under ``results_dir`` and build the leaderboard tables."""
+    found = load_result_set(results_dir)
+    frame = leaderboard_frame(found.runs, found.run_files)
     return Leaderboards(
         exact=frame[frame["search"] == EXACT].reset_index(drop=True),
         approximate=frame[frame["search"] != EXACT].reset_index(drop=True),
-        chains=chain_frame(results),
+        chains=chain_frame(found.runs),
         reported=load_reported(),
-        results=results,
-        backfill=backfill_frame(results),
-        diagnostics=diagnostics_frame(results_dir),
+        found=found,
+        backfill=backfill_frame(found.backfills),
+        diagnostics=diagnostics_frame(found.diagnostics),
     )
 
 

@@ -19,6 +19,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from xbt_bench.atomic import write_with
+from xbt_bench.eval.compat import NEW_NEW, OLD_OLD
 from xbt_bench.eval.retrieval import RECALL_KEYS
 from xbt_bench.report.leaderboard import (
     EXACT,
@@ -32,13 +33,7 @@ from xbt_bench.report.leaderboard import (
     leaderboard_frame,
     setting_label,
 )
-from xbt_bench.report.result import (
-    NEW_NEW,
-    OLD_OLD,
-    RunResult,
-    load_results,
-    path_component,
-)
+from xbt_bench.results import ResultSet, RunResult, SweepResult, load_result_set, path_component
 
 FORMATS = ("png", "svg")
 STYLE = {
@@ -278,15 +273,15 @@ def chain_heatmap(result: RunResult, split: str) -> Figure:
     return figure
 
 
-def sweep_plot(results: Sequence[RunResult], title: str) -> Figure:
-    """Recall@1 against the number of image-text pairs for every method with a sweep, with the
-    old→old and new→new levels of the primary split."""
+def sweep_plot(sweeps: Sequence[SweepResult], title: str) -> Figure:
+    """Recall@1 against the number of image-text pairs for every swept method, with the
+    old→old and new→new levels of the swept split."""
     figure = _figure(11.0, 4.4)
-    reference = results[0].metrics
+    reference = sweeps[0].references
     for k, key in enumerate(("t2i_r1", "i2t_r1")):
         ax = figure.add_subplot(1, 2, k + 1)
-        for result in results:
-            points = sorted(result.sweep, key=lambda p: p.n_pairs)
+        for result in sweeps:
+            points = sorted(result.points, key=lambda p: p.n_pairs)
             ax.plot(
                 [p.n_pairs for p in points],
                 [p.metrics[key] for p in points],
@@ -296,7 +291,7 @@ def sweep_plot(results: Sequence[RunResult], title: str) -> Figure:
         ax.axhline(reference[OLD_OLD][key], color="black", linewidth=1.5, label="old→old")
         ax.axhline(reference[NEW_NEW][key], color="gray", linestyle="--", label="new→new")
         ax.set_xscale("symlog", linthresh=100)
-        ax.set_xlim(0, 1.5 * max(p.n_pairs for r in results for p in r.sweep) + 1)
+        ax.set_xlim(0, 1.5 * max(p.n_pairs for r in sweeps for p in r.points) + 1)
         ax.set_xlabel("image–text training pairs (symlog)")
         ax.set_ylabel(f"{METRIC_LABELS[key]} (%)")
         ax.grid(alpha=0.3)
@@ -350,16 +345,17 @@ class Plot:
 def make_plots(results_dir: str | Path, output_dir: str | Path) -> list[Path]:
     """Draw every plot the exact-search results under ``results_dir`` support into
     ``<output_dir>/plots/`` (PNG and SVG) and return the files written."""
-    plots = plot_results(load_results(results_dir), output_dir)
+    plots = plot_results(load_result_set(results_dir), output_dir)
     return [path for plot in plots for path in plot.files]
 
 
-def plot_results(results: Sequence[RunResult], output_dir: str | Path) -> list[Plot]:
-    """Draw the plots of the exact-search ``results`` into ``<output_dir>/plots/`` and remove
-    plot files there that this build did not write."""
+def plot_results(found: ResultSet, output_dir: str | Path) -> list[Plot]:
+    """Draw the plots of the result files ``found`` (exact search only) into
+    ``<output_dir>/plots/`` and remove plot files there that this build did not write."""
     folder = Path(output_dir) / "plots"
+    runs = [r for r in found.runs if r.approximate_index is None]
     with matplotlib.rc_context(STYLE):
-        plots = _draw_all([r for r in results if r.approximate_index is None], folder)
+        plots = _draw_all(runs, found, folder)
     written = {path for plot in plots for path in plot.files}
     for stale in folder.glob("*"):
         if stale.suffix[1:] in FORMATS and stale not in written:
@@ -367,7 +363,7 @@ def plot_results(results: Sequence[RunResult], output_dir: str | Path) -> list[P
     return plots
 
 
-def _draw_all(results: list[RunResult], folder: Path) -> list[Plot]:
+def _draw_all(results: list[RunResult], found: ResultSet, folder: Path) -> list[Plot]:
     plots: list[Plot] = []
 
     def save(figure: Figure, stem: str, caption: str, **rows: object) -> None:
@@ -385,7 +381,7 @@ def _draw_all(results: list[RunResult], folder: Path) -> list[Plot]:
             methods = group[(group["row"] == "method") & group["applicable"]]["method"]
             save(figure, f"gain-vs-cost-{stem}", f"Gain share vs cost, {title}", group=key,
                  methods=tuple(methods), kind="gain")  # fmt: skip
-    curves = backfill_frame(results)
+    curves = backfill_frame(found.backfills)
     for key, group in curves.groupby(GROUP_KEYS, sort=False) if not curves.empty else []:
         title = group_title(key)
         save(backfill_curves(group, title), f"backfill-{'-'.join(key[:3])}",
@@ -413,17 +409,16 @@ def _draw_all(results: list[RunResult], folder: Path) -> list[Plot]:
                 methods=(result.method,),
                 kind="training",
             )
-    swept: dict[tuple[str, str], list[RunResult]] = {}
-    for result in results:
-        if result.sweep:
-            swept.setdefault((result.pair, result.dataset), []).append(result)
-    for (pair, dataset), group in swept.items():
-        title = f"{pair} · {dataset} · split {group[0].split}"
+    swept: dict[tuple[str, str, str], list[SweepResult]] = {}
+    for sweep in found.sweeps:
+        swept.setdefault((sweep.pair, sweep.dataset, sweep.split), []).append(sweep)
+    for (pair, dataset, split), group in swept.items():
+        title = f"{pair} · {dataset} · split {split}"
         save(
             sweep_plot(group, title),
-            f"sweep-{pair}-{dataset}",
+            f"sweep-{pair}-{dataset}-{split}",
             f"Recall vs number of image–text pairs, {title}",
-            group=(pair, dataset, group[0].split, EXACT),
+            group=(pair, dataset, split, EXACT),
             methods=tuple(r.method for r in group),
             kind="sweep",
         )

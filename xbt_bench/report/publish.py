@@ -300,7 +300,7 @@ class _Page:
             except XbtError as error:
                 parts.append(f'<p class="note">{html.escape(pair)}: no estimate ({error}).</p>')
                 continue
-            recalls = plan_recalls(pair_results, pair, DEFAULT_FRACTIONS)
+            recalls = plan_recalls(self.boards.found, pair, DEFAULT_FRACTIONS)
             frame = plans_frame(estimate(inputs, PAGE_GALLERY_SIZE, recalls=recalls), inputs)
             split = next(r.split for r in pair_results)
             groups = " ".join(
@@ -415,7 +415,7 @@ def publish(results_dir: str | Path, output_dir: str | Path) -> Path:
     """Rebuild leaderboards and plots from ``results_dir`` and write ``<output_dir>/index.html``."""
     results_dir, output_dir = Path(results_dir), Path(output_dir)
     boards = build_leaderboards(results_dir, output_dir)
-    plots = plot_results(boards.results, output_dir)
+    plots = plot_results(boards.found, output_dir)
     path = output_dir / "index.html"
     write_text(path, page(boards, plots, output_dir, results_dir))
     return path

@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from xbt_bench.eval.compat import METHOD_OLD
 from xbt_bench.report.leaderboard import (
     GROUP_KEYS,
     LEGEND,
@@ -18,7 +19,7 @@ from xbt_bench.report.leaderboard import (
     leaderboard_frame,
     setting_label,
 )
-from xbt_bench.report.result import METHOD_OLD, RunResult
+from xbt_bench.results import RunResult
 
 SHOWN = ["T2I R@1", "T2I R@5", "T2I R@10", "I2T R@1", "I2T R@5", "I2T R@10", "rsum", "held"]
 

@@ -30,21 +30,25 @@ import torch
 
 from .. import distributed
 from ..atomic import sha256_of, write_json, write_with
-from ..data.toy import ToyConfig, toy_images, toy_split
+from ..embed import Encoder, embed_images, embed_texts
 from ..embed.tokens import token_table
 from ..errors import ConfigError
-from ..models.loading import TRIM_CHECK_CAPTIONS
-from ..models.toy_models import (
+from ..eval import Embeddings
+from ..eval.diagnostics import intra_cosine, matched_cosine, modality_gap
+from ..models.loading import TRIM_CHECK_CAPTIONS, register_zoo_configs
+from ..models.refs import parse_model_ref
+from ..models.trim import enable_text_trimming
+from ..scoring import score
+from ..train import TrainConfig, TrainLog, train
+from .world import ToyConfig, toy_images, toy_split
+from .zoo import (
     CARD_NAME,
     CONFIG_NAME,
     TRAIN_SUFFIX,
     ZooEntry,
     ZooSettings,
-    zoo_models_dir,
-    zoo_names,
+    zoo_entry,
 )
-from ..models.trim import enable_text_trimming
-from ..train import TrainConfig, TrainLog, train
 
 EVAL_SPLIT = "test"
 
@@ -124,18 +128,11 @@ def _check_context(
             )
 
 
-def _register_configs() -> None:
-    import open_clip
-
-    if not set(zoo_names()) <= set(open_clip.list_models()):
-        open_clip.add_model_config(zoo_models_dir())
-
-
 def _create_model(entry: ZooEntry) -> tuple[torch.nn.Module, Any]:
     """A freshly initialised model (seeded) with the configured temperature, and its tokenizer."""
     import open_clip
 
-    _register_configs()
+    register_zoo_configs()
     torch.manual_seed(entry.settings.seed)
     config = {**entry.model_config, "init_logit_scale": math.log(1.0 / entry.settings.temperature)}
     logging.disable(logging.WARNING)  # open_clip warns that the model is randomly initialised
@@ -176,49 +173,45 @@ def _pretrain_batches(entry: ZooEntry, model: torch.nn.Module, tokenizer: Any) -
     )
 
 
-@torch.no_grad()
-def _embed_split(
+def embed_toy_split(
     model: torch.nn.Module, tokenizer: Any, split: str, data: ToyConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Normalised image and caption embeddings of a toy split, and ``caption_image``."""
+) -> tuple[Embeddings, np.ndarray]:
+    """A toy split embedded by a model being built (through :mod:`xbt_bench.embed`, uncached:
+    the model has no identity yet), and its ``caption_image``."""
     import open_clip
 
-    model.eval()
     cfg = open_clip.get_model_preprocess_cfg(model)
+    preprocess = open_clip.image_transform(
+        model.visual.image_size, is_train=False, mean=cfg["mean"], std=cfg["std"]
+    )
+    encoder = Encoder(
+        identity="toy build",
+        encode_image=model.encode_image,
+        encode_text=model.encode_text,
+        preprocess=preprocess,
+        tokenizer=tokenizer,
+        preprocess_signature=repr(preprocess),
+        tokenizer_signature=repr(tokenizer),
+        device=next(model.parameters()).device,
+        module=model,
+    )
     dataset = toy_split(split, data)
-    table = token_table(tokenizer, dataset.captions, dataset.fingerprint)
-    tokens = torch.from_numpy(np.array(table))
-    images = toy_images(split, data)
-    image_emb = torch.cat(
-        [
-            model.encode_image(image_tensor(images[i : i + 512], cfg["mean"], cfg["std"]), True)
-            for i in range(0, len(images), 512)
-        ]
+    embedded = Embeddings(
+        images=embed_images(encoder, dataset, num_workers=0),
+        texts=embed_texts(encoder, dataset.captions, texts_key=dataset.fingerprint),
     )
-    text_emb = torch.cat(
-        [model.encode_text(tokens[i : i + 1024].long(), True) for i in range(0, len(tokens), 1024)]
-    )
-    return image_emb.numpy(), text_emb.numpy(), dataset.caption_image
+    return embedded, dataset.caption_image
 
 
-def embedding_geometry(
-    images: np.ndarray, texts: np.ndarray, caption_image: np.ndarray
-) -> dict[str, float]:
-    """Matched-pair cosine, modality gap ‖mean(img) − mean(txt)‖ and intra-modal mean cosines.
-
-    Inputs are L2-normalised rows; intra-modal cosines average over distinct pairs.
-    """
-
-    def mean_pair_cosine(x: np.ndarray) -> float:
-        total = x.sum(axis=0)
-        n = len(x)
-        return float((total @ total - n) / (n * (n - 1)))
-
+def embedding_geometry(embedded: Embeddings, caption_image: np.ndarray) -> dict[str, float]:
+    """Matched-pair cosine, modality gap ‖mean(img) − mean(txt)‖ and intra-modal mean cosines
+    (:mod:`xbt_bench.eval.diagnostics`)."""
+    images, texts = embedded
     return {
-        "matched_cosine": float(np.einsum("ij,ij->i", texts, images[caption_image]).mean()),
-        "modality_gap": float(np.linalg.norm(images.mean(axis=0) - texts.mean(axis=0))),
-        "image_intra_cosine": mean_pair_cosine(images.astype(np.float64)),
-        "text_intra_cosine": mean_pair_cosine(texts.astype(np.float64)),
+        "matched_cosine": matched_cosine(images, texts, caption_image),
+        "modality_gap": modality_gap(images, texts),
+        "image_intra_cosine": intra_cosine(images, "images"),
+        "text_intra_cosine": intra_cosine(texts, "texts"),
     }
 
 
@@ -226,21 +219,13 @@ def evaluate_toy_model(
     model: torch.nn.Module, tokenizer: Any, data: ToyConfig, split: str = EVAL_SPLIT
 ) -> dict[str, Any]:
     """Retrieval (R@1/5/10 both ways, rsum) and embedding geometry of ``model`` on a toy split."""
-    from ..eval.retrieval import evaluate_retrieval
-
-    images, texts, caption_image = _embed_split(model, tokenizer, split, data)
-    result = evaluate_retrieval(
-        text_queries=texts,
-        image_gallery=images,
-        image_queries=images,
-        text_gallery=texts,
-        caption_image=caption_image,
-    )
+    embedded, caption_image = embed_toy_split(model, tokenizer, split, data)
+    result = score(embedded, embedded, caption_image, f"toy-shapes/{split}")
     return {
         "split": split,
         "retrieval": {k: round(float(v), 2) for k, v in result.metrics.items()},
         "geometry": {
-            k: round(v, 4) for k, v in embedding_geometry(images, texts, caption_image).items()
+            k: round(v, 4) for k, v in embedding_geometry(embedded, caption_image).items()
         },
     }
 
@@ -332,9 +317,6 @@ def ensure_built(entry: ZooEntry) -> ZooEntry:
 def ensure_zoo_models(refs: list[str]) -> None:
     """Build the toy models among the model references ``refs`` (``zoo:NAME``) that have neither
     shipped weights nor a build (the runner calls it before loading)."""
-    from ..models.refs import parse_model_ref
-    from ..models.toy_models import zoo_entry
-
     for ref in refs:
         parsed = parse_model_ref(ref)
         if parsed.kind == "zoo":
@@ -368,8 +350,6 @@ def ship(entry: ZooEntry) -> Path:
 def ensure_checkpoint(name: str, settings: ZooSettings | None = None, quick: bool = False) -> Path:
     """The weights ``zoo:NAME`` would load for toy model ``name`` with ``settings`` (default:
     its recipe; ``quick`` for the quick one), built first when there are none."""
-    from ..models.toy_models import zoo_entry
-
     entry = zoo_entry(name, quick)
     if settings is not None:
         entry = replace(entry, settings=settings)

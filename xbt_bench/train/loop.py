@@ -50,7 +50,7 @@ from rich.progress import (
 from .. import distributed
 from ..atomic import checksum_path, is_intact, write_checked, write_json
 from ..console import warn
-from ..errors import ConfigError
+from ..errors import ConfigError, require
 
 CHECKPOINT_NAME = "last.pt"
 PREVIOUS_NAME = "previous.pt"
@@ -87,14 +87,13 @@ class TrainConfig:
             "log_every": self.log_every >= 1,
             "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
         }
-        bad = [name for name, ok in checks.items() if not ok]
-        if bad:
-            values = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
-            raise ConfigError(
-                f"invalid training config: {values} (steps >= 1, lr > 0, weight_decay >= 0, "
-                "0 <= warmup_steps <= steps, grad_clip > 0 or None, checkpoint_every >= 1, "
-                "log_every >= 1, 0 <= min_lr_ratio <= 1)"
-            )
+        require(
+            self,
+            checks,
+            "training config",
+            "steps >= 1, lr > 0, weight_decay >= 0, 0 <= warmup_steps <= steps, grad_clip > 0 "
+            "or None, checkpoint_every >= 1, log_every >= 1, 0 <= min_lr_ratio <= 1",
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The config as plain JSON values."""

@@ -9,11 +9,11 @@ Each toy model ``NAME`` is a set of files in ``model_zoo/models/``:
   retrieval, geometry, the recipe's content hash, the weights' SHA-256), so every machine
   evaluates the same model (training on another CPU rounds floats differently).
 
-``zoo:NAME`` loads the shipped weights. A toy model without shipped weights (a user's new
-config, or quick builds for tests) loads from its build folder in the cache,
-``$XBT_BENCH_HOME/zoo/NAME-HASH`` (open_clip's layout), written by ``xbt-bench zoo build``
-(:mod:`xbt_bench.toy`). ``HASH`` covers the model config, the recipe and the toy data config,
-so changing any of them is another model.
+``zoo:NAME`` loads the shipped weights (:func:`zoo_weights`, the model loader's entry for the
+``zoo`` kind). A toy model without shipped weights (a user's new config, or quick builds for
+tests) loads from its build folder in the cache, ``$XBT_BENCH_HOME/zoo/NAME-HASH`` (open_clip's
+layout), written by ``xbt-bench zoo build`` (:mod:`xbt_bench.toy.build`). ``HASH`` covers the
+model config, the recipe and the toy data config, so changing any of them is another model.
 """
 
 from __future__ import annotations
@@ -24,9 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from ..data.base import fingerprint_of
-from ..data.toy import ToyConfig
-from ..errors import ConfigError, NotFoundError, did_you_mean
-from ..paths import cache_dir, model_zoo
+from ..errors import ConfigError, NotFoundError, did_you_mean, require
+from ..models.loading import Weights
+from ..models.refs import ModelRef
+from ..paths import cache_dir, zoo_models_dir
+from .world import ToyConfig
 
 WEIGHTS_NAME = "open_clip_model.safetensors"
 CONFIG_NAME = "open_clip_config.json"
@@ -46,11 +48,6 @@ QUICK_MAX_WARMUP = 15
 # A low-temperature recipe needs hundreds of steps to leave its initial plateau; a quick build
 # at tau = 0.005 stays at chance, at 0.02 it learns within its few steps.
 QUICK_MIN_TEMPERATURE = 0.02
-
-
-def zoo_models_dir() -> Path:
-    """``model_zoo/models``: the toy models' configs, recipes and shipped weights."""
-    return model_zoo() / "models"
 
 
 @dataclass(frozen=True)
@@ -77,13 +74,13 @@ class ZooSettings:
             "weight_decay": self.weight_decay >= 0,
             "warmup_steps": 0 <= self.warmup_steps,
         }
-        bad = [name for name, ok in problems.items() if not ok]
-        if bad:
-            values = ", ".join(f"{name}={getattr(self, name)!r}" for name in bad)
-            raise ConfigError(
-                f"invalid toy recipe: {values} (steps >= 1, batch_size >= 2, lr > 0, "
-                "0 < temperature < 1, weight_decay >= 0, warmup_steps >= 0)"
-            )
+        require(
+            self,
+            problems,
+            "toy recipe",
+            "steps >= 1, batch_size >= 2, lr > 0, 0 < temperature < 1, weight_decay >= 0, "
+            "warmup_steps >= 0",
+        )
 
     def quick(self) -> ZooSettings:
         """The recipe shrunk for tests: small toy world, small batch, few steps, warmer tau."""
@@ -215,3 +212,9 @@ def zoo_entry(name: str, quick: bool = False) -> ZooEntry:
     except (TypeError, ValueError) as error:
         raise ConfigError(f"{folder / (name + TRAIN_SUFFIX)}: {error}") from error
     return ZooEntry(name, model_config, settings.quick() if quick else settings)
+
+
+def zoo_weights(ref: ModelRef) -> Weights:
+    """``zoo:NAME``: the toy model's shipped weights, else its build in the cache (the weight
+    source the model loader's table names for the ``zoo`` kind)."""
+    return Weights(ref.name, zoo_entry(ref.name).weights_path)
