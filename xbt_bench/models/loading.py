@@ -24,6 +24,7 @@ from ..errors import NotFoundError, XbtError
 from ..paths import home
 from .refs import ModelRef, parse_model_ref
 from .toy_models import zoo_entry, zoo_models_dir, zoo_names
+from .verify import verified_weights
 
 HUB_PROBE_SECONDS = 3.0
 # Captions of different lengths on which trimmed and full text towers must agree.
@@ -206,7 +207,7 @@ def load_model(ref: str, device: str | torch.device = "cpu") -> LoadedModel:
     _register_zoo_configs()
     kwargs: dict[str, Any] = {}
     if parsed.kind == "zoo":
-        model_name, weights = parsed.name, zoo_entry(parsed.name).weights_path
+        model_name, weights = parsed.name, verified_weights(zoo_entry(parsed.name))
     elif parsed.kind == "tag":
         model_name, weights, cfg = _resolve_tag(parsed)
         kwargs = {
