@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 
 from . import distributed
 from .data import ImageTextSet, TextCorpus, load_dataset, load_text_corpus, split_data_ref
@@ -110,7 +111,7 @@ def keep_recorded(result: RunResult, results_dir: Path, console: Console) -> Run
     except XbtError as error:
         console.print(
             f"[yellow]replacing an unreadable result file; any sweep points or backfill curves "
-            f"it held are lost ({error})[/yellow]",
+            f"it held are lost ({escape(str(error))})[/yellow]",
             highlight=False,
             soft_wrap=True,
         )
@@ -157,8 +158,9 @@ def load_pair_data(spec: PairSpec, options: RunOptions, console: Console) -> Pai
     for split in eval_sets:
         if spec.data.text == f"{dataset}:{split}":
             console.print(
-                f"[yellow]warning: split {split!r} is pair {spec.name!r}'s stage-1 text corpus "
-                f"(data.text = {spec.data.text}); methods fitted on its captions score them "
+                f"[yellow]warning: split {escape(repr(split))} is pair {spec.name!r}'s stage-1 "
+                f"text corpus (data.text = {escape(spec.data.text)}); methods fitted on its "
+                "captions score them "
                 "too well: report a split the pair does not train on[/yellow]",
                 highlight=False,
                 soft_wrap=True,
@@ -206,8 +208,9 @@ class Runner:
         self.spec = load_pair(options.pair)
         for hidden in shadowed_pairs(self.spec.name):
             console.print(
-                f"[yellow]pair {self.spec.name!r}: {pair_registry().get(self.spec.name)} "
-                f"replaces {hidden} (same name); rename your file to run both[/yellow]",
+                f"[yellow]pair {self.spec.name!r}: "
+                f"{escape(str(pair_registry().get(self.spec.name)))} replaces "
+                f"{escape(str(hidden))} (same name); rename your file to run both[/yellow]",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -294,7 +297,9 @@ class Runner:
             shared=self.shared,
         )
         label = f" (seed {seed})" if seed is not None and self.options.n_seeds > 1 else ""
-        self.console.print(f"[bold]{method}[/bold]{label}: {old} -> {new}")
+        self.console.print(
+            f"[bold]{escape(method)}[/bold]{label}: {escape(old)} -> {escape(new)}"
+        )
         return methods.get(method)(context)
 
     def run(self) -> list[RunResult]:
@@ -309,7 +314,8 @@ class Runner:
             result.cost.wall_time_s = round(time.perf_counter() - start, 3)
             result = keep_recorded(result, self.options.output_dir, self.console)
             if distributed.is_main():  # under torchrun, one rank writes
-                self.console.print(f"  wrote {result.save(self.options.output_dir)}")
+                saved = result.save(self.options.output_dir)
+                self.console.print(f"  wrote {saved}", markup=False, highlight=False)
             results.append(result)
         distributed.barrier()  # every rank returns once the results are written
         return results
@@ -601,7 +607,8 @@ def run(options: RunOptions, console: Console) -> list[RunResult]:
     encoded = sum(distributed.all_gather_object(sum(runner.stats.encoded.values())))
     console.print(
         f"embeddings: {encoded} computed, {reused} reused from the cache "
-        f"({runner.cache.root}); total {time.perf_counter() - started:.1f} s"
+        f"({runner.cache.root}); total {time.perf_counter() - started:.1f} s",
+        markup=False,
     )
     print_summary(results, console)
     return results

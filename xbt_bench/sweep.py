@@ -100,7 +100,7 @@ def run_sweep(options: RunOptions, counts: Sequence[int], console: Console) -> l
         result = result.model_copy(update={"sweep": sweep, "info": {**result.info, **sweep_time}})
         result = onto_seeded_run(result, options.output_dir)
         if distributed.is_main():  # under torchrun, one rank writes
-            console.print(f"  wrote {result.save(options.output_dir)}")
+            console.print(f"  wrote {result.save(options.output_dir)}", markup=False)
         results.append(result)
     distributed.barrier()
     return results
