@@ -281,7 +281,7 @@ def synthetic_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     RunResult(
         **common,
         method="xbt",
-        splits=splits(SYNTHETIC_OLD | {"t2i_r1": 20.0, "rsum": 342.2}),
+        splits=splits(SYNTHETIC_OLD | {"t2i_r1": 20.0, "rsum": 344.0}),
         approximate_index="IVF64,Flat",
         cost=Cost(wall_time_s=90.0),
     ).save(root)

@@ -18,15 +18,16 @@ TINY = {"proj_steps": 20, "proj_batch": 64, "steps": 4, "batch": 16, "pairs": 60
 KEYS = ("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10", "rsum")
 
 
-def write_folder_dataset(folder: Path, split: str) -> None:
-    """A toy split as a plain folder: PNG files plus ``{split}.csv`` of image,caption rows."""
+def write_folder_dataset(folder: Path, split: str, suffix: str = ".png") -> None:
+    """A toy split as a plain folder: image files (PNG, or another ``suffix`` PIL writes) plus
+    ``{split}.csv`` of image,caption rows."""
     data = toy_split(split, SMALL_WORLD)
     (folder / split).mkdir(parents=True, exist_ok=True)
     with open(folder / f"{split}.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["image", "caption"])
         for image_index in range(data.n_images):
-            name = f"{split}/{image_index:04d}.png"
+            name = f"{split}/{image_index:04d}{suffix}"
             data.load_image(image_index).save(folder / name)
             for caption_index in np.flatnonzero(data.caption_image == image_index):
                 writer.writerow([name, data.captions[caption_index]])

@@ -5,6 +5,7 @@ identity's applicability, stage 2 without OLD, NEW untouched, resume and seeding
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -472,6 +473,25 @@ class _EmptyCorpus:
 def test_bad_settings_give_clear_errors(refs, toy, tmp_path, method, settings, message) -> None:
     with pytest.raises(XbtError, match=message):
         fit(refs, toy, tmp_path, method, **settings)
+
+
+def test_settings_beyond_the_models_and_the_data_are_refused(refs, toy, tmp_path) -> None:
+    """Issue 24: lr=inf, lora_rank=100000 and batch=1e8 passed validation."""
+    with pytest.raises(ConfigError, match="setting lr=inf: Input should be a finite number"):
+        fit(refs, toy, tmp_path, "xbt", lr=float("inf"))
+    width = "larger than the width of the layers it adapts in the image tower(s) (32)"
+    with pytest.raises(ConfigError, match=rf"lora_rank=100000 is {re.escape(width)}"):
+        fit(refs, toy, tmp_path, "xbt", lora_rank=100000)
+    images = f"larger than the 24 training images of {toy['pairs'].key}; set it to at most 24"
+    with pytest.raises(ConfigError, match=rf"batch=100000000 is {re.escape(images)}"):
+        fit(refs, toy, tmp_path, "xbt", batch=1e8)
+    texts = f"larger than the {len(toy['corpus'].texts)} texts of {toy['corpus'].name}"
+    with pytest.raises(ConfigError, match=f"proj_batch=100000 is {re.escape(texts)}"):
+        fit(refs, toy, tmp_path, "xbt-proj", proj_batch=100000)
+    # an unset batch larger than a small dataset still takes all of it
+    ctx = make_ctx(refs, toy, tmp_path, "xbt")
+    ctx.config = {k: v for k, v in ctx.config.items() if k != "batch"}
+    assert methods.get("xbt")(ctx).info["stage2"]["pair_images"] == 24
 
 
 @pytest.mark.parametrize("method", ["procrustes", "xbt-proj", "xbt"])

@@ -210,3 +210,52 @@ def test_chromium_sorts_selects_and_links_plots_to_rows(page: Path, tmp_path: Pa
     assert int(body["data-all"]) > 4
     # the recall plot of `test` draws new, xbt, slerp and procrustes (identity is n/a)
     assert body["data-highlighted"] == "new,xbt,slerp,procrustes"
+
+
+# A result string that runs script wherever it is inserted as HTML (and contains no "/", so it
+# can also be part of a file name).
+MARKUP = "<img src=x onerror=document.body.setAttribute('data-pwned',1) class=injected>"
+
+
+def _metrics(base: float) -> dict[str, float]:
+    recalls = dict(zip(("t2i_r1", "t2i_r5", "t2i_r10", "i2t_r1", "i2t_r5", "i2t_r10"),
+                       (base, base + 20, base + 30, base + 5, base + 25, base + 35), strict=True))
+    return recalls | {"rsum": sum(recalls.values())}  # fmt: skip
+
+
+def test_every_result_string_is_text_in_chromium(tmp_path: Path):
+    """Issue 24, defect 3: a pair name holding an <img onerror> reached index.html unescaped
+    through the cost section's "no estimate (...)" and ran in Chromium. People publish result
+    files they did not produce: every string field here holds markup."""
+    from xbt_bench.methods.base import Cost
+    from xbt_bench.results import RunResult
+    from xbt_bench.scoring import SplitResult
+
+    results = tmp_path / f"results{MARKUP}"
+    split = f"test{MARKUP}"
+    metrics = {"old->old": _metrics(20), "new->new": _metrics(30), "method->old": _metrics(25)}
+    common = {"pair": f"pair{MARKUP}", "old": f"old{MARKUP}", "new": f"new{MARKUP}",
+              "dataset": f"data{MARKUP}", "split": split, "seed": 0}  # fmt: skip
+    RunResult(
+        **common,
+        method="xbt",
+        splits={split: SplitResult(metrics=metrics)},
+        cost=Cost(wall_time_s=1.0, device=f"cpu{MARKUP}"),
+        config={"note": MARKUP},
+    ).save(results)
+    RunResult(
+        **common,
+        method="identity",
+        splits={split: SplitResult(metrics={k: metrics[k] for k in ("old->old", "new->new")})},
+        applicable=False,
+        not_applicable_reason=f"reason{MARKUP}",
+        cost=Cost(wall_time_s=0.1),
+    ).save(results)
+    page = publish(results, tmp_path / "site")
+    rendered = _render(page, tmp_path, "")
+    assert "data-pwned" not in rendered.body
+    assert not [img for img in rendered.images if "injected" in img.get("class", "")]
+    text = " ".join(" ".join(rendered.text).split())
+    assert f"pair{MARKUP}: no estimate (" in text  # the cost section's message, as text
+    for shown in (f"data{MARKUP}", f"old{MARKUP}", f"cpu{MARKUP}", f"reason{MARKUP}", split):
+        assert shown in text, shown

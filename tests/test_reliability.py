@@ -4,7 +4,9 @@ that do not belong together are refused; bad input is one line with the fix, no 
 
 from __future__ import annotations
 
+import importlib
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 import torch
 from PIL import Image
 from rich.console import Console
-from support import run_cli, write_folder_dataset
+from support import run_cli, tiny_settings, write_folder_dataset
 
 from xbt_bench.data.base import ImageTextSet
 from xbt_bench.embed import EmbeddingCache, embed_split, split_key
@@ -116,7 +118,8 @@ def test_the_leaderboard_refuses_results_that_do_not_belong_together(
     # another reference: the same method's old->old scored on something else
     data = json.loads(xbt.read_text())
     data["method"] = "xbt-other"
-    data["splits"]["test"]["metrics"]["old->old"]["t2i_r1"] += 1.0
+    for key in ("t2i_r1", "rsum"):  # a consistent file, only scored on something else
+        data["splits"]["test"]["metrics"]["old->old"][key] += 1.0
     other = xbt.with_name("xbt-other.json")
     other.write_text(json.dumps(data))
     with pytest.raises(ConfigError, match="different references") as info:
@@ -186,6 +189,7 @@ def test_a_corrupt_checkpoint_is_named_set_aside_and_training_resumes(
         (["run", "--pair", "toy-s-to-m", "--workers", "-3"], "Invalid value for '--workers'"),
         (["run", "--pair", "toy-s-to-m", "--set", "lora_rnk=8"], "did you mean 'lora_rank'"),
         (["run", "--pair", "toy-s-to-m", "--method", "xbtt"], "did you mean 'xbt'"),
+        (["run", "--pair", "toy-s-to-m", "--set", "lr=inf"], "Input should be a finite number"),
     ],
 )
 def test_bad_input_is_one_line_without_traceback(
@@ -355,3 +359,456 @@ def test_damaged_toy_data_is_generated_again(
     assert toy.toy_split("test", config).captions == captions
     err = capsys.readouterr().err.replace("\n", " ")
     assert "fail their checksum" in err and "fails its checksum" in err
+
+
+# --- Issue 24: nothing stale, nothing injected ------------------------------------------------
+# Each test below reproduces one defect of the second probe and pins the behaviour it has now.
+
+
+def test_file_hashes_read_each_unchanged_file_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect 1, the index: a rerun reads no unchanged file; a changed one is read again."""
+    from xbt_bench import fingerprints
+
+    monkeypatch.setenv("XBT_BENCH_HOME", str(tmp_path / "home"))
+    files = [tmp_path / f"{i}.bin" for i in range(3)]
+    for i, path in enumerate(files):
+        path.write_bytes(bytes([i]) * 100)
+        os.utime(path, (1_600_000_000, 1_600_000_000))  # not written just now
+    reads = []
+    real = fingerprints.sha256_of
+    monkeypatch.setattr(fingerprints, "sha256_of", lambda p: reads.append(p) or real(p))
+    first = fingerprints.file_hashes(files)
+    assert len(reads) == 3 and len(set(first)) == 3
+    assert fingerprints.file_hashes(files) == first and len(reads) == 3
+    files[1].write_bytes(bytes([9]) * 100)  # same size, other content
+    os.utime(files[1], (1_600_000_100, 1_600_000_100))
+    again = fingerprints.file_hashes(files)
+    assert len(reads) == 4 and again[1] != first[1] and again[::2] == first[::2]
+
+
+def _marked_pairs(tmp_path: Path, description: str) -> Path:
+    from xbt_bench.pairs import pair_registry
+
+    folder = tmp_path / "pairs"
+    folder.mkdir()
+    text = pair_registry().get("toy-s-to-m").read_text()
+    text = text.replace(text.splitlines()[0], f"description = {json.dumps(description)}")
+    (folder / "marked.toml").write_text(text)
+    return folder
+
+
+def test_rich_markup_in_user_strings_is_printed_as_text(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Defect 6, rich markup: `[/red]` in a name, `[/bold]` in a description."""
+    description = "[/bold]x[bold]y"
+    monkeypatch.setenv("XBT_BENCH_PAIRS", str(_marked_pairs(tmp_path, description)))
+    assert run_cli(["pairs", "list"]) == 0
+    out = capsys.readouterr().out
+    assert description in out and "toy-s-to-m" in out
+    assert run_cli(["pairs", "show", "[/red]"]) == 1
+    err = capsys.readouterr().err
+    assert "pair '[/red]' not found" in err and "Traceback" not in err
+    assert run_cli(["run", "--pair", "[bold]x"]) == 1
+    assert "pair '[bold]x' not found" in capsys.readouterr().err
+
+
+def test_a_description_with_a_line_break_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Defect 6: a newline in --description wrote a TOML table header into the pair file."""
+    description = "one\n[methods.xbt]\nlora_rank = 4"
+    args = ["pairs", "add", "mine", "--old", "zoo:toy-s", "--new", "zoo:toy-m",
+            "--description", description, "--dir", str(tmp_path)]  # fmt: skip
+    assert run_cli(args) == 1
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert "holds a line break" in err and "one line" in err
+    assert not (tmp_path / "mine.toml").exists()
+
+
+def test_csv_cells_that_start_a_formula_are_neutralised(
+    synthetic_results: Path, tmp_path: Path
+) -> None:
+    """Defect 6: CSV cells starting with = + - @ (text only; negative numbers stay numbers)."""
+    import csv
+
+    from xbt_bench.report.leaderboard import build_leaderboards
+
+    results = tmp_path / "results"
+    shutil.copytree(synthetic_results, results)
+    path = results / "toy-s-to-m" / "toy-shapes" / "procrustes.json"
+    data = json.loads(path.read_text())
+    data["method"] = "=HYPERLINK(\"http://x\")"
+    data["cost"]["device"] = "@SUM(A1)"
+    path.write_text(json.dumps(data))
+    build_leaderboards(results, tmp_path / "boards")
+    with open(tmp_path / "boards" / "leaderboard.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    (row,) = [r for r in rows if "HYPERLINK" in r["method"] and r["split"] == "test"]
+    assert row["method"] == "'=HYPERLINK(\"http://x\")" and row["device"] == "'@SUM(A1)"
+    assert float(row["gain_share"]) < 0  # procrustes is below old->old: a negative number
+    assert not row["gain_share"].startswith("'")
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ({"t2i_r1": 1e6}, "t2i_r1=1e+06 is not a recall in [0, 100]"),
+        ({"rsum": -5.0}, "rsum=-5 is not in [0, 600]"),
+        ({"i2t_r10": 10.0, "rsum": 293.1}, "i2t R@1, R@5, R@10 = 44.2, 74, 10 do not grow"),
+        ({"rsum": 300.0}, "is not the sum of its six recalls"),
+    ],
+)
+def test_results_with_impossible_numbers_are_refused(
+    synthetic_results: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    edit: dict[str, float], message: str,
+) -> None:  # fmt: skip
+    """Defect 6: recalls of 1e6 % and a negative rsum were ranked."""
+    results = tmp_path / "results"
+    shutil.copytree(synthetic_results, results)
+    path = results / "toy-s-to-m" / "toy-shapes" / "xbt.json"
+    data = json.loads(path.read_text())
+    data["splits"]["test"]["metrics"]["method->old"].update(edit)
+    path.write_text(json.dumps(data))
+    args = ["leaderboard", "--results-dir", str(results), "--output-dir", str(tmp_path / "b")]
+    assert run_cli(args) == 1
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert str(path) in err and message in err and "Traceback" not in err
+    assert not (tmp_path / "b").exists()
+
+
+def test_seed_metrics_must_match_the_seeds(synthetic_results: Path, tmp_path: Path) -> None:
+    """Defect 6: counts are consistent (one method->old per recorded seed)."""
+    path = tmp_path / "xbt.json"
+    data = json.loads((synthetic_results / "toy-s-to-m" / "toy-shapes" / "xbt.json").read_text())
+    data["seeds"] = [0, 1, 2]
+    data["splits"]["test"]["seed_metrics"] = [data["splits"]["test"]["metrics"]["method->old"]]
+    path.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match="has 1 seed_metrics for 3 seeds"):
+        RunResult.from_json(path)
+
+
+def test_sigterm_exits_143_with_the_resume_hint(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Defect 6: SIGTERM is handled like Ctrl-C."""
+    import signal
+    import time
+
+    from xbt_bench import runner
+
+    def terminated(*args: object, **kwargs: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)  # the handler interrupts this at once
+        pytest.fail("SIGTERM did not stop the command")
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(runner, "run", terminated)
+    assert run_cli(["run", "--pair", "toy-s-to-m"]) == 143
+    err = capsys.readouterr().err
+    assert "terminated (SIGTERM); rerun the same command to resume" in err
+    assert signal.getsignal(signal.SIGTERM) is before  # restored for whoever called main()
+
+
+def test_an_interrupted_publish_leaves_the_previous_page_set(
+    synthetic_results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Defect 6: a killed publish left .tmp files and a new CSV next to an old index.html."""
+    publishing = importlib.import_module("xbt_bench.report.publish")
+    monkeypatch.setattr(publishing, "plot_results", lambda results, folder: [])  # no plots: fast
+    results = tmp_path / "results"
+    shutil.copytree(synthetic_results, results)
+    site = tmp_path / "site"
+    publishing.publish(results, site)
+    (site / "notes.txt").write_text("my own file")
+    before = {p.name: p.read_bytes() for p in site.iterdir() if p.is_file()}
+    (results / "toy-s-to-m" / "toy-shapes" / "procrustes.json").unlink()  # a new table
+
+    def killed(*args: object) -> str:
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(publishing, "page", killed)
+        with pytest.raises(KeyboardInterrupt):
+            publishing.publish(results, site)
+    assert {p.name: p.read_bytes() for p in site.iterdir() if p.is_file()} == before
+    # what a SIGKILL leaves: a staging folder of a dead process, temporary files of old writes
+    (tmp_path / ".site.staged-999999999-dead").mkdir()
+    (site / ".index.html.x1.tmp").write_text("half")
+    publishing.publish(results, site)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results", "site"]
+    assert not [p for p in site.rglob("*") if p.name.endswith(".tmp")]
+    assert (site / "notes.txt").read_text() == "my own file"
+    assert "procrustes" not in (site / "leaderboard.csv").read_text()
+    assert (site / "index.html").read_bytes() != before["index.html"]
+
+
+def test_a_full_disk_is_one_line_naming_the_file_and_the_bytes(
+    synthetic_results: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """Defect 6: a full disk ended in an OSError traceback."""
+    import errno
+    import io
+    import re
+    from typing import Any
+
+    class FullDisk(io.BytesIO):
+        def write(self, data: object) -> int:
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    out = tmp_path / "boards"
+    real_open = Path.open
+
+    def full(self: Path, mode: str = "r", buffering: int = -1, **kwargs: Any):  # noqa: ANN202
+        if str(self).startswith(str(out)) and "w" in mode:  # every write fails with ENOSPC
+            disk = FullDisk()
+            return disk if "b" in mode else io.TextIOWrapper(disk, write_through=True)
+        return real_open(self, mode, buffering, **kwargs)
+
+    monkeypatch.setattr(Path, "open", full)
+    args = ["leaderboard", "--results-dir", str(synthetic_results), "--output-dir", str(out)]
+    assert run_cli(args) == 1
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert f"cannot write {out / 'leaderboard.csv'}: no space left on the device" in err
+    assert re.search(r"\(\d[\d,]* bytes needed, [\d,]+ free\)", err)
+    assert "Traceback" not in err
+    assert list(out.iterdir()) == []  # nothing half-written, no temporary file
+
+
+def test_a_read_only_home_is_one_line_naming_the_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Defect 6: a read-only home ended in an OSError traceback."""
+    import errno
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("XBT_BENCH_HOME", str(home))
+    real_mkdir = os.mkdir
+
+    def read_only(path: object, *args: object, **kwargs: object) -> None:
+        if str(path).startswith(str(home)):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", read_only)
+    args = ["pairs", "add", "mine", "--old", "zoo:toy-s", "--new", "zoo:toy-m",
+            "--description", "mine"]  # fmt: skip
+    assert run_cli(args) == 1
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert f"cannot write {home / 'pairs'}: the file system is read-only" in err
+    assert "XBT_BENCH_HOME" in err and "Traceback" not in err
+
+
+def test_annotation_rows_must_stay_inside_the_dataset_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Defect 6: rows naming /etc/passwd or ../ were read."""
+    # what --allow-outside-root sets; "0" here so that the test's end removes it again
+    monkeypatch.setenv("XBT_BENCH_ALLOW_OUTSIDE_ROOT", "0")
+    Image.new("RGB", (8, 8), "red").save(tmp_path / "outside.png")
+    folder = tmp_path / "set"
+    folder.mkdir()
+    Image.new("RGB", (8, 8), "blue").save(folder / "inside.png")
+    for row in ("../outside.png", "/etc/passwd"):
+        (folder / "test.csv").write_text(f"image,caption\ninside.png,a\n{row},b\n")
+        assert run_cli(["datasets", "check", f"folder:{folder}", "--split", "test"]) == 1
+        err = capsys.readouterr().err.replace("\n", " ")
+        assert f"names 1 image(s) outside the dataset folder {folder} (first: '{row}')" in err
+    (folder / "test.csv").write_text("image,caption\ninside.png,a\n../outside.png,b\n")
+    args = ["--allow-outside-root", "datasets", "check", f"folder:{folder}", "--split", "test"]
+    assert run_cli(args) == 0
+    assert "images: 2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (None, "is not a regular file"),
+        ("new_image_per_s = inf\n", "new_image_per_s: Input should be a finite number"),
+    ],
+)
+def test_hardware_must_be_a_finite_regular_file(
+    synthetic_results: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    content: str | None, message: str,
+) -> None:  # fmt: skip
+    """Defect 6: --hardware accepted inf, and a folder gave a traceback."""
+    hardware = tmp_path / "hardware.toml"
+    hardware.mkdir() if content is None else hardware.write_text(content)
+    args = ["cost", "--pair", "toy-s-to-m", "--gallery-size", "1000", "--hardware",
+            str(hardware), "--results-dir", str(synthetic_results)]  # fmt: skip
+    assert run_cli(args) == 1
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert message in err and str(hardware) in err and "Traceback" not in err
+
+
+def test_long_names_and_broken_entries_in_a_pairs_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Defect 6: a 300-character name, a link loop, a folder named x.toml or a bad file broke
+    `pairs list` with a traceback; each is now skipped with one line."""
+    folder = _marked_pairs(tmp_path, "fine")
+    (folder / "x.toml").mkdir()
+    (folder / "loop.toml").symlink_to(folder / "loop.toml")
+    (folder / "bad.toml").write_text("description = ")
+    (folder / f"{'a' * 150}.toml").write_text((folder / "marked.toml").read_text())
+    monkeypatch.setenv("XBT_BENCH_PAIRS", str(folder))
+    assert run_cli(["pairs", "list"]) == 0
+    captured = capsys.readouterr()
+    assert "marked" in captured.out and "toy-s-to-m" in captured.out
+    skipped = [line for line in captured.err.splitlines() if line.startswith("skipped")]
+    assert len(skipped) == 4, captured.err
+    for name in ("x.toml", "loop.toml", "bad.toml", "is 150 characters long"):
+        assert sum(name in line for line in skipped) == 1, name
+    args = ["pairs", "add", "b" * 300, "--old", "zoo:toy-s", "--new", "zoo:toy-m",
+            "--description", "long", "--dir", str(tmp_path)]  # fmt: skip
+    assert run_cli(args) == 1
+    err = capsys.readouterr().err
+    assert "is 300 characters long; use at most 100" in err and "Traceback" not in err
+
+
+def test_written_files_get_the_umask_permissions(synthetic_results: Path, tmp_path: Path) -> None:
+    """Defect 6: every result, page and cache file was created 0600 (mkstemp then rename)."""
+    import stat
+
+    from xbt_bench.atomic import write_npy
+    from xbt_bench.report.leaderboard import build_leaderboards
+
+    mask = os.umask(0o022)  # the process's umask (set back at once)
+    os.umask(mask)
+    if mask & 0o077 == 0o077:
+        pytest.skip(f"umask {mask:o} gives 0600 itself")
+    build_leaderboards(synthetic_results, tmp_path / "boards")
+    write_npy(tmp_path / "cache" / "rows.npy", np.zeros(3), checked=True)
+    RunResult.from_json(next(synthetic_results.rglob("xbt.json"))).save(tmp_path / "out")
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(written) > 5
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in written} == {oct(0o666 & ~mask)}
+
+
+@pytest.mark.slow
+def test_swapped_images_of_a_folder_dataset_give_the_cold_cache_numbers(
+    small_pair: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """Defect 1 end to end: two same-size images swapped gave "0 computed" and the old numbers
+    (the fingerprint covered names and sizes only). BMP files of one size make every pair of
+    images the same size."""
+    folder = tmp_path / "bmp"
+    write_folder_dataset(folder, "test", suffix=".bmp")
+    first, second = folder / "test" / "0000.bmp", folder / "test" / "0001.bmp"
+    assert first.stat().st_size == second.stat().st_size
+
+    def metrics(out: Path) -> dict[str, dict[str, float]]:
+        args = ["run", "--pair", small_pair, "--method", "old", "--dataset", f"folder:{folder}",
+                "--output-dir", str(out)]  # fmt: skip
+        assert run_cli(args) == 0
+        (path,) = out.glob(f"{small_pair}/*/old.json")
+        return RunResult.from_json(path).metrics
+
+    before = metrics(tmp_path / "warm")
+    contents = first.read_bytes(), second.read_bytes()
+    first.write_bytes(contents[1])
+    second.write_bytes(contents[0])
+    capsys.readouterr()
+    again = metrics(tmp_path / "warm")
+    err = capsys.readouterr().err.replace("\n", " ")
+    assert f"the content of folder:{folder}/test changed since its images were embedded" in err
+    monkeypatch.setenv("XBT_BENCH_HOME", str(tmp_path / "cold-home"))
+    cold = metrics(tmp_path / "cold")
+    assert again == cold
+    assert again["old->old"]["t2i_r1"] != before["old->old"]["t2i_r1"]
+
+
+@pytest.mark.slow
+def test_a_code_edit_to_stage_2_trains_again(small_pair: str, tmp_path: Path) -> None:
+    """Defect 2 end to end: after an edit that zeroes stage 2's cosine term, the rerun reused
+    the checkpoint of the old code. Now the edit is named, stage 2 trains again, and its
+    weights and numbers are those of a cold run of the edited code."""
+    import subprocess
+    import sys
+
+    import xbt_bench
+    from xbt_bench.paths import model_zoo
+
+    out = tmp_path / "results"
+    args = ["run", "--pair", small_pair, "--method", "xbt", *tiny_settings(),
+            "--output-dir", str(out)]  # fmt: skip
+    assert run_cli(args) == 0
+    (path,) = out.glob(f"{small_pair}/*/xbt.json")
+    original = RunResult.from_json(path)
+    code = tmp_path / "edited"
+    shutil.copytree(Path(xbt_bench.__file__).parent, code / "xbt_bench",
+                    ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+    (code / "model_zoo").symlink_to(model_zoo())
+    stage2 = code / "xbt_bench" / "methods" / "stage2.py"
+    source = stage2.read_text()
+    assert source.count("cfg.stage2_cos_weight * cos") == 1
+    stage2.write_text(source.replace("cfg.stage2_cos_weight * cos", "0.0 * cos"))
+
+    # One process of the edited code runs `run` over the warm cache, then with no checkpoint.
+    script = f"""
+import shutil, sys
+from xbt_bench.cli import main
+from xbt_bench.paths import home
+
+def run(copy):
+    try:
+        main({args!r})
+    except SystemExit as exit_:
+        assert not exit_.code, exit_.code
+    shutil.copy({str(path)!r}, copy)
+
+run({str(tmp_path / "retrained.json")!r})
+print("--- cold ---", file=sys.stderr)
+shutil.rmtree(home() / "runs" / {small_pair!r})
+run({str(tmp_path / "cold.json")!r})
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        env={**os.environ, "PYTHONPATH": str(code)},
+        cwd=code,  # `python -c` imports from the working directory first
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    warm_err = done.stderr.split("--- cold ---")[0].replace("\n", " ")
+    assert "xbt stage 2: code of xbt_bench.methods.stage2 changed since its last" in warm_err
+    retrained, cold = (RunResult.from_json(tmp_path / f"{n}.json") for n in ("retrained", "cold"))
+    identity = [r.info["encoder_identity"] for r in (original, retrained, cold)]
+    assert identity[0] != identity[1] == identity[2]
+    assert retrained.splits == cold.splits
+
+
+def test_tampered_shipped_weights_are_refused(
+    small_pair: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    """Defect 4 end to end: noise added to one tensor of toy-s.safetensors gave other numbers
+    without a word; the weights are now checked against their card's SHA-256."""
+    from safetensors.torch import load_file, save_file
+
+    from xbt_bench.models import loading
+    from xbt_bench.toy import zoo as toy_zoo
+
+    zoo = tmp_path / "models"
+    shutil.copytree(toy_zoo.zoo_models_dir(), zoo,
+                    ignore=shutil.ignore_patterns("toy-l.safetensors"))  # fmt: skip
+    for module in (toy_zoo, loading):
+        monkeypatch.setattr(module, "zoo_models_dir", lambda: zoo)
+    weights = zoo / "toy-s.safetensors"
+    state = load_file(str(weights))
+    name = "visual.proj"
+    torch.manual_seed(0)
+    state[name] = state[name] + 0.05 * torch.randn_like(state[name])
+    save_file(state, str(weights))
+    out = tmp_path / "results"
+    assert run_cli(["run", "--pair", small_pair, "--method", "old", "--output-dir", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "Traceback" not in err
+    assert f"shipped weights {weights} do not match the weights_sha256 of their card" in err
+    assert "`xbt-bench zoo build toy-s --ship`" in err
+    assert not list(out.rglob("*.json"))

@@ -80,7 +80,7 @@ def run_backfill(
         if result is None:
             continue
         if distributed.is_main():  # under torchrun, one rank writes
-            console.print(f"  wrote {result.save(options.output_dir)}")
+            console.print(f"  wrote {result.save(options.output_dir)}", markup=False)
         results.append(result)
     distributed.barrier()
     return results

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -14,6 +16,7 @@ os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import XbtError, validation_message
 
@@ -31,6 +34,26 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def global_options(
+    allow_outside_root: Annotated[
+        bool,
+        typer.Option(
+            "--allow-outside-root",
+            help="let dataset annotation rows name images outside their dataset's folder "
+            "(absolute paths, '..'); refused by default",
+        ),
+    ] = False,
+) -> None:
+    """Options of every command (given before it: xbt-bench --allow-outside-root run ...)."""
+    if allow_outside_root:
+        from .data.folder import OUTSIDE_ROOT_ENV
+
+        os.environ[OUTSIDE_ROOT_ENV] = "1"  # also seen by data-loader workers
+
+
 pairs_app = typer.Typer(
     help="Registered upgrade pairs (model_zoo/pairs/*.toml).", no_args_is_help=True
 )
@@ -56,15 +79,22 @@ app.add_typer(zoo_app, name="zoo")
 
 @pairs_app.command("list")
 def pairs_list() -> None:
-    """Show every registered pair as a table."""
+    """Show every registered pair as a table; a pair file that does not parse is skipped
+    with one line saying why."""
+    from .console import warn
     from .pairs import pair_registry, parse_pair_file, shadowed_pairs
     from .report.tables import pairs_table
 
     registry = pair_registry()
     specs, notes = [], []
     for name in registry.names():
+        try:
+            spec = parse_pair_file(registry.get(name))
+        except XbtError as error:
+            warn(f"skipped a pair file: {error}")
+            continue
         hidden = shadowed_pairs(name)
-        specs.append((parse_pair_file(registry.get(name)), bool(hidden)))
+        specs.append((spec, bool(hidden)))
         notes += [f"* {name}: {registry.get(name)} replaces {path}" for path in hidden]
     console.print(pairs_table(specs))
     if notes:
@@ -77,7 +107,7 @@ def pairs_show(name: Annotated[str, typer.Argument(help="pair name, e.g. toy-s-t
     from .pairs import load_pair, pair_registry
 
     spec = load_pair(name)
-    console.print(f"[bold]{spec.name}[/bold]  ({pair_registry().get(spec.name)})")
+    console.print(f"[bold]{spec.name}[/bold]  ({escape(str(pair_registry().get(spec.name)))})")
     console.print(spec.to_toml(), markup=False, highlight=False)
 
 
@@ -114,7 +144,7 @@ def pairs_add(
         data=DataRefs(text=text, pairs=pairs, support=support),
     )
     path = write_pair(spec, directory or home() / "pairs", overwrite=force)
-    console.print(f"wrote {path}")
+    console.print(f"wrote {path}", markup=False, highlight=False)
 
 
 @pairs_app.command("diagnose")
@@ -149,8 +179,8 @@ def models_info(
     from .models.loading import load_model
 
     loaded = load_model(ref)
-    console.print(f"{ref}: embed_dim={loaded.embed_dim} identity={loaded.identity}")
-    console.print(f"weights: {loaded.weights_path}")
+    console.print(f"{ref}: embed_dim={loaded.embed_dim} identity={loaded.identity}", markup=False)
+    console.print(f"weights: {loaded.weights_path}", markup=False)
 
 
 @datasets_app.command("list")
@@ -178,9 +208,9 @@ def datasets_check(
     found = check_dataset(name, split, data_root)
     low, high = found.captions_per_image
     per_image = f"{low}" if low == high else f"{low}-{high}"
-    console.print(f"[bold]{found.key}[/bold]: ok", highlight=False)
+    console.print(f"[bold]{escape(found.key)}[/bold]: ok", highlight=False)
     for label, value in found.sources.items():
-        console.print(f"  {label}: {value}", highlight=False, soft_wrap=True)
+        console.print(f"  {label}: {value}", markup=False, highlight=False, soft_wrap=True)
     console.print(f"  images: {found.n_images}", highlight=False)
     console.print(f"  captions: {found.n_captions} ({per_image} per image)", highlight=False)
     console.print(f"  fingerprint: {found.fingerprint}", highlight=False)
@@ -436,7 +466,7 @@ def cost_command(
     console.print(frame_table(frame, title))
     console.print(ESTIMATE_NOTE, highlight=False, soft_wrap=True)
     for key, source in inputs.sources.items():
-        console.print(f"  {key}: {source}", highlight=False, soft_wrap=True)
+        console.print(f"  {key}: {source}", markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("sweep")
@@ -483,7 +513,9 @@ def leaderboard(
     from .report.leaderboard import build_leaderboards
 
     boards = build_leaderboards(results_dir, output_dir)
-    console.print(f"{len(boards.results)} results -> " + ", ".join(map(str, boards.files)))
+    console.print(
+        f"{len(boards.results)} results -> " + ", ".join(map(str, boards.files)), markup=False
+    )
 
 
 @app.command("plot")
@@ -495,7 +527,7 @@ def plot(
     from .report.plots import make_plots
 
     files = make_plots(results_dir, output_dir)
-    console.print(f"wrote {len(files)} plot files to {output_dir / 'plots'}")
+    console.print(f"wrote {len(files)} plot files to {output_dir / 'plots'}", markup=False)
 
 
 @app.command("publish")
@@ -506,7 +538,7 @@ def publish(
     """Write a static HTML page with the leaderboards and plots (no server needed)."""
     from .report.publish import publish as publish_page
 
-    console.print(f"wrote {publish_page(results_dir, output_dir)}")
+    console.print(f"wrote {publish_page(results_dir, output_dir)}", markup=False)
 
 
 QuickOption = Annotated[
@@ -640,11 +672,15 @@ def cache_prune(
     total = 0
     for path in found:
         total += size(path)
-        console.print(f"{'would remove' if dry_run else 'removed'} {path}", highlight=False)
+        console.print(
+            f"{'would remove' if dry_run else 'removed'} {path}", markup=False, highlight=False
+        )
         if not dry_run:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
     verb = "would free" if dry_run else "freed"
-    console.print(f"{len(found)} leftover(s); {verb} {total / 2**20:.1f} MiB under {home()}")
+    console.print(
+        f"{len(found)} leftover(s); {verb} {total / 2**20:.1f} MiB under {home()}", markup=False
+    )
 
 
 @app.command("embed")
@@ -675,14 +711,23 @@ def embed_command(
                 loaded, data, name, batch_size=batch_size, num_workers=num_workers
             )
             if info.is_main:
-                console.print(f"{data.key} {name}s: {array.shape[0]}x{array.shape[1]} cached")
+                console.print(
+                    f"{data.key} {name}s: {array.shape[0]}x{array.shape[1]} cached", markup=False
+                )
     finally:
         shutdown_distributed()
 
 
+RESUME_HINT = (
+    "rerun the same command to resume: finished embeddings, checkpoints and results are kept, "
+    "training continues from its last checkpoint"
+)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Run the CLI; user errors (bad input, bad options) print one line and exit 1 (2 for a bad
-    command line), Ctrl-C says how to resume and exits 130; none prints a traceback."""
+    command line), Ctrl-C says how to resume and exits 130, SIGTERM the same with 143; none
+    prints a traceback. Messages are printed as written (brackets in them are not markup)."""
     from pydantic import ValidationError
 
     # Command-line mistakes are click's UsageError (typer raises it from its own copy of click
@@ -693,24 +738,34 @@ def main(argv: list[str] | None = None) -> None:
         err_console.print(message, highlight=False, soft_wrap=True)
         sys.exit(code)
 
+    terminated: list[int] = []
+
+    def on_sigterm(signum: int, frame: object) -> None:
+        terminated.append(signum)
+        raise KeyboardInterrupt  # unwind as Ctrl-C does: checkpoints and caches stay consistent
+
+    # signal handlers can only be set from the main thread
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, on_sigterm) if in_main_thread else None
     try:
         code = app(args=argv, prog_name="xbt-bench", standalone_mode=False)
     except XbtError as error:
-        fail(f"[red]error:[/red] {error}", 1)
+        fail(f"[red]error:[/red] {escape(str(error))}", 1)
     except ValidationError as error:
         field, message, _ = validation_message(error)
-        fail(f"[red]error:[/red] {field}: {message}", 1)
+        fail(f"[red]error:[/red] {escape(field)}: {escape(message)}", 1)
     except usage_error as error:
         if type(error).__name__ == "NoArgsIsHelpError":  # a bare group: show what it offers
-            fail(error.format_message(), 0)
+            fail(escape(error.format_message()), 0)
         where = error.ctx.command_path if error.ctx is not None else "xbt-bench"
-        fail(f"[red]error:[/red] {error.format_message()} (see `{where} --help`)", 2)
+        fail(f"[red]error:[/red] {escape(error.format_message())} (see `{where} --help`)", 2)
     except (KeyboardInterrupt, typer.Abort):
         code = 130
+    finally:
+        if previous is not None:  # None: not set from Python, nothing to restore
+            signal.signal(signal.SIGTERM, previous)
+    if code == 130 and terminated:
+        fail(f"terminated (SIGTERM); {RESUME_HINT}", 143)
     if code == 130:  # typer turns Ctrl-C into exit code 130
-        fail(
-            "interrupted; rerun the same command to resume: finished embeddings, checkpoints "
-            "and results are kept, training continues from its last checkpoint",
-            130,
-        )
+        fail(f"interrupted; {RESUME_HINT}", 130)
     sys.exit(code if isinstance(code, int) else 0)

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import difflib
+import errno
+import os
+import shutil
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -27,6 +31,59 @@ class ConfigError(XbtError, ValueError):
 
 class InputError(XbtError, ValueError):
     """Data handed to a function is malformed (wrong shape, NaN, ids out of range)."""
+
+
+class StorageError(XbtError):
+    """A file or folder could not be written: the disk is full, read-only, or not ours."""
+
+
+# OSErrors that mean "this disk cannot take the write", with how a message says it.
+STORAGE_ERRNOS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+}
+WRITE_ELSEWHERE = (
+    "or write elsewhere (XBT_BENCH_HOME for caches, --output-dir for results and pages)"
+)
+
+
+def _free_bytes(path: Path) -> int | None:
+    """Free bytes on the disk holding ``path`` (its nearest existing folder), or None."""
+    for folder in (path, *path.parents):
+        try:
+            return shutil.disk_usage(folder).free
+        except OSError:
+            continue
+    return None
+
+
+def storage_error(
+    path: str | os.PathLike[str], error: OSError, needed: int | None = None, at_least: bool = False
+) -> StorageError | None:
+    """A one-line :class:`StorageError` for ``error`` when it says the disk cannot take the
+    write of ``path`` (full, over quota, read-only, not permitted), naming the path and the
+    ``needed`` bytes (``at_least`` when only a lower bound is known); None for any other
+    OSError, which the caller re-raises."""
+    reason = STORAGE_ERRNOS.get(error.errno or 0)
+    if reason is None:
+        return None
+    path = Path(path)
+    size = "" if needed is None else f"{'more than ' if at_least else ''}{needed:,} bytes needed"
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = _free_bytes(path.parent)
+        space = [size] if size else []
+        space += [f"{free:,} free"] if free is not None else []
+        detail = f" ({', '.join(space)})" if space else ""
+        return StorageError(
+            f"cannot write {path}: {reason}{detail}; free some space there, {WRITE_ELSEWHERE}"
+        )
+    detail = f" ({size})" if size else ""
+    return StorageError(
+        f"cannot write {path}: {reason}{detail}; make {path.parent} writable, {WRITE_ELSEWHERE}"
+    )
 
 
 def _edit_distance(a: str, b: str) -> int:

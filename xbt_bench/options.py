@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from .data import ImageTextSet, TextCorpus, load_dataset, load_text_corpus, split_data_ref
 from .data.registry import dataset_info
@@ -97,9 +98,10 @@ def load_pair_data(spec: PairSpec, options: RunOptions, console: Console) -> Pai
     for split in eval_sets:
         if spec.data.text == f"{dataset}:{split}":
             console.print(
-                f"[yellow]warning: split {split!r} is pair {spec.name!r}'s stage-1 text corpus "
-                f"(data.text = {spec.data.text}); methods fitted on its captions score them "
-                "too well: report a split the pair does not train on[/yellow]",
+                f"[yellow]warning: split {escape(repr(split))} is pair {escape(repr(spec.name))}'s "
+                f"stage-1 text corpus (data.text = {escape(spec.data.text)}); methods fitted on "
+                "its captions score them too well: report a split the pair does not train "
+                "on[/yellow]",
                 highlight=False,
                 soft_wrap=True,
             )

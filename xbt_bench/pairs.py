@@ -27,6 +27,8 @@ from pydantic import (
     model_validator,
 )
 
+from .console import warn
+from .data.base import not_utf8
 from .errors import ConfigError, XbtError, validation_message
 from .models.refs import parse_model_ref
 from .paths import home, model_zoo
@@ -34,11 +36,19 @@ from .registry import Registry
 
 ENTRY_POINT_GROUP = "xbt_bench.pairs"
 PAIR_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+# Names become file and folder names (results, plots): well under any file system's limit.
+MAX_PAIR_NAME = 100
 DATA_REF_HELP = "use DATASET:SPLIT (e.g. toy-shapes:pairs) or a path to a caption text file"
 
 
 def check_pair_name(name: str) -> str:
-    """``name`` if it is a safe file name for a pair; ConfigError otherwise."""
+    """``name`` if it is a safe file name for a pair (at most :data:`MAX_PAIR_NAME`
+    characters); ConfigError otherwise."""
+    if len(name) > MAX_PAIR_NAME:
+        raise ConfigError(
+            f"pair name {name[:40]!r}... is {len(name)} characters long; use at most "
+            f"{MAX_PAIR_NAME}, e.g. 'b32-to-l14'"
+        )
     if not PAIR_NAME.match(name) or ".." in name:
         raise ConfigError(
             f"pair name {name!r} is not allowed: use letters, digits, '.', '_' and '-' "
@@ -137,6 +147,10 @@ def parse_pair_file(path: Path) -> PairSpec:
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as error:
         raise ConfigError(f"{path}: not valid TOML: {error}") from error
+    except UnicodeDecodeError as error:
+        raise ConfigError(not_utf8(path, error)) from None
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot be read ({error.strerror or error})") from None
     if "name" in raw:
         raise ConfigError(f"{path}: field 'name': the pair's name is its file name; remove it")
     try:
@@ -173,13 +187,26 @@ def pair_dirs() -> list[Path]:
     return dirs
 
 
+# Entries of pair folders already reported as skipped (each is reported once a process).
+_skipped: set[Path] = set()
+
+
 def pair_files() -> dict[str, list[Path]]:
-    """Every pair file found, by name, in search order (the last one is the one used)."""
+    """Every pair file found, by name, in search order (the last one is the one used). An
+    entry that is not a readable regular file (a folder named ``x.toml``, a broken link or a
+    link loop) is skipped with one line saying so."""
     found: dict[str, list[Path]] = {}
     for folder in pair_dirs():
         if folder.is_dir():
             for path in sorted(folder.glob("*.toml")):
-                found.setdefault(path.stem, []).append(path)
+                if path.is_file() and os.access(path, os.R_OK):
+                    found.setdefault(path.stem, []).append(path)
+                elif path not in _skipped:
+                    _skipped.add(path)
+                    warn(
+                        f"skipped {path}: not a readable pair file (a folder, a broken link or "
+                        "a link loop); remove or rename it"
+                    )
     return found
 
 
@@ -243,6 +270,11 @@ def write_pair(spec: PairSpec, folder: Path, overwrite: bool = False) -> Path:
     path = folder / f"{check_pair_name(spec.name)}.toml"
     if path.exists() and not overwrite:
         raise XbtError(f"{path} exists; pass --force to overwrite it")
+    if not spec.description.isprintable():  # it also heads the file as a comment line
+        raise ConfigError(
+            f"pair {spec.name!r}: the description {spec.description!r} holds a line break or "
+            "another control character; give it as one line"
+        )
     text = spec.to_toml()
     check_pair(PairSpec(name=spec.name, **tomllib.loads(text)), f"pair {spec.name!r}")
     write_text(path, f"# {spec.description}\n{text}")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .errors import storage_error
+
 _PACKAGE = Path(__file__).resolve().parent
 
 
@@ -32,9 +34,13 @@ def home() -> Path:
 
 
 def cache_dir(*parts: str) -> Path:
-    """``home()/parts...``, created if missing."""
+    """``home()/parts...``, created if missing; StorageError naming it when the disk refuses
+    (a read-only or full home)."""
     path = home().joinpath(*parts)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise storage_error(path, error) or error from None
     return path
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 
 from . import distributed
 from .data import ImageTextSet
@@ -54,8 +55,9 @@ class Runner:
         self.spec = load_pair(options.pair)
         for hidden in shadowed_pairs(self.spec.name):
             console.print(
-                f"[yellow]pair {self.spec.name!r}: {pair_registry().get(self.spec.name)} "
-                f"replaces {hidden} (same name); rename your file to run both[/yellow]",
+                f"[yellow]pair {self.spec.name!r}: "
+                f"{escape(str(pair_registry().get(self.spec.name)))} replaces "
+                f"{escape(str(hidden))} (same name); rename your file to run both[/yellow]",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -142,7 +144,9 @@ class Runner:
             shared=self.shared,
         )
         label = f" (seed {seed})" if seed is not None and self.options.n_seeds > 1 else ""
-        self.console.print(f"[bold]{method}[/bold]{label}: {old} -> {new}")
+        self.console.print(
+            f"[bold]{escape(method)}[/bold]{label}: {escape(old)} -> {escape(new)}"
+        )
         return methods.get(method)(context)
 
     def fits(self, method: str) -> list[FittedMethod]:
@@ -171,7 +175,8 @@ class Runner:
             result = self.score_chain(method) if self.spec.is_chain else self.score_pair(method)
             result.cost.wall_time_s = round(time.perf_counter() - start, 3)
             if distributed.is_main():  # under torchrun, one rank writes
-                self.console.print(f"  wrote {result.save(self.options.output_dir)}")
+                saved = result.save(self.options.output_dir)
+                self.console.print(f"  wrote {saved}", markup=False, highlight=False)
             results.append(result)
         distributed.barrier()  # every rank returns once the results are written
         return results
@@ -345,5 +350,6 @@ def report_embeddings(runner: Runner, seconds: float) -> None:
     encoded = sum(distributed.all_gather_object(sum(runner.stats.encoded.values())))
     runner.console.print(
         f"embeddings: {encoded} computed, {reused} reused from the cache "
-        f"({runner.cache.root}); total {seconds:.1f} s"
+        f"({runner.cache.root}); total {seconds:.1f} s",
+        markup=False,
     )

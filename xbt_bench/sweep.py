@@ -89,7 +89,7 @@ def run_sweep(options: RunOptions, counts: Sequence[int], console: Console) -> l
             fingerprints=runner.fingerprints(),
         )
         if distributed.is_main():  # under torchrun, one rank writes
-            console.print(f"  wrote {result.save(options.output_dir)}")
+            console.print(f"  wrote {result.save(options.output_dir)}", markup=False)
         results.append(result)
     distributed.barrier()
     return results

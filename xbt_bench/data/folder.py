@@ -13,12 +13,17 @@ Several rows naming the same image give it several captions. Images are numbered
 first appearance and their captions grouped by image in row order (as CLIP_benchmark's Flickr
 reader does).
 
+Image paths must stay inside the folder they are relative to: an absolute path or one that
+climbs out with ``..`` is refused, unless ``xbt-bench --allow-outside-root`` (the environment
+variable ``XBT_BENCH_ALLOW_OUTSIDE_ROOT=1``) allows it.
+
 This module also holds the pieces every on-disk dataset shares (CLIP_benchmark sets,
 webdatasets): locating a dataset's files under ``--data-root``, a picklable lazy image loader,
 and the content fingerprint. A fingerprint hashes the dataset name (no paths), the split, the
-image file names relative to the root with their sizes in bytes, the captions and which image
-each describes, so moving a dataset keeps its embedding cache valid while editing its
-annotations or replacing an image by a file of another size does not.
+image file names relative to the root with the SHA-256 of their bytes
+(:func:`xbt_bench.fingerprints.file_hashes`: read once, remembered by path, size and mtime),
+the captions and which image each describes, so moving a dataset keeps its embedding cache
+valid while editing its annotations or any image's content does not.
 """
 
 from __future__ import annotations
@@ -33,9 +38,11 @@ import numpy as np
 from PIL import Image
 
 from ..errors import ConfigError, NotFoundError, XbtError
+from ..fingerprints import file_hashes
 from .base import ImageTextSet, fingerprint_of, not_utf8
 
-FINGERPRINT_VERSION = "image-text/1"
+FINGERPRINT_VERSION = "image-text/2"
+OUTSIDE_ROOT_ENV = "XBT_BENCH_ALLOW_OUTSIDE_ROOT"
 IMAGE_COLUMNS = ("image", "filepath", "file_name", "filename")
 CAPTION_COLUMNS = ("caption", "title", "text")
 ANNOTATION_SUFFIXES = (".csv", ".jsonl")
@@ -120,12 +127,8 @@ def image_text_set(
             f"(first: {captionless[0]}); every image needs at least one"
         )
     names = [file for file, _ in images]
-    sizes, missing = [], []
-    for file in names:
-        try:
-            sizes.append(os.stat(base / file).st_size)
-        except OSError:
-            missing.append(file)
+    check_inside(base, names, annotation)
+    missing = [file for file in names if not (base / file).is_file()]
     if missing:
         raise NotFoundError(
             f"{len(missing)} of {len(names)} images listed in {annotation} are missing under "
@@ -141,23 +144,52 @@ def image_text_set(
         captions=captions,
         caption_image=caption_image,
         fingerprint=content_fingerprint(
-            fingerprint_name or name, split, names, sizes, captions, caption_image
+            fingerprint_name or name,
+            split,
+            names,
+            file_hashes([base / file for file in names]),
+            captions,
+            caption_image,
         ),
     )
+
+
+def outside_root_allowed() -> bool:
+    """Whether image paths may leave their dataset's folder (``--allow-outside-root``)."""
+    return os.environ.get(OUTSIDE_ROOT_ENV, "") == "1"
+
+
+def check_inside(base: Path, names: Sequence[str], annotation: Path) -> None:
+    """ConfigError naming the first of ``names`` that is absolute or climbs out of ``base``
+    with ``..`` (a row pointing at ``/etc/passwd``), unless :func:`outside_root_allowed`."""
+    if outside_root_allowed():
+        return
+    outside = [
+        name
+        for name in names
+        if os.path.isabs(name) or os.path.normpath(name).split(os.sep)[0] == ".."
+    ]
+    if outside:
+        raise ConfigError(
+            f"{annotation} names {len(outside)} image(s) outside the dataset folder {base} "
+            f"(first: {outside[0]!r}); give paths relative to that folder, or pass "
+            "`xbt-bench --allow-outside-root ...` to read them anyway"
+        )
 
 
 def content_fingerprint(
     name: str,
     split: str,
     files: Sequence[str],
-    sizes: Sequence[int],
+    contents: Sequence[str],
     captions: Sequence[str],
     caption_image: np.ndarray,
 ) -> str:
-    """The cache key of an on-disk dataset (see the module docstring for what it covers)."""
+    """The cache key of an on-disk dataset (see the module docstring for what it covers):
+    ``contents`` are hashes of the files' bytes (each image's, or each shard's)."""
     caption_image = np.asarray(caption_image, dtype=np.int64)
     return fingerprint_of(
-        [FINGERPRINT_VERSION, name, split, len(files), *files, *sizes, *captions,
+        [FINGERPRINT_VERSION, name, split, len(files), *files, *contents, *captions,
          caption_image.tobytes()]
     )
 

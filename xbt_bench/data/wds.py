@@ -13,6 +13,8 @@ with one caption per line (``str.splitlines``). Samples keep their order across 
 
 Shards are indexed once on load (tar headers and captions only); images are read lazily by
 seeking to their bytes, so a shard is never extracted. Only local, uncompressed tars are read.
+The fingerprint covers each shard's bytes (hashed once per shard version, see
+:func:`xbt_bench.fingerprints.file_hashes`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from PIL import Image
 from rich.progress import track
 
 from ..errors import ConfigError, NotFoundError, XbtError
+from ..fingerprints import file_hashes
 from .base import ImageTextSet
 from .folder import content_fingerprint, locate
 
@@ -172,5 +175,7 @@ def load_wds_dataset(name: str, split: str, root: Path | str | None = None) -> I
         ),
         captions=captions,
         caption_image=caption_image,
-        fingerprint=content_fingerprint(dataset, split, members, size, captions, caption_image),
+        fingerprint=content_fingerprint(
+            dataset, split, members, file_hashes(shards), captions, caption_image
+        ),
     )

@@ -6,6 +6,10 @@ An entry is a folder ``root/<digest>/`` named by the hash of its :class:`Embeddi
 a crash mid-way never leaves a stale or partial entry behind. Several writers (one per rank of a
 distributed extraction) may write shards into the same attempt folder; one of them commits.
 
+When an entry is computed, the data fingerprint it was computed from is recorded for its slot
+(the same model, split name, side and transform; in the folder ``<root>-slots``), so that new
+content under an old name (an edited dataset) is announced in one line as it is re-embedded.
+
 The manifest records each shard's SHA-256 and whether every row had unit norm. An entry is
 verified the first time a cache object reads it: a shard whose bytes, shape, finiteness or row
 norms do not match is reported in one line naming the entry and treated as absent, so the
@@ -28,9 +32,11 @@ from pathlib import Path
 
 import numpy as np
 from rich.console import Console
+from rich.markup import escape
 
-from ..atomic import sha256_of, write_json, write_npy
+from ..atomic import make_folder, sha256_of, write_json, write_npy
 from ..errors import ConfigError, XbtError
+from ..fingerprints import KeyLedger
 from ..paths import cache_dir
 
 MANIFEST = "manifest.json"
@@ -168,7 +174,7 @@ class ShardWriter:
         self.key = key
         self.attempt = attempt or f"attempt-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         self.folder = cache.entry_dir(key) / self.attempt
-        self.folder.mkdir(parents=True, exist_ok=True)
+        make_folder(self.folder)
 
     def write(self, start: int, rows: np.ndarray) -> Shard:
         """Write ``rows`` as the shard holding rows ``[start, start + len(rows))``."""
@@ -331,8 +337,9 @@ class EmbeddingCache:
                 problem = f"unreadable ({type(error).__name__})"
             if problem:
                 self.console.print(
-                    f"[yellow]cached embeddings for {key.describe()} failed verification: "
-                    f"{path} {problem}; recomputing them (entry {entry})[/yellow]",
+                    f"[yellow]cached embeddings for {escape(key.describe())} failed "
+                    f"verification: {escape(str(path))} {escape(problem)}; recomputing them "
+                    f"(entry {escape(str(entry))})[/yellow]",
                     highlight=False,
                     soft_wrap=True,
                 )
@@ -374,6 +381,19 @@ class EmbeddingCache:
         """Whether a complete entry for ``key`` exists and passes verification."""
         return self.load_shards(key) is not None
 
+    def note_content(self, key: EmbeddingKey) -> None:
+        """Record ``key``'s data fingerprint as what its slot (the same model, split name, side
+        and transform) is computed from now; when it replaces another, say in one line that the
+        data changed and is embedded again."""
+        slot = replace(key, dataset="").digest
+        if KeyLedger(f"{self.root}-slots").update(slot, {"data": key.dataset}):
+            self.console.print(
+                f"[yellow]the content of {escape(key.split)} changed since its {key.side}s were "
+                f"embedded by {escape(key.model)}; embedding them again[/yellow]",
+                highlight=False,
+                soft_wrap=True,
+            )
+
     def writer(self, key: EmbeddingKey, attempt: str | None = None) -> ShardWriter:
         """A writer for ``key``'s shards (give all ranks the same ``attempt`` name)."""
         return ShardWriter(self, key, attempt)
@@ -398,10 +418,12 @@ class EmbeddingCache:
             self.console.print(
                 f"reused cached embeddings for {key.describe()}: {cached.shape[0]}x"
                 f"{cached.shape[1]} {cached.dtype} ({self.entry_dir(key)})",
+                markup=False,
                 highlight=False,
                 soft_wrap=True,
             )
             return cached, False
+        self.note_content(key)
         writer = self.writer(key)
         started = time.perf_counter()
         try:
@@ -420,6 +442,7 @@ class EmbeddingCache:
         self.console.print(
             f"computed and cached embeddings for {key.describe()}: {n_rows}x{loaded.shape[1]} "
             f"{loaded.dtype} in {time.perf_counter() - started:.1f}s",
+            markup=False,
             highlight=False,
             soft_wrap=True,
         )

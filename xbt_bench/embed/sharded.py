@@ -43,6 +43,8 @@ def _sharded(
     # Rank 0 decides for everyone, so that no rank waits in a collective the others skip.
     computed = distributed.broadcast_object(not cache.contains(key))  # verified
     if computed:
+        if distributed.is_main():
+            cache.note_content(key)
         attempt = distributed.broadcast_object(f"attempt-ranks-{uuid.uuid4().hex[:12]}")
         writer = cache.writer(key, attempt=attempt)
         failure = ""
@@ -86,6 +88,7 @@ def _sharded(
         cache.console.print(
             f"{verb} embeddings for {key.describe()}: {array.shape[0]}x{array.shape[1]} "
             f"{array.dtype} in {time.perf_counter() - started:.1f}s",
+            markup=False,
             highlight=False,
             soft_wrap=True,
         )

@@ -5,11 +5,13 @@ the corpus's (N_txt(t), O_txt(t)) pairs with input noise z̃ = normalize(z + σ�
 spread of NEW's text embeddings) and the loss InfoNCE(ψ(z̃), O_txt) + λ·(1 − cos). Every method
 of the XBT family starts from the same ψ₀: the run trains into a folder of ``ctx.work_dir``
 named by a hash of what ψ₀ depends on, so it is trained once and an interrupted run resumes.
+That hash covers the code that trains it (:data:`STAGE1_CODE`, see :func:`training_key`), so
+an edit to that code trains ψ₀ again rather than reusing a checkpoint of the old code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -19,7 +21,9 @@ import torch
 from pydantic import Field
 
 from .. import distributed
+from ..console import warn
 from ..data.base import fingerprint_of
+from ..fingerprints import KeyLedger, code_version
 from ..linalg import procrustes_map
 from ..losses import cosine_loss, info_nce
 from ..models.lora import count_parameters
@@ -27,10 +31,38 @@ from ..models.projection import Projection, add_noise, embedding_spread, noise_s
 from ..paths import relative_to_home
 from ..train import TrainConfig, TrainLog, train
 from .base import FitContext, check_corpus, seeded
-from .settings import MethodConfig
+from .settings import MethodConfig, batch_size
 
 # Rows mapped by ψ at once outside training.
 _MAP_BATCH = 8192
+# The modules whose code decides the ψ₀ that stage 1 trains (its checkpoint key covers them).
+STAGE1_CODE = (
+    "xbt_bench.methods.stage1",
+    "xbt_bench.methods.base",
+    "xbt_bench.models.projection",
+    "xbt_bench.losses",
+    "xbt_bench.linalg",
+    "xbt_bench.train.loop",
+)
+
+
+def training_key(
+    ctx: FitContext, label: str, identity: Sequence[object], content: Mapping[str, str]
+) -> str:
+    """The checkpoint key of a training run: a hash of what identifies it (``identity``:
+    settings, seed, models, data names) and of what it is computed from (``content``: code
+    versions, data fingerprints, named). When that content changed since the last run of the
+    same identity (recorded under ``ctx.work_dir/keys``), one line says what changed; the new
+    key then trains afresh instead of reusing the old checkpoint."""
+    slot = fingerprint_of(identity)
+    if distributed.is_main():
+        changed = KeyLedger(ctx.work_dir / "keys").update(slot, content)
+        if changed:
+            warn(
+                f"{label}: {', '.join(changed)} changed since its last training with these "
+                "settings; training it again"
+            )
+    return fingerprint_of([slot, sorted(content.items())])
 
 
 class ProjectionConfig(MethodConfig):
@@ -119,16 +151,19 @@ def prepare_stage1(ctx: FitContext, cfg: ProjectionConfig) -> Stage1Setup:
     spread = embedding_spread(new_texts)
     std = noise_std(cfg.noise, spread, d_new)
     settings = {name: getattr(cfg, name) for name in ProjectionConfig.model_fields}
-    key = fingerprint_of(
-        [
-            "stage1",
-            sorted(settings.items()),
-            ctx.seed,
-            ctx.new.get().identity,
-            ctx.old.get().identity,
-            ctx.text_corpus.fingerprint,
-        ]
-    )
+    identity = [
+        "stage1",
+        sorted(settings.items()),
+        ctx.seed,
+        ctx.new.get().identity,
+        ctx.old.get().identity,
+        ctx.text_corpus.name,
+    ]
+    content = {
+        **code_version(STAGE1_CODE),
+        f"data of {ctx.text_corpus.name}": ctx.text_corpus.fingerprint,
+    }
+    key = training_key(ctx, "stage 1 (ψ₀)", identity, content)
     with seeded(ctx.seed):
         psi = Projection(d_new, d_old, hidden=cfg.proj_hidden, layers=cfg.proj_layers)
     text_procrustes = procrustes_map(new_texts, old_texts)
@@ -137,7 +172,7 @@ def prepare_stage1(ctx: FitContext, cfg: ProjectionConfig) -> Stage1Setup:
     device = torch.device(ctx.device)
     new_t = torch.from_numpy(new_texts).to(device)
     old_t = torch.from_numpy(old_texts).to(device)
-    batch = min(cfg.proj_batch, n_texts)
+    batch = batch_size(cfg, "proj_batch", n_texts, f"texts of {ctx.text_corpus.name}")
 
     def batch_at(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         rows = np.random.default_rng([ctx.seed, 1, step]).choice(n_texts, batch, replace=False)

@@ -36,13 +36,14 @@ from ..console import warn
 from ..data.base import ImageTextSet, fingerprint_of
 from ..embed.tokens import token_table
 from ..errors import XbtError
+from ..fingerprints import code_version
 from ..losses import cosine_loss, info_nce
 from ..models.loading import LoadedModel
 from ..models.lora import add_lora, count_parameters
 from ..models.projection import Projection
 from ..train import TrainConfig, train
 from .base import Cost, FitContext, FittedMethod, Side, check_pairs, seeded
-from .settings import MethodConfig
+from .settings import MethodConfig, batch_size
 from .stage1 import (
     ProjectionConfig,
     Stage1,
@@ -50,11 +51,20 @@ from .stage1 import (
     log_info,
     map_embeddings,
     pretrain_projection,
+    training_key,
 )
 
 # Training images are preprocessed once into an in-memory table when it fits this budget (the
 # toy world's 8k pairs: ~100 MB); larger sets are decoded and preprocessed batch by batch.
 PIXEL_TABLE_BYTES = 2 << 30
+# The modules whose code decides what stage 2 trains, besides stage 1's (its checkpoint key
+# covers them, see :func:`~xbt_bench.methods.stage1.training_key`).
+STAGE2_CODE = (
+    "xbt_bench.methods.stage2",
+    "xbt_bench.methods.xbt",
+    "xbt_bench.models.lora",
+    "xbt_bench.embed.tokens",
+)
 
 
 class Stage2Config(ProjectionConfig):
@@ -487,7 +497,7 @@ def prepare_stage2(ctx: FitContext, name: str, cfg: Stage2Config, stage1: Stage1
             else torch.from_numpy(surrogate_anchors(ctx, stage1, pairs)).to(device)
         )
         fixed_text = table
-    batch = min(cfg.batch, pairs.n_images)
+    batch = batch_size(cfg, "batch", pairs.n_images, f"training images of {pairs.key}")
     sampler = BatchSampler(pairs, batch, ctx.seed)
     pixels = PixelSource(pairs, new.preprocess, new.preprocess_signature, ctx.shared)
     tokens = (
@@ -510,9 +520,23 @@ def prepare_stage2(ctx: FitContext, name: str, cfg: Stage2Config, stage1: Stage1
 
     # cfg is the method's whole settings object (LoRA and anchor settings included).
     settings = {k: v for k, v in cfg.model_dump().items() if k != "checkpoint_every"}
-    key = fingerprint_of(
-        ["stage2", name, targets.mode, stage1.key, sorted(settings.items()), pairs.fingerprint]
-    )
+    identity = [
+        "stage2",
+        name,
+        targets.mode,
+        sorted(settings.items()),
+        ctx.seed,
+        new.identity,
+        ctx.old.ref,
+        ctx.text_corpus.name,
+        pairs.key,
+    ]
+    content = {
+        **code_version(STAGE2_CODE),
+        "stage 1 (ψ₀)": stage1.key,
+        f"data of {pairs.key}": pairs.fingerprint,
+    }
+    key = training_key(ctx, f"{name} stage 2", identity, content)
     info = {
         **targets.info(),
         "pairs": pairs.key,

@@ -112,15 +112,29 @@ def lora_targets(model: nn.Module, towers: str) -> list[str]:
     return targets
 
 
+def _width(module: nn.Module) -> int:
+    """The smaller side of an adapted layer's weight (a LoRA rank above it adds nothing)."""
+    if isinstance(module, nn.MultiheadAttention):
+        return module.embed_dim
+    return min(module.in_features, module.out_features)
+
+
 def add_lora(
     model: nn.Module, towers: str, rank: int, alpha: float | None = None, dropout: float = 0.0
 ) -> nn.Module:
     """Inject LoRA adapters (rank ``rank``, scale ``alpha / rank``; ``alpha`` defaults to
-    ``rank``) into ``model`` in place; every base weight is frozen, only adapters train."""
+    ``rank``) into ``model`` in place; every base weight is frozen, only adapters train.
+    ConfigError when ``rank`` exceeds the width of an adapted layer."""
     from peft import LoraConfig, inject_adapter_in_model
 
     check_lora_settings(towers, rank)
     targets = lora_targets(model, towers)
+    width = min(_width(model.get_submodule(name)) for name in targets)
+    if rank > width:
+        raise ConfigError(
+            f"lora_rank={rank} is larger than the width of the layers it adapts in the {towers} "
+            f"tower(s) ({width}); set lora_rank to at most {width}"
+        )
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     config = LoraConfig(

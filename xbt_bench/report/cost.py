@@ -45,7 +45,7 @@ class Hardware(BaseModel):
         xbt_training_hours = 1.5    # device-hours of XBT's training (stages 1 and 2)
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     device: str | None = None
     devices: int = Field(1, ge=1)
@@ -56,12 +56,20 @@ class Hardware(BaseModel):
 
     @classmethod
     def from_toml(cls, path: str | Path) -> Hardware:
-        """Read a hardware file; ConfigError naming the file and the bad key."""
+        """Read a hardware file (a regular file, every number finite); ConfigError naming the
+        file and the bad key."""
         path = Path(path)
+        if not path.exists():
+            raise NotFoundError(f"hardware file {path} does not exist")
+        if not path.is_file():
+            raise ConfigError(
+                f"hardware file {path} is not a regular file (a folder or a device?); give a "
+                "TOML file of throughputs"
+            )
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise NotFoundError(f"hardware file {path} does not exist") from None
+        except OSError as error:
+            raise ConfigError(f"hardware file {path} cannot be read: {error}") from None
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
             raise ConfigError(f"hardware file {path} is not valid TOML: {error}") from None
         try:

@@ -22,6 +22,7 @@ from xbt_bench.data.reported import CITATIONS, PROTOCOLS, REPORTED_LABEL, load_r
 from xbt_bench.eval.compat import METHOD_OLD, NEW_NEW, OLD_OLD
 from xbt_bench.eval.retrieval import METRIC_KEYS
 from xbt_bench.methods import methods
+from xbt_bench.report.spreadsheet import spreadsheet_csv
 from xbt_bench.results import (
     BackfillResult,
     DiagnosticsResult,
@@ -567,26 +568,32 @@ def _markdown(boards: Leaderboards, results_dir: Path) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+# Every table a build writes, by file name (a table without rows is removed instead).
+TABLE_FILES = (
+    "leaderboard.csv",
+    "leaderboard-approximate.csv",
+    "chains.csv",
+    "backfill.csv",
+    "diagnostics.csv",
+    "reported.csv",
+)
+
+
 def build_leaderboards(results_dir: str | Path, output_dir: str | Path) -> Leaderboards:
     """Build the leaderboards from ``results_dir`` and write ``leaderboard.csv``/``.md``,
     ``leaderboard-approximate.csv``, ``chains.csv``, ``backfill.csv`` (when there are rows) and
     ``reported.csv`` to ``output_dir`` atomically."""
     results_dir, output_dir = Path(results_dir), Path(output_dir)
     boards = leaderboards(results_dir)
-    tables = {
-        "leaderboard.csv": boards.exact,
-        "leaderboard-approximate.csv": boards.approximate,
-        "chains.csv": boards.chains,
-        "backfill.csv": boards.backfill,
-        "diagnostics.csv": boards.diagnostics,
-        "reported.csv": boards.reported,
-    }
+    frames = (boards.exact, boards.approximate, boards.chains, boards.backfill,
+              boards.diagnostics, boards.reported)  # fmt: skip
+    tables = dict(zip(TABLE_FILES, frames, strict=True))
     for name, frame in tables.items():
         path = output_dir / name
         if frame.empty:
             path.unlink(missing_ok=True)  # a stale table from an earlier build would mislead
             continue
-        write_text(path, frame.to_csv(index=False))
+        write_text(path, spreadsheet_csv(frame))
         boards.files.append(path)
     path = output_dir / "leaderboard.md"
     write_text(path, _markdown(boards, results_dir))

@@ -3,6 +3,8 @@
 ``publish`` rebuilds the tables and plots from the result files and writes
 ``<output_dir>/index.html`` with inline CSS and a small inline script; images are referenced
 relatively (``plots/*.svg``), so the folder can be copied, served, or opened from ``file://``.
+The whole set (tables, plots, page) is built in a new folder that replaces ``<output_dir>`` at
+once, and every string from a result is escaped: result files may come from anyone.
 The script makes every table sortable by any column (click its header), shows one
 (pair, dataset, split) at a time through a selector, and highlights the rows behind a plot
 when its "rows" link is followed. Without JavaScript the page shows everything, unsorted.
@@ -17,7 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from xbt_bench.atomic import write_text
+from xbt_bench.atomic import replaced_folder, write_text
 from xbt_bench.errors import XbtError
 from xbt_bench.report.cost import (
     DEFAULT_FRACTIONS,
@@ -38,6 +40,7 @@ from xbt_bench.report.leaderboard import (
     NOT_HELD,
     REPORTED_NOTE,
     REPORTED_TITLE,
+    TABLE_FILES,
     Leaderboards,
     backfill_display,
     build_leaderboards,
@@ -298,7 +301,10 @@ class _Page:
             try:
                 inputs = cost_inputs(pair_results, pair)
             except XbtError as error:
-                parts.append(f'<p class="note">{html.escape(pair)}: no estimate ({error}).</p>')
+                parts.append(
+                    f'<p class="note">{html.escape(pair)}: no estimate ({html.escape(str(error))}).'
+                    "</p>"
+                )
                 continue
             recalls = plan_recalls(self.boards.found, pair, DEFAULT_FRACTIONS)
             frame = plans_frame(estimate(inputs, PAGE_GALLERY_SIZE, recalls=recalls), inputs)
@@ -411,11 +417,19 @@ Markdown.</p>
 """
 
 
+def _page_file(name: str) -> bool:
+    """Whether a file of a page folder is the page set's (the rest is a user's own, kept)."""
+    return name in ("index.html", "leaderboard.md", "plots", *TABLE_FILES)
+
+
 def publish(results_dir: str | Path, output_dir: str | Path) -> Path:
-    """Rebuild leaderboards and plots from ``results_dir`` and write ``<output_dir>/index.html``."""
+    """Rebuild leaderboards and plots from ``results_dir`` and write ``<output_dir>/index.html``
+    with them: the page set is built in a new folder that then replaces ``output_dir`` as a
+    whole (:func:`~xbt_bench.atomic.replaced_folder`), so an interrupted publish leaves the
+    previous set intact and its temporary files are removed by the next one."""
     results_dir, output_dir = Path(results_dir), Path(output_dir)
-    boards = build_leaderboards(results_dir, output_dir)
-    plots = plot_results(boards.found, output_dir)
-    path = output_dir / "index.html"
-    write_text(path, page(boards, plots, output_dir, results_dir))
-    return path
+    with replaced_folder(output_dir, owned=_page_file) as staged:
+        boards = build_leaderboards(results_dir, staged)
+        plots = plot_results(boards.found, staged)
+        write_text(staged / "index.html", page(boards, plots, staged, results_dir))
+    return output_dir / "index.html"

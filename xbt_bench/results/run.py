@@ -150,6 +150,11 @@ class RunResult(MethodResult):
             missing = [s for s in needed if s not in split.metrics]
             if missing:
                 raise ValueError(f"splits[{name!r}].metrics lacks settings {missing}")
+            counted = len(split.seed_metrics)
+            if counted and self.seeds and counted != len(self.seeds):
+                raise ValueError(
+                    f"splits[{name!r}] has {counted} seed_metrics for {len(self.seeds)} seeds"
+                )
         return self
 
     @computed_field  # type: ignore[prop-decorator]

@@ -29,13 +29,11 @@ from ..eval.retrieval import METRIC_KEYS, RECALL_KEYS
 from ..record import Record
 
 SETTING_PATTERN = re.compile(r"^[^\s>]+->[^\s>]+$")
-RECALL_RANGE = (0.0, 100.0)
-RSUM_RANGE = (0.0, 100.0 * len(RECALL_KEYS))
 
 
 def check_metrics(metrics: Mapping[str, Mapping[str, float]]) -> None:
     """ValueError unless every setting reads ``QUERY->GALLERY`` and has every metric of
-    :data:`METRIC_KEYS`, finite, recalls within [0, 100] and rsum within [0, 600]."""
+    :data:`METRIC_KEYS`, finite, and consistent (:func:`check_recalls`)."""
     for setting, values in metrics.items():
         if not SETTING_PATTERN.match(setting):
             raise ValueError(
@@ -48,12 +46,33 @@ def check_metrics(metrics: Mapping[str, Mapping[str, float]]) -> None:
         bad = [k for k, v in values.items() if not math.isfinite(v)]
         if bad:
             raise ValueError(f"metrics[{setting!r}] has non-finite values for {bad}")
-        for key, value in values.items():
-            low, high = RSUM_RANGE if key == "rsum" else RECALL_RANGE
-            if key in METRIC_KEYS and not low <= value <= high:
-                raise ValueError(
-                    f"metrics[{setting!r}][{key!r}] = {value} lies outside [{low:g}, {high:g}]"
-                )
+        check_recalls(f"metrics[{setting!r}]", values)
+
+
+# How far a stored rsum may be from the sum of its six stored recalls (hand-rounded files).
+RSUM_TOLERANCE = 0.1
+
+
+def check_recalls(where: str, values: Mapping[str, float]) -> None:
+    """ValueError unless every recall lies in [0, 100], rsum in [0, 600] and equals the sum of
+    the six recalls, and R@1 <= R@5 <= R@10 in each direction (a hit at 1 is a hit at 5)."""
+    out = [k for k in RECALL_KEYS if not 0 <= values[k] <= 100]
+    if out:
+        raise ValueError(f"{where}: {out[0]}={values[out[0]]:g} is not a recall in [0, 100] %")
+    if not 0 <= values["rsum"] <= 600:
+        raise ValueError(f"{where}: rsum={values['rsum']:g} is not in [0, 600]")
+    total = sum(values[k] for k in RECALL_KEYS)
+    if abs(values["rsum"] - total) > RSUM_TOLERANCE:
+        raise ValueError(
+            f"{where}: rsum={values['rsum']:g} is not the sum of its six recalls ({total:g})"
+        )
+    for direction in ("t2i", "i2t"):
+        at = [values[f"{direction}_r{k}"] for k in (1, 5, 10)]
+        if not at[0] <= at[1] <= at[2]:
+            raise ValueError(
+                f"{where}: {direction} R@1, R@5, R@10 = {at[0]:g}, {at[1]:g}, {at[2]:g} do not "
+                "grow with K"
+            )
 
 
 class Compatibility(BaseModel):
@@ -176,6 +195,21 @@ class SplitResult(Record):
     @classmethod
     def _valid_metrics(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
         check_metrics(value)
+        return value
+
+    @field_validator("seed_metrics")
+    @classmethod
+    def _valid_seed_metrics(cls, value: list[dict[str, float]]) -> list[dict[str, float]]:
+        for metrics in value:
+            check_metrics({METHOD_OLD: metrics})
+        return value
+
+    @field_validator("flips")
+    @classmethod
+    def _valid_flips(cls, value: dict[str, float] | None) -> dict[str, float] | None:
+        bad = [k for k, v in (value or {}).items() if not 0 <= v <= 100]
+        if bad:
+            raise ValueError(f"flip rate {bad[0]}={value[bad[0]]:g} is not in [0, 100] %")
         return value
 
     @computed_field  # type: ignore[prop-decorator]

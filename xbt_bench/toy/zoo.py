@@ -10,10 +10,12 @@ Each toy model ``NAME`` is a set of files in ``model_zoo/models/``:
   evaluates the same model (training on another CPU rounds floats differently).
 
 ``zoo:NAME`` loads the shipped weights (:func:`zoo_weights`, the model loader's entry for the
-``zoo`` kind). A toy model without shipped weights (a user's new config, or quick builds for
-tests) loads from its build folder in the cache, ``$XBT_BENCH_HOME/zoo/NAME-HASH`` (open_clip's
-layout), written by ``xbt-bench zoo build`` (:mod:`xbt_bench.toy.build`). ``HASH`` covers the
-model config, the recipe and the toy data config, so changing any of them is another model.
+``zoo`` kind), checked against their card's SHA-256 the first time a process loads them
+(:func:`verified_weights`: a file changed since it was shipped is refused in one line). A toy
+model without shipped weights (a user's new config, or quick builds for tests) loads from its
+build folder in the cache, ``$XBT_BENCH_HOME/zoo/NAME-HASH`` (open_clip's layout), written by
+``xbt-bench zoo build`` (:mod:`xbt_bench.toy.build`). ``HASH`` covers the model config, the
+recipe and the toy data config, so changing any of them is another model.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ..atomic import sha256_of
 from ..data.base import fingerprint_of
-from ..errors import ConfigError, NotFoundError, did_you_mean, require
+from ..errors import ConfigError, NotFoundError, XbtError, did_you_mean, require
 from ..models.loading import Weights
 from ..models.refs import ModelRef
 from ..paths import cache_dir, zoo_models_dir
@@ -214,7 +217,34 @@ def zoo_entry(name: str, quick: bool = False) -> ZooEntry:
     return ZooEntry(name, model_config, settings.quick() if quick else settings)
 
 
+# File versions (resolved path, size, mtime) this process has verified.
+_verified: set[tuple[str, int, int]] = set()
+
+
+def verified_weights(entry: ZooEntry) -> Path:
+    """The weights ``zoo:NAME`` loads (:attr:`ZooEntry.weights_path`); shipped weights are
+    first checked against their card's SHA-256 (once per file version in this process),
+    XbtError naming the file and ``xbt-bench zoo build`` when they differ. A build in the cache
+    has no recorded hash and is returned as it is."""
+    path = entry.weights_path
+    if path != entry.shipped_weights:
+        return path
+    stat = path.stat()
+    version = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if version in _verified:
+        return path
+    card = entry.shipped_card() or {}
+    if sha256_of(path) != card.get("weights_sha256"):
+        raise XbtError(
+            f"shipped weights {path} do not match the weights_sha256 of their card "
+            f"{entry.shipped_card_path} (the file changed after it was shipped); restore it from "
+            f"the package, or rebuild and ship it with `xbt-bench zoo build {entry.name} --ship`"
+        )
+    _verified.add(version)
+    return path
+
+
 def zoo_weights(ref: ModelRef) -> Weights:
-    """``zoo:NAME``: the toy model's shipped weights, else its build in the cache (the weight
-    source the model loader's table names for the ``zoo`` kind)."""
-    return Weights(ref.name, zoo_entry(ref.name).weights_path)
+    """``zoo:NAME``: the toy model's shipped weights (verified against their card), else its
+    build in the cache (the weight source the model loader's table names for the ``zoo`` kind)."""
+    return Weights(ref.name, verified_weights(zoo_entry(ref.name)))

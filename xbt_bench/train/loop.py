@@ -48,7 +48,7 @@ from rich.progress import (
 )
 
 from .. import distributed
-from ..atomic import checksum_path, is_intact, write_checked, write_json
+from ..atomic import checksum_path, is_intact, make_folder, write_checked, write_json
 from ..console import warn
 from ..errors import ConfigError, require
 
@@ -230,6 +230,12 @@ def _check_resumable(saved: Mapping[str, Any], config: TrainConfig, path: Path) 
         )
 
 
+def _save(state: dict[str, Any], path: Path) -> None:
+    # Through a Python file: a full disk is then an OSError (ENOSPC), not a RuntimeError.
+    with open(path, "wb") as handle:
+        torch.save(state, handle)
+
+
 class Checkpoints:
     """``last.pt`` (and the ``previous.pt`` it replaced) of one training run: written with a
     checksum, read safely, a damaged one moved aside (module docstring)."""
@@ -244,7 +250,7 @@ class Checkpoints:
         if is_intact(self.last):
             os.replace(self.last, self.previous)
             os.replace(checksum_path(self.last), checksum_path(self.previous))
-        write_checked(self.last, lambda tmp: torch.save(dict(state), tmp))
+        write_checked(self.last, lambda tmp: _save(dict(state), tmp))
 
     def load(self) -> dict[str, Any] | None:
         """The newest checkpoint that is intact and loads, or None (nothing to resume)."""
@@ -488,7 +494,7 @@ def train(
     checkpoint_dir = Path(checkpoint_dir)
     main = distributed.is_main()
     if main:
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        make_folder(checkpoint_dir)
     checkpoints = Checkpoints(checkpoint_dir)
     device = torch.device(config.device)
     module.to(device)
