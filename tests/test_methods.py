@@ -522,6 +522,60 @@ def test_hybrid_reuses_xbt_and_interpolates_with_old(refs, toy, tmp_path) -> Non
         np.testing.assert_allclose(fixed.encode_texts(test), want, atol=1e-5)
 
 
+def test_stitch_is_stage_one_for_captions_and_the_text_procrustes_map_for_images(
+    refs, toy, tmp_path
+) -> None:
+    """stitch = xbt-proj's ψ₀ (the same checkpoint) for captions, normalize(N_img · P) for images,
+    P the orthogonal map fitted on the corpus's text pairs (the procrustes method's map)."""
+    _, proj = fit(refs, toy, tmp_path, "xbt-proj")
+    ctx, stitch = fit(refs, toy, tmp_path, "stitch")
+    _, procrustes = fit(refs, toy, tmp_path, "procrustes")
+    assert stitch.info["stage1"]["checkpoint_dir"] == proj.info["stage1"]["checkpoint_dir"]
+    assert stitch.info["stage1"]["resumed_from_step"] == 20  # ψ₀ reused, not retrained
+    test = toy["test"]
+    np.testing.assert_array_equal(stitch.encode_texts(test), proj.encode_texts(test))
+    p = procrustes_map(ctx.embed_corpus("new"), ctx.embed_corpus("old"))
+    mapped = ctx.embed("new", test, "image", count=False) @ p
+    expected = mapped / np.linalg.norm(mapped, axis=1, keepdims=True)
+    np.testing.assert_allclose(stitch.encode_images(test), expected, atol=1e-6)
+    np.testing.assert_allclose(
+        stitch.encode_images(test), procrustes.encode_images(test), atol=1e-6
+    )
+    # ψ₀ maps images elsewhere: stitch's image queries are not xbt-proj's.
+    assert np.abs(stitch.encode_images(test) - proj.encode_images(test)).max() > 1e-2
+    assert stitch.cost.trainable_params == proj.cost.trainable_params > 0
+    spec = methods.get("stitch")
+    assert spec.kind == "trained" and not spec.old_at_query and spec.extends == "xbt"
+
+
+def test_stitch_shares_xbts_stage_one_and_uses_no_pairs_and_no_old_forward(
+    refs, toy, tmp_path
+) -> None:
+    xbt_ctx, xbt = fit(refs, toy, tmp_path, "xbt")
+    ctx = make_ctx(refs, toy, tmp_path, "stitch")
+    ctx.train_pairs = None  # type: ignore[assignment]  # stitch must not need a single pair
+    old_calls = _count_forwards(ctx.old.get().model)
+    stitch = methods.get("stitch")(ctx)
+    # Same stage-1 settings and seed: the very ψ₀ xbt's stage 2 starts from (its text side).
+    assert stitch.info["stage1"]["checkpoint_dir"] == xbt.info["stage1"]["checkpoint_dir"]
+    test = toy["test"]
+    np.testing.assert_allclose(stitch.encode_texts(test), xbt.encode_texts(test), atol=1e-5)
+    corpus = len(toy["corpus"].texts)
+    assert stitch.cost.forward_passes == {
+        "old_image": 0, "old_text": corpus, "new_image": 0, "new_text": corpus,
+        "old_gallery_reused": 0,
+    }  # fmt: skip
+    stitch.encode_images(test)
+    assert old_calls["image"] == 0  # OLD's image tower never runs (its corpus texts are cached)
+    assert "stage2" not in stitch.info and xbt_ctx.usage["new_image"] > 0
+    # Its default stage-1 settings are xbt's, so an unconfigured run shares xbt's ψ₀ too.
+    stage1_fields = methods.get("stitch").settings.model_fields
+    assert set(stage1_fields) <= set(methods.get("xbt").settings.model_fields)
+    defaults = methods.get("xbt").parse_settings({}).model_dump()
+    stitch_defaults = methods.get("stitch").parse_settings({}).model_dump()
+    assert stitch_defaults == {key: defaults[key] for key in stage1_fields}
+
+
 def test_an_extending_method_takes_its_base_methods_pair_settings() -> None:
     from xbt_bench.pairs import DataRefs, PairSpec
     from xbt_bench.runner import RunOptions, method_config
@@ -535,15 +589,23 @@ def test_an_extending_method_takes_its_base_methods_pair_settings() -> None:
         data=DataRefs(
             text="toy-shapes:text", pairs="toy-shapes:pairs", support="toy-shapes:support"
         ),
-        methods={"xbt": {"lora_rank": 4, "steps": 50}, "xbt-hybrid": {"steps": 70, "alpha": 0.5}},
+        methods={
+            "xbt": {"lora_rank": 4, "steps": 50, "proj_hidden": 64},
+            "xbt-hybrid": {"steps": 70, "alpha": 0.5},
+        },
     )
     options = RunOptions(pair="p", overrides={"proj_steps": 9})
     assert methods.get("xbt-hybrid").extends == "xbt"
     hybrid = method_config(spec, methods.get("xbt-hybrid"), options)
-    assert hybrid == {"lora_rank": 4, "steps": 70, "alpha": 0.5, "proj_steps": 9}
-    assert method_config(spec, methods.get("xbt"), options) == {
-        "lora_rank": 4, "steps": 50, "proj_steps": 9
+    assert hybrid == {
+        "lora_rank": 4, "steps": 70, "alpha": 0.5, "proj_hidden": 64, "proj_steps": 9
     }  # fmt: skip
+    assert method_config(spec, methods.get("xbt"), options) == {
+        "lora_rank": 4, "steps": 50, "proj_hidden": 64, "proj_steps": 9
+    }  # fmt: skip
+    # stitch takes xbt's stage-1 settings (and drops its stage-2 ones): the same ψ₀.
+    stitch = method_config(spec, methods.get("stitch"), options)
+    assert stitch == {"proj_hidden": 64, "proj_steps": 9}
 
 
 def test_settings_are_defaults_under_given_values() -> None:

@@ -169,9 +169,7 @@ def procrustes_image_anchors(ctx: FitContext, stage1: Stage1, pairs: ImageTextSe
     """normalize(N_img(x) P) for every image of ``pairs``: frozen NEW's image embeddings through
     stage 1's text-fitted orthogonal map (an orthogonal map keeps the geometry of NEW's image
     region, which ψ's text-trained MLP does not); NEW image forward passes, no OLD."""
-    mapped = ctx.embed("new", pairs, "image") @ stage1.text_procrustes
-    mapped /= np.maximum(np.linalg.norm(mapped, axis=1, keepdims=True), 1e-12)
-    return mapped.astype(np.float32)
+    return stage1.procrustes_mapped(ctx.embed("new", pairs, "image"))
 
 
 def mean_anchors(caption_anchors: np.ndarray, pairs: ImageTextSet) -> np.ndarray:
@@ -578,7 +576,12 @@ def mapped_queries(ctx: FitContext, psi: Projection) -> dict[Side, Callable]:
 
 def fit_projection_only(ctx: FitContext, name: str, cfg: ProjectionConfig) -> FittedMethod:
     """Stage 1 only: ψ₀ on the frozen NEW's embeddings (no OLD at query time)."""
-    stage1 = pretrain_projection(ctx, cfg)
+    return projection_method(ctx, name, pretrain_projection(ctx, cfg))
+
+
+def projection_method(ctx: FitContext, name: str, stage1: Stage1) -> FittedMethod:
+    """Method ``name`` whose queries are ψ₀(N(x)) of a trained ``stage1`` on the frozen NEW's
+    embeddings; its cost is stage 1's (ψ's parameters and training time)."""
     queries = mapped_queries(ctx, stage1.psi)
     return FittedMethod(
         name=name,
