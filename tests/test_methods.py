@@ -576,6 +576,64 @@ def test_stitch_shares_xbts_stage_one_and_uses_no_pairs_and_no_old_forward(
     assert stitch_defaults == {key: defaults[key] for key in stage1_fields}
 
 
+def test_image_map_procrustes_sends_images_through_the_text_fitted_map(refs, toy, tmp_path) -> None:
+    """image_map = "procrustes": φ_img = normalize(N_img'·P). With LoRA on the text tower only,
+    the image queries are stitch's and only the caption queries train."""
+    _, stitch = fit(refs, toy, tmp_path, "stitch")
+    settings = {"image_map": "procrustes", "lora_towers": "text", "lr": 0.05}
+    _, xbt = fit(refs, toy, tmp_path, "xbt", **settings)
+    test = toy["test"]
+    np.testing.assert_allclose(xbt.encode_images(test), stitch.encode_images(test), atol=1e-5)
+    assert np.abs(xbt.encode_texts(test) - stitch.encode_texts(test)).max() > 1e-3
+    assert xbt.info["stage2"]["image_queries"] == "normalize(N_img' · P)"
+    _, image_lora = fit(refs, toy, tmp_path, "xbt", image_map="procrustes", lr=0.05)
+    moved = np.abs(image_lora.encode_images(test) - stitch.encode_images(test)).max()
+    assert moved > 1e-3  # LoRA on the image tower adjusts stitch's image queries
+
+
+def test_stage2_loss_weights_each_term(refs, toy, tmp_path) -> None:
+    """loss = a·InfoNCE(φ_img, T_txt) + b·InfoNCE(φ_txt, T_img) + v·InfoNCE(φ_img, φ_txt)
+    + w_txt·(1 − cos(φ_txt, T_txt)) + w·(1 − cos(φ_img, T_img)), each term as computed here."""
+    from xbt_bench.losses import cosine_loss, info_nce
+
+    weights = {
+        "i2t_weight": 0.5, "t2i_weight": 2.0, "image_text_weight": 0.25, "text_cos_weight": 3.0,
+        "stage2_cos_weight": 7.0,
+    }  # fmt: skip
+    ctx = make_ctx(refs, toy, tmp_path, "xbt", lora_towers="both", **weights)
+    cfg = methods.get("xbt").parse_settings(ctx.config)
+    setup = stage2_module.prepare_stage2(ctx, "xbt", cfg, pretrain_projection(ctx, cfg))
+    batch = setup.batch_at(0)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in setup.encoder.parameters():
+            if p.requires_grad:  # move LoRA off its zero init, so φ_txt leaves its anchor
+                p.add_(0.05 * torch.randn_like(p))
+        parts = setup.loss_fn(batch)
+        image_q = setup.encoder.encode_image(batch["images"])
+        text_q = setup.encoder.encode_text(batch["tokens"])
+        text_t, image_t = setup.targets(batch)
+    expected = {
+        "i2t": info_nce(image_q, text_t, cfg.stage2_tau),
+        "t2i": info_nce(text_q, image_t, cfg.stage2_tau),
+        "image_text": info_nce(image_q, text_q, cfg.stage2_tau),
+        "text_cos": cosine_loss(text_q, text_t),
+        "image_cos": cosine_loss(image_q, image_t),
+    }
+    for key, value in expected.items():
+        assert parts[key].item() == pytest.approx(value.item(), rel=1e-5), key
+    total = (
+        0.5 * expected["i2t"] + 2.0 * expected["t2i"] + 0.25 * expected["image_text"]
+        + 3.0 * expected["text_cos"] + 7.0 * expected["image_cos"]
+    )  # fmt: skip
+    assert parts["loss"].item() == pytest.approx(total.item(), rel=1e-5)
+    assert expected["text_cos"].item() > 1e-3 and expected["image_cos"].item() > 1e-3
+    # The defaults weigh both InfoNCE terms 1 and both cosine terms stage2_cos_weight.
+    defaults = methods.get("xbt").parse_settings({})
+    assert (defaults.i2t_weight, defaults.t2i_weight, defaults.text_cos_weight) == (1.0, 1.0, None)
+    assert defaults.image_map == "psi"
+
+
 def test_an_extending_method_takes_its_base_methods_pair_settings() -> None:
     from xbt_bench.pairs import DataRefs, PairSpec
     from xbt_bench.runner import RunOptions, method_config
