@@ -256,6 +256,10 @@ DeviceOption = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1
 WorkersOption = Annotated[
     int | None, typer.Option(min=0, help="data-loader workers (default: up to 4)")
 ]
+OBJECTIVE_HELP_TEXT = (
+    "what a trial maximises on support: rsum (default); cells (recall cells above old→old, ties "
+    "by rsum); or one recall such as t2i_r1"
+)
 SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", help="method setting KEY=VALUE for every method that has it"),
@@ -472,6 +476,43 @@ def sweep_command(
     with _torchrun_job(device) as device:
         options = _run_options(locals())
         run_sweep(options, counts, console)
+
+
+@app.command("tune")
+def tune_command(
+    pair: Annotated[str, typer.Option(help="registered pair, e.g. toy-s-to-m")],
+    method: Annotated[
+        list[str] | None,
+        typer.Option(help="trained method to tune (repeatable; default: every tunable method "
+                     "but the variants)"),
+    ] = None,
+    trials: Annotated[int, typer.Option(min=1, help="fits per method (the budget)")] = 12,
+    max_steps: Annotated[
+        int, typer.Option(min=1, help="most stage-2 training steps a trial may take (budget)")
+    ] = 600,
+    max_proj_steps: Annotated[
+        int, typer.Option(min=1, help="most stage-1 training steps a trial may take (budget)")
+    ] = 3000,
+    objective: Annotated[str, typer.Option(help=OBJECTIVE_HELP_TEXT)] = "rsum",
+    data_root: DataRootOption = None,
+    output_dir: ResultsOption = Path("results"),
+    seed: SeedOption = 0,
+    device: DeviceOption = "cpu",
+    quick: Annotated[bool, typer.Option(help="fewer steps and pairs: a smoke run")] = False,
+    workers: WorkersOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Search a trained method's settings on the pair's support split (never test): an Optuna
+    study with a seeded TPE sampler under $XBT_BENCH_HOME/tune (an interrupted tune resumes),
+    trial 0 being the method's configured settings. The best settings and every trial go to
+    <output-dir>/<pair>/tuned/<method>.json, which `xbt-bench run` then uses (and says so)."""
+    from .results import Budget
+    from .tune import run_tune
+
+    split = None  # a tune reads no evaluation split
+    budget = Budget(trials=trials, max_steps=max_steps, max_proj_steps=max_proj_steps)
+    with _torchrun_job(device) as device:
+        run_tune(_run_options(locals()), budget, objective, console)
 
 
 @app.command("leaderboard")

@@ -31,7 +31,7 @@ class StitchConfig(ProjectionConfig):
     settings=StitchConfig,
     kind="trained",
     trains="stage 1",
-    old_in_training="text embeddings only",
+    training_needs="text embeddings",
     notes="ablation: ψ₀ for captions, the text-fitted Procrustes map for images; no image–text "
     "pairs. xbt's margin over it is what stage 2 adds",
     extends="xbt",

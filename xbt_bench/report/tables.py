@@ -61,7 +61,7 @@ def methods_table() -> Table:
         method = methods.get(name)
         query = "yes" if method.old_at_query else "no"
         label = f"{name} (variant)" if method.variant else name
-        row = (label, method.trains, query, method.old_in_training, method.notes)
+        row = (label, method.trains, query, method.training_needs, method.notes)
         table.add_row(*map(escape, row))
     return table
 
