@@ -209,12 +209,14 @@ def methods_show(name: Annotated[str, typer.Argument(help="method name, e.g. xbt
     from rich.markup import escape
 
     from .methods import methods
-    from .report.tables import settings_table
+    from .report.tables import search_table, settings_table
 
     method = methods.get(name)
     console.print(f"[bold]{escape(method.name)}[/bold]: {escape(method.notes)}")
     table = settings_table(name)
     console.print(table if table.rows else "(no settings)")
+    if method.search is not None:
+        console.print(search_table(name))
 
 
 ResultsDirOption = Annotated[
@@ -260,6 +262,11 @@ OBJECTIVE_HELP_TEXT = (
     "what a trial maximises on support: rsum (default); cells (recall cells above old→old, ties "
     "by rsum); or one recall such as t2i_r1"
 )
+TunedFromOption = Annotated[
+    Path | None,
+    typer.Option(help="results folder whose <pair>/tuned/<method>.json settings to use "
+                 "(default: the output folder)"),
+]
 SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", help="method setting KEY=VALUE for every method that has it"),
@@ -285,6 +292,7 @@ def _run_options(args: dict[str, Any]) -> RunOptions:
         quick=args["quick"],
         num_workers=args["workers"],
         overrides=_parse_overrides(args["set_"]),
+        tuned_from=args.get("tuned_from"),
     )
 
 
@@ -317,6 +325,7 @@ def run_command(
     quick: Annotated[bool, typer.Option(help="fewer steps and pairs: a smoke run")] = False,
     workers: WorkersOption = None,
     set_: SetOption = None,
+    tuned_from: TunedFromOption = None,
     backfill: Annotated[
         bool,
         typer.Option(help="also record partial-backfill curves (as `xbt-bench backfill`)"),
@@ -375,6 +384,7 @@ def backfill_command(
     quick: Annotated[bool, typer.Option(help="fewer steps and pairs: a smoke run")] = False,
     workers: WorkersOption = None,
     set_: SetOption = None,
+    tuned_from: TunedFromOption = None,
 ) -> None:
     """Partial backfill: recall when a share of the gallery is re-embedded with NEW (its items
     searched with NEW's queries, the rest with each method's), per method and order; each
@@ -462,6 +472,7 @@ def sweep_command(
     quick: Annotated[bool, typer.Option(help="fewer steps: a smoke run")] = False,
     workers: WorkersOption = None,
     set_: SetOption = None,
+    tuned_from: TunedFromOption = None,
 ) -> None:
     """Sample efficiency: refit stage-2 methods on fewer image-text pairs, record the points.
     Under torchrun the ranks share embedding and training (DDP); rank 0 writes."""

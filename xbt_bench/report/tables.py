@@ -77,6 +77,17 @@ def settings_table(name: str) -> Table:
     return table
 
 
+def search_table(name: str) -> Table:
+    """The ranges ``xbt-bench tune`` searches ``name``'s settings over."""
+    method = methods.get(name)
+    table = Table(title=f"{escape(method.name)} search space (xbt-bench tune)")
+    table.add_column("setting")
+    table.add_column("searched over", overflow="fold")
+    for setting, values in method.search.describe():
+        table.add_row(escape(setting), escape(values))
+    return table
+
+
 def diagnostics_table(report: DiagnosticsResult) -> Table:
     """A pair's diagnostics on one split, each measure with its meaning."""
     table = Table(title=escape(f"{report.pair} · {report.dataset} · split {report.split}"))
