@@ -543,6 +543,118 @@ def test_hybrid_reuses_xbt_and_interpolates_with_old(refs, toy, tmp_path) -> Non
         np.testing.assert_allclose(fixed.encode_texts(test), want, atol=1e-5)
 
 
+def test_stitch_is_stage_one_for_captions_and_the_text_procrustes_map_for_images(
+    refs, toy, tmp_path
+) -> None:
+    """stitch = xbt-proj's ψ₀ (the same checkpoint) for captions, normalize(N_img · P) for images,
+    P the orthogonal map fitted on the corpus's text pairs (the procrustes method's map)."""
+    _, proj = fit(refs, toy, tmp_path, "xbt-proj")
+    ctx, stitch = fit(refs, toy, tmp_path, "stitch")
+    _, procrustes = fit(refs, toy, tmp_path, "procrustes")
+    assert stitch.info["stage1"]["checkpoint_dir"] == proj.info["stage1"]["checkpoint_dir"]
+    assert stitch.info["stage1"]["resumed_from_step"] == 20  # ψ₀ reused, not retrained
+    test = toy["test"]
+    np.testing.assert_array_equal(stitch.encode_texts(test), proj.encode_texts(test))
+    p = procrustes_map(ctx.embed_corpus("new"), ctx.embed_corpus("old"))
+    mapped = ctx.embed("new", test, "image", count=False) @ p
+    expected = mapped / np.linalg.norm(mapped, axis=1, keepdims=True)
+    np.testing.assert_allclose(stitch.encode_images(test), expected, atol=1e-6)
+    np.testing.assert_allclose(
+        stitch.encode_images(test), procrustes.encode_images(test), atol=1e-6
+    )
+    # ψ₀ maps images elsewhere: stitch's image queries are not xbt-proj's.
+    assert np.abs(stitch.encode_images(test) - proj.encode_images(test)).max() > 1e-2
+    assert stitch.cost.trainable_params == proj.cost.trainable_params > 0
+    spec = methods.get("stitch")
+    assert spec.kind == "trained" and not spec.old_at_query and spec.extends == "xbt"
+
+
+def test_stitch_shares_xbts_stage_one_and_uses_no_pairs_and_no_old_forward(
+    refs, toy, tmp_path
+) -> None:
+    xbt_ctx, xbt = fit(refs, toy, tmp_path, "xbt")
+    ctx = make_ctx(refs, toy, tmp_path, "stitch")
+    ctx.train_pairs = None  # type: ignore[assignment]  # stitch must not need a single pair
+    old_calls = _count_forwards(ctx.old.get().model)
+    stitch = methods.get("stitch")(ctx)
+    # Same stage-1 settings and seed: the very ψ₀ xbt's stage 2 starts from (its text side).
+    assert stitch.info["stage1"]["checkpoint_dir"] == xbt.info["stage1"]["checkpoint_dir"]
+    test = toy["test"]
+    np.testing.assert_allclose(stitch.encode_texts(test), xbt.encode_texts(test), atol=1e-5)
+    corpus = len(toy["corpus"].texts)
+    assert stitch.cost.forward_passes == {
+        "old_image": 0, "old_text": corpus, "new_image": 0, "new_text": corpus,
+        "old_gallery_reused": 0,
+    }  # fmt: skip
+    stitch.encode_images(test)
+    assert old_calls["image"] == 0  # OLD's image tower never runs (its corpus texts are cached)
+    assert "stage2" not in stitch.info and xbt_ctx.usage["new_image"] > 0
+    # Its default stage-1 settings are xbt's, so an unconfigured run shares xbt's ψ₀ too.
+    stage1_fields = methods.get("stitch").settings.model_fields
+    assert set(stage1_fields) <= set(methods.get("xbt").settings.model_fields)
+    defaults = methods.get("xbt").parse_settings({}).model_dump()
+    stitch_defaults = methods.get("stitch").parse_settings({}).model_dump()
+    assert stitch_defaults == {key: defaults[key] for key in stage1_fields}
+
+
+def test_image_map_procrustes_sends_images_through_the_text_fitted_map(refs, toy, tmp_path) -> None:
+    """image_map = "procrustes": φ_img = normalize(N_img'·P). With LoRA on the text tower only,
+    the image queries are stitch's and only the caption queries train."""
+    _, stitch = fit(refs, toy, tmp_path, "stitch")
+    settings = {"image_map": "procrustes", "lora_towers": "text", "lr": 0.05}
+    _, xbt = fit(refs, toy, tmp_path, "xbt", **settings)
+    test = toy["test"]
+    np.testing.assert_allclose(xbt.encode_images(test), stitch.encode_images(test), atol=1e-5)
+    assert np.abs(xbt.encode_texts(test) - stitch.encode_texts(test)).max() > 1e-3
+    assert xbt.info["stage2"]["image_queries"] == "normalize(N_img' · P)"
+    _, image_lora = fit(refs, toy, tmp_path, "xbt", image_map="procrustes", lr=0.05)
+    moved = np.abs(image_lora.encode_images(test) - stitch.encode_images(test)).max()
+    assert moved > 1e-3  # LoRA on the image tower adjusts stitch's image queries
+
+
+def test_stage2_loss_weights_each_term(refs, toy, tmp_path) -> None:
+    """loss = a·InfoNCE(φ_img, T_txt) + b·InfoNCE(φ_txt, T_img) + v·InfoNCE(φ_img, φ_txt)
+    + w_txt·(1 − cos(φ_txt, T_txt)) + w·(1 − cos(φ_img, T_img)), each term as computed here."""
+    from xbt_bench.losses import cosine_loss, info_nce
+
+    weights = {
+        "i2t_weight": 0.5, "t2i_weight": 2.0, "image_text_weight": 0.25, "text_cos_weight": 3.0,
+        "stage2_cos_weight": 7.0,
+    }  # fmt: skip
+    ctx = make_ctx(refs, toy, tmp_path, "xbt", lora_towers="both", **weights)
+    cfg = methods.get("xbt").parse_settings(ctx.config)
+    setup = stage2_module.prepare_stage2(ctx, "xbt", cfg, pretrain_projection(ctx, cfg))
+    batch = setup.batch_at(0)
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for p in setup.encoder.parameters():
+            if p.requires_grad:  # move LoRA off its zero init, so φ_txt leaves its anchor
+                p.add_(0.05 * torch.randn_like(p))
+        parts = setup.loss_fn(batch)
+        image_q = setup.encoder.encode_image(batch["images"])
+        text_q = setup.encoder.encode_text(batch["tokens"])
+        text_t, image_t = setup.targets(batch)
+    expected = {
+        "i2t": info_nce(image_q, text_t, cfg.stage2_tau),
+        "t2i": info_nce(text_q, image_t, cfg.stage2_tau),
+        "image_text": info_nce(image_q, text_q, cfg.stage2_tau),
+        "text_cos": cosine_loss(text_q, text_t),
+        "image_cos": cosine_loss(image_q, image_t),
+    }
+    for key, value in expected.items():
+        assert parts[key].item() == pytest.approx(value.item(), rel=1e-5), key
+    total = (
+        0.5 * expected["i2t"] + 2.0 * expected["t2i"] + 0.25 * expected["image_text"]
+        + 3.0 * expected["text_cos"] + 7.0 * expected["image_cos"]
+    )  # fmt: skip
+    assert parts["loss"].item() == pytest.approx(total.item(), rel=1e-5)
+    assert expected["text_cos"].item() > 1e-3 and expected["image_cos"].item() > 1e-3
+    # The defaults weigh both InfoNCE terms 1 and both cosine terms stage2_cos_weight.
+    defaults = methods.get("xbt").parse_settings({})
+    assert (defaults.i2t_weight, defaults.t2i_weight, defaults.text_cos_weight) == (1.0, 1.0, None)
+    assert defaults.image_map == "psi"
+
+
 def test_an_extending_method_takes_its_base_methods_pair_settings() -> None:
     from xbt_bench.options import RunOptions, method_config
     from xbt_bench.pairs import DataRefs, PairSpec
@@ -556,15 +668,23 @@ def test_an_extending_method_takes_its_base_methods_pair_settings() -> None:
         data=DataRefs(
             text="toy-shapes:text", pairs="toy-shapes:pairs", support="toy-shapes:support"
         ),
-        methods={"xbt": {"lora_rank": 4, "steps": 50}, "xbt-hybrid": {"steps": 70, "alpha": 0.5}},
+        methods={
+            "xbt": {"lora_rank": 4, "steps": 50, "proj_hidden": 64},
+            "xbt-hybrid": {"steps": 70, "alpha": 0.5},
+        },
     )
     options = RunOptions(pair="p", overrides={"proj_steps": 9})
     assert methods.get("xbt-hybrid").extends == "xbt"
     hybrid = method_config(spec, methods.get("xbt-hybrid"), options)
-    assert hybrid == {"lora_rank": 4, "steps": 70, "alpha": 0.5, "proj_steps": 9}
-    assert method_config(spec, methods.get("xbt"), options) == {
-        "lora_rank": 4, "steps": 50, "proj_steps": 9
+    assert hybrid == {
+        "lora_rank": 4, "steps": 70, "alpha": 0.5, "proj_hidden": 64, "proj_steps": 9
     }  # fmt: skip
+    assert method_config(spec, methods.get("xbt"), options) == {
+        "lora_rank": 4, "steps": 50, "proj_hidden": 64, "proj_steps": 9
+    }  # fmt: skip
+    # stitch takes xbt's stage-1 settings (and drops its stage-2 ones): the same ψ₀.
+    stitch = method_config(spec, methods.get("stitch"), options)
+    assert stitch == {"proj_hidden": 64, "proj_steps": 9}
 
 
 def test_settings_are_defaults_under_given_values() -> None:

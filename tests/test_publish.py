@@ -169,14 +169,14 @@ window.addEventListener("load", () => {
   const table = document.getElementById("table-@TEST@");
   const header = [...table.tHead.rows[0].cells].find(th => th.textContent.trim() === "I2T R@1");
   const column = [...header.parentNode.children].indexOf(header);
-  const firsts = () => [...table.tBodies[0].rows].map(r => r.cells[0].textContent.trim()).join();
+  const firsts = () => [...table.tBodies[0].rows].map(r => r.cells[1].textContent.trim()).join();
   out.before = firsts();
   header.click();
   out.ascending = firsts();
   out.ariaSort = header.getAttribute("aria-sort");
   header.click();
   out.descending = firsts();
-  const xbt = [...table.tBodies[0].rows].find(r => r.cells[0].textContent.trim() === "xbt");
+  const xbt = [...table.tBodies[0].rows].find(r => r.cells[1].textContent.trim() === "xbt");
   out.tip = xbt.cells[column].querySelector("span[title]").title;
   const select = document.getElementById("group-select");
   select.value = "@HARD@";
@@ -189,14 +189,20 @@ window.addEventListener("load", () => {
   out.all = [...document.querySelectorAll("div.group")].filter(d => d.offsetParent).length;
   document.querySelector("figure[data-group='@TEST@'] a.rows").click();
   const marked = [...document.querySelectorAll("tr.hl")];
-  out.highlighted = marked.map(r => r.cells[0].textContent.trim()).join();
+  out.highlighted = marked.map(r => r.cells[1].textContent.trim()).join();
+  const kept = document.querySelector("input.deploy[value='OLD kept at query time']");
+  kept.checked = false;
+  kept.dispatchEvent(new Event("change"));
+  const visible = [...table.tBodies[0].rows].filter(r => r.offsetParent !== null);
+  out.withoutKept = visible.map(r => r.cells[1].textContent.trim()).join();
 });
 </script>""".replace("@TEST@", TEST).replace("@HARD@", HARD)
 
 
 def test_chromium_sorts_selects_and_links_plots_to_rows(page: Path, tmp_path: Path):
     body = _render(page, tmp_path, INTERACT).body
-    assert body["data-before"] == "old,new,xbt,slerp,procrustes,identity"
+    # references, then OLD retired (xbt, procrustes), then OLD kept at query time (slerp)
+    assert body["data-before"] == "old,new,xbt,procrustes,slerp,identity"
     # I2T R@1: procrustes 38.9 < old 40.6 < slerp 42.0 < xbt 44.2 < new 55.0; n/a stays last
     assert body["data-ascending"] == "procrustes,old,slerp,xbt,new,identity"
     assert body["data-aria-sort"] == "ascending"
@@ -210,6 +216,8 @@ def test_chromium_sorts_selects_and_links_plots_to_rows(page: Path, tmp_path: Pa
     assert int(body["data-all"]) > 4
     # the recall plot of `test` draws new, xbt, slerp and procrustes (identity is n/a)
     assert body["data-highlighted"] == "new,xbt,slerp,procrustes"
+    # a reader who retires OLD hides the rows that need it at query time
+    assert body["data-without-kept"] == "new,xbt,old,procrustes,identity"  # still sorted
 
 
 # A result string that runs script wherever it is inserted as HTML (and contains no "/", so it

@@ -193,9 +193,15 @@ def test_leaderboard_lists_every_method_with_marks(synthetic_results: Path, tmp_
     table = pd.read_csv(tmp_path / "leaderboard.csv")
     assert set(table["search"]) == {"exact"}  # approximate rows never mixed in
     pair = table[(table["pair"] == "toy-s-to-m") & (table["split"] == "test")]
-    assert pair["method"].tolist() == ["old", "new", "xbt", "slerp", "procrustes", "identity"]
+    # references, then each deployment group ranked by rsum, not-applicable rows last
+    assert pair["method"].tolist() == ["old", "new", "xbt", "procrustes", "slerp", "identity"]
     assert pair["row"].tolist() == ["reference"] + ["method"] * 5
     rows = pair.set_index("method")
+    assert rows.loc["xbt", "group"] == "OLD retired" and rows.loc["xbt", "rank"] == 1
+    assert rows.loc["procrustes", "rank"] == 2 and rows.loc["slerp", "rank"] == 1
+    assert rows.loc["slerp", "group"] == "OLD kept at query time"
+    assert rows.loc["slerp", "old_at_query"] and not rows.loc["xbt", "old_at_query"]
+    assert rows.loc["old", "group"] == "reference"
     assert rows.loc["xbt", "cells_held"] == 5 and not rows.loc["xbt", "held_t2i_r1"]
     assert rows.loc["slerp", "cells_held"] == 6 and rows.loc["procrustes", "cells_held"] == 0
     assert rows.loc["xbt", "gain_share"] == pytest.approx(XBT_GAIN_SHARE)
@@ -213,8 +219,13 @@ def test_leaderboard_lists_every_method_with_marks(synthetic_results: Path, tmp_
     assert chains["AC rsum"].tolist() == [pytest.approx(2 / 3)]
 
     markdown = (tmp_path / "leaderboard.md").read_text()
-    xbt_line = next(line for line in markdown.splitlines() if line.startswith("| xbt "))
+    xbt_line = next(line for line in markdown.splitlines() if re.match(r"\| 1 +\| xbt ", line))
     assert "30.80 ✗" in xbt_line and "61.00 ✓" in xbt_line and "5/6" in xbt_line
+    retired = markdown.index("**OLD retired: backfill-free")
+    kept = markdown.index("**OLD kept at query time:")
+    first = {m: re.search(rf"\| 1 +\| {m} ", markdown).start() for m in ("xbt", "slerp")}
+    assert retired < first["xbt"] < kept < first["slerp"]
+    assert "No method here was tuned" in markdown
     assert "not applicable: embedding dims differ" in markdown
     exact_at = markdown.index("## toy-s-to-m · toy-shapes · split test\n")
     approx_at = markdown.index("## Approximate search")
@@ -283,11 +294,15 @@ def test_summary_marks_each_cell(synthetic_results: Path):
     assert text.count("toy-s-to-m · toy-shapes · split") == 2
     rows: dict[str, str] = {}  # first table (split test): method -> its line
     for line in text.splitlines():
-        if line.startswith("  ") and line.strip():
-            rows.setdefault(line.split()[0], line)
+        words = line.split()
+        if line.startswith("  ") and words:
+            rows.setdefault(words[1] if words[0].isdigit() else words[0], line)
     assert "30.80 ✗" in rows["xbt"] and "44.20 ✓" in rows["xbt"] and "5/6" in rows["xbt"]
     assert "6/6" in rows["slerp"] and "0/6" in rows["procrustes"]
-    assert text.index("  xbt ") < text.index("  slerp ") < text.index("  procrustes ")
+    # ranked within deployment groups: OLD retired (xbt, procrustes), then OLD kept (slerp)
+    assert text.index(" xbt ") < text.index(" procrustes ") < text.index(" slerp ")
+    assert rows["slerp"].split()[0] == "1" and rows["procrustes"].split()[0] == "2"
+    assert " yes " in rows["slerp"] and " no " in rows["xbt"]
     assert "identity: not applicable: embedding dims differ" in text
     styled = console.export_html(inline_styles=True)
     assert "color: #008000" in styled and "color: #800000" in styled  # green ✓, red ✗

@@ -52,6 +52,22 @@ def test_every_registered_method_runs_and_is_scored(
     assert results["xbt"].cost.forward_passes["old_image"] == 0
     assert results["distill"].cost.forward_passes["old_image"] > 0  # ...distill's does
     assert 0 < results["xbt"].cost.trainable_share < results["finetune"].cost.trainable_share
+    # xbt's margin over stitch (what stage 2 adds), paired, on every split
+    vs = results["xbt"].splits["test"].baseline_margin
+    assert vs.method == "stitch"
+    for key in KEYS:
+        expected = results["xbt"].metrics["method->old"][key] - results["stitch"].metrics[
+            "method->old"][key]  # fmt: skip
+        assert vs.margin[key] == pytest.approx(expected)
+        assert vs.interval[key][0] <= vs.interval[key][1]
+    # what each method needs, as the leaderboard groups it
+    needs = {name: r.needs for name, r in results.items()}
+    assert needs["slerp"].group == "OLD kept at query time" and needs["slerp"].old_at_query
+    assert needs["xbt"].group == "OLD retired" and needs["xbt"].training == "text embeddings"
+    assert needs["distill"].training == "OLD forward passes"
+    assert needs["xbt"].image_text_pairs == 60 and needs["stitch"].image_text_pairs == 0
+    assert needs["old"].group == "reference"
+    assert results["xbt"].settings_source["steps"] == "--set" and results["xbt"].tuned is None
 
     # a variant runs when named; xbt-gallery reads OLD's cached gallery embeddings of the
     # training pairs: no OLD forward pass

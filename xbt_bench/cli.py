@@ -239,12 +239,14 @@ def methods_show(name: Annotated[str, typer.Argument(help="method name, e.g. xbt
     from rich.markup import escape
 
     from .methods import methods
-    from .report.tables import settings_table
+    from .report.tables import search_table, settings_table
 
     method = methods.get(name)
     console.print(f"[bold]{escape(method.name)}[/bold]: {escape(method.notes)}")
     table = settings_table(name)
     console.print(table if table.rows else "(no settings)")
+    if method.search is not None:
+        console.print(search_table(name))
 
 
 ResultsDirOption = Annotated[
@@ -286,6 +288,15 @@ DeviceOption = Annotated[str, typer.Option(help="torch device: cpu, cuda, cuda:1
 WorkersOption = Annotated[
     int | None, typer.Option(min=0, help="data-loader workers (default: up to 4)")
 ]
+OBJECTIVE_HELP_TEXT = (
+    "what a trial maximises on support: rsum (default); cells (recall cells above old→old, ties "
+    "by rsum); or one recall such as t2i_r1"
+)
+TunedFromOption = Annotated[
+    Path | None,
+    typer.Option(help="results folder whose <pair>/tuned/<method>.json settings to use "
+                 "(default: the output folder)"),
+]
 SetOption = Annotated[
     list[str] | None,
     typer.Option("--set", help="method setting KEY=VALUE for every method that has it"),
@@ -311,6 +322,7 @@ def _run_options(args: dict[str, Any]) -> RunOptions:
         quick=args["quick"],
         num_workers=args["workers"],
         overrides=_parse_overrides(args["set_"]),
+        tuned_from=args.get("tuned_from"),
     )
 
 
@@ -343,6 +355,7 @@ def run_command(
     quick: Annotated[bool, typer.Option(help="fewer steps and pairs: a smoke run")] = False,
     workers: WorkersOption = None,
     set_: SetOption = None,
+    tuned_from: TunedFromOption = None,
     backfill: Annotated[
         bool,
         typer.Option(help="also record partial-backfill curves (as `xbt-bench backfill`)"),
@@ -401,6 +414,7 @@ def backfill_command(
     quick: Annotated[bool, typer.Option(help="fewer steps and pairs: a smoke run")] = False,
     workers: WorkersOption = None,
     set_: SetOption = None,
+    tuned_from: TunedFromOption = None,
 ) -> None:
     """Partial backfill: recall when a share of the gallery is re-embedded with NEW (its items
     searched with NEW's queries, the rest with each method's), per method and order; each
@@ -488,6 +502,7 @@ def sweep_command(
     quick: Annotated[bool, typer.Option(help="fewer steps: a smoke run")] = False,
     workers: WorkersOption = None,
     set_: SetOption = None,
+    tuned_from: TunedFromOption = None,
 ) -> None:
     """Sample efficiency: refit stage-2 methods on fewer image-text pairs, record the points.
     Under torchrun the ranks share embedding and training (DDP); rank 0 writes."""
@@ -502,6 +517,43 @@ def sweep_command(
     with _torchrun_job(device) as device:
         options = _run_options(locals())
         run_sweep(options, counts, console)
+
+
+@app.command("tune")
+def tune_command(
+    pair: Annotated[str, typer.Option(help="registered pair, e.g. toy-s-to-m")],
+    method: Annotated[
+        list[str] | None,
+        typer.Option(help="trained method to tune (repeatable; default: every tunable method "
+                     "but the variants)"),
+    ] = None,
+    trials: Annotated[int, typer.Option(min=1, help="fits per method (the budget)")] = 12,
+    max_steps: Annotated[
+        int, typer.Option(min=1, help="most stage-2 training steps a trial may take (budget)")
+    ] = 600,
+    max_proj_steps: Annotated[
+        int, typer.Option(min=1, help="most stage-1 training steps a trial may take (budget)")
+    ] = 3000,
+    objective: Annotated[str, typer.Option(help=OBJECTIVE_HELP_TEXT)] = "rsum",
+    data_root: DataRootOption = None,
+    output_dir: ResultsOption = Path("results"),
+    seed: SeedOption = 0,
+    device: DeviceOption = "cpu",
+    quick: Annotated[bool, typer.Option(help="fewer steps and pairs: a smoke run")] = False,
+    workers: WorkersOption = None,
+    set_: SetOption = None,
+) -> None:
+    """Search a trained method's settings on the pair's support split (never test): an Optuna
+    study with a seeded TPE sampler under $XBT_BENCH_HOME/tune (an interrupted tune resumes),
+    trial 0 being the method's configured settings. The best settings and every trial go to
+    <output-dir>/<pair>/tuned/<method>.json, which `xbt-bench run` then uses (and says so)."""
+    from .results import Budget
+    from .tune import run_tune
+
+    split = None  # a tune reads no evaluation split
+    budget = Budget(trials=trials, max_steps=max_steps, max_proj_steps=max_proj_steps)
+    with _torchrun_job(device) as device:
+        run_tune(_run_options(locals()), budget, objective, console)
 
 
 @app.command("leaderboard")

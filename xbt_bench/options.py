@@ -1,7 +1,8 @@
 """What a command that fits methods is asked to do (:class:`RunOptions`), what it works on
-(:class:`PairData`: the pair's evaluation splits and training data) and the checks made before
-any work: the methods and their effective settings (defaults, pair file, ``--quick``, ``--set``),
-and a partial backfill's shares. ``run``, ``sweep``, ``backfill`` and ``tune`` share them.
+(:class:`TrainingData`, and :class:`PairData` with the evaluation splits) and the checks made
+before any work: the methods and their effective settings with where each came from (defaults,
+pair file, tuned, ``--quick``, ``--set``: :func:`method_settings`), and a partial backfill's
+shares. ``run``, ``sweep``, ``backfill`` and ``tune`` share them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .errors import ConfigError, did_you_mean
 from .eval.backfill import interior
 from .methods import MethodSpec, methods
 from .pairs import PairSpec
+from .results import TuneResult, tuned_settings
 
 # --quick: fewer training steps and pairs for smoke runs (keys a method's settings lack are
 # left out for that method).
@@ -42,9 +44,14 @@ class RunOptions:
     quick: bool = False
     num_workers: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    # Tuned settings (`xbt-bench tune`) are read from this results folder (default: output_dir)
+    # unless use_tuned is False.
+    tuned_from: Path | None = None
+    use_tuned: bool = True
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
+        self.tuned_from = Path(self.tuned_from or self.output_dir)
         if self.output_dir.exists() and not self.output_dir.is_dir():
             raise ConfigError(
                 f"--output-dir {self.output_dir} is a file; give a folder for the results"
@@ -52,13 +59,20 @@ class RunOptions:
 
 
 @dataclass
-class PairData:
-    """Everything a pair's methods train on and are scored on."""
+class TrainingData:
+    """What a pair's methods train on and choose their settings on (never an evaluation
+    split)."""
 
-    eval_sets: dict[str, ImageTextSet]
     text_corpus: TextCorpus
     train_pairs: ImageTextSet
     support: ImageTextSet
+
+
+@dataclass
+class PairData(TrainingData):
+    """Everything a pair's methods train on and are scored on."""
+
+    eval_sets: dict[str, ImageTextSet] = field(default_factory=dict)
 
 
 def resolve_methods(names: Sequence[str]) -> list[str]:
@@ -71,9 +85,22 @@ def resolve_methods(names: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(resolved))
 
 
-def load_pair_data(spec: PairSpec, options: RunOptions, console: Console) -> PairData:
-    """The evaluation splits and training data a run of ``spec`` needs (ConfigError when an
-    evaluation split is a training or support split; a warning when it is the text corpus)."""
+def load_training_data(spec: PairSpec, options: RunOptions) -> TrainingData:
+    """The text corpus, training pairs and support split of ``spec`` (no evaluation split)."""
+    root = options.data_root
+    return TrainingData(
+        text_corpus=load_text_corpus(spec.data.text, root),
+        train_pairs=load_dataset(*split_data_ref(spec.data.pairs), root),
+        support=load_dataset(*split_data_ref(spec.data.support), root),
+    )
+
+
+def load_pair_data(
+    spec: PairSpec, options: RunOptions, console: Console, training: TrainingData | None = None
+) -> PairData:
+    """The evaluation splits and training data (``training``, loaded when not given) a run of
+    ``spec`` needs (ConfigError when an evaluation split is a training or support split; a
+    warning when it is the text corpus)."""
     root = options.data_root
     dataset = options.dataset or spec.dataset
     if options.splits:
@@ -83,12 +110,10 @@ def load_pair_data(spec: PairSpec, options: RunOptions, console: Console) -> Pai
     else:
         splits = [dataset_info(dataset).default_split]
     eval_sets = {split: load_dataset(dataset, split, root) for split in splits}
-    text_corpus = load_text_corpus(spec.data.text, root)
-    train_pairs = load_dataset(*split_data_ref(spec.data.pairs), root)
-    support = load_dataset(*split_data_ref(spec.data.support), root)
+    training = training or load_training_data(spec, options)
     overlap = {s.fingerprint for s in eval_sets.values()} & {
-        train_pairs.fingerprint,
-        support.fingerprint,
+        training.train_pairs.fingerprint,
+        training.support.fingerprint,
     }
     if overlap:
         raise ConfigError(
@@ -105,7 +130,61 @@ def load_pair_data(spec: PairSpec, options: RunOptions, console: Console) -> Pai
                 highlight=False,
                 soft_wrap=True,
             )
-    return PairData(eval_sets, text_corpus, train_pairs, support)
+    return PairData(
+        text_corpus=training.text_corpus,
+        train_pairs=training.train_pairs,
+        support=training.support,
+        eval_sets=eval_sets,
+    )
+
+
+@dataclass(frozen=True)
+class MethodSettings:
+    """A method's settings as given (``values``; defaults fill the rest) and where each came
+    from (``sources``: pair file, tuned, --quick, --set or what the caller's ``extra`` is), with
+    the tune result the tuned ones came from."""
+
+    values: dict[str, Any]
+    sources: dict[str, str]
+    tuned: TuneResult | None = None
+
+    def source_of(self, key: str) -> str:
+        """Where setting ``key`` came from (``default`` when nothing set it)."""
+        return self.sources.get(key, "default")
+
+
+def method_settings(
+    spec: PairSpec,
+    method: MethodSpec,
+    options: RunOptions,
+    extra: Mapping[str, Any] | None = None,
+    extra_source: str = "command",
+) -> MethodSettings:
+    """``method``'s settings for a run of ``spec``, each layer over the one before (a layer
+    applies the keys ``method`` has): the pair file's table of the method it ``extends``, then
+    its own; the tuned settings (``xbt-bench tune``) of the method it extends, then its own
+    (unless ``options.use_tuned`` is off); ``--quick``; the command line's ``--set``; ``extra``
+    (labelled ``extra_source``)."""
+    names = [method.extends, method.name] if method.extends else [method.name]
+    tuned = [
+        found
+        for name in names
+        if options.use_tuned
+        and (found := tuned_settings(options.tuned_from, spec.name, name)) is not None
+    ]
+    layers = [(spec.method_config(name), "pair file") for name in names]
+    layers += [(found.best, "tuned") for found in tuned]
+    layers += [(QUICK_OVERRIDES, "--quick")] if options.quick else []
+    layers += [(options.overrides, "--set"), (extra or {}, extra_source)]
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for layer, source in layers:
+        unknown = set(method.unknown_settings(layer))
+        for key, value in layer.items():
+            if key not in unknown:
+                values[key], sources[key] = value, source
+    used = tuned[-1] if tuned and "tuned" in sources.values() else None
+    return MethodSettings(values, sources, used)
 
 
 def method_config(
@@ -114,17 +193,8 @@ def method_config(
     options: RunOptions,
     extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Pair-file settings for ``method`` (over those for the method it ``extends``), updated by
-    --quick, the command line's ``--set`` and ``extra`` (each applied to the methods that have
-    that setting)."""
-    config: dict[str, Any] = {}
-    layers = [spec.method_config(method.extends)] if method.extends else []
-    layers += [spec.method_config(method.name)]
-    layers += [QUICK_OVERRIDES] if options.quick else []
-    for layer in [*layers, options.overrides, extra or {}]:
-        unknown = set(method.unknown_settings(layer))
-        config |= {key: value for key, value in layer.items() if key not in unknown}
-    return config
+    """The values of :func:`method_settings`."""
+    return method_settings(spec, method, options, extra).values
 
 
 def check_settings(spec: PairSpec, names: Sequence[str], options: RunOptions) -> None:

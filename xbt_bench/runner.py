@@ -24,22 +24,25 @@ from .data.registry import corpus_summary
 from .embed import EmbeddingCache, EmbedStats
 from .embed.sharded import embed_split_sharded
 from .embed.throughput import measured_throughputs
-from .eval import Embeddings
+from .eval import Embeddings, RetrievalResult
 from .eval.backfill import BackfillSet
 from .eval.compat import METHOD_OLD
 from .methods import methods
 from .methods.base import FitContext, FittedMethod, ModelHandle
 from .options import (
+    MethodSettings,
     PairData,
     RunOptions,
+    TrainingData,
     check_settings,
     load_pair_data,
-    method_config,
+    load_training_data,
+    method_settings,
     resolve_methods,
 )
 from .pairs import load_pair, pair_registry, shadowed_pairs
 from .paths import cache_dir, relative_to_home
-from .results import ReportValue, RunResult
+from .results import Needs, ReportValue, RunResult
 from .scoring import References, SplitResult, chain_split, method_split, score
 from .toy.build import ensure_zoo_models
 
@@ -71,17 +74,48 @@ class Runner:
         self.work_dir = cache_dir("runs", self.spec.name)
         # What the methods of this run share (e.g. preprocessed training images).
         self.shared: dict[Any, Any] = {}
+        self._training: TrainingData | None = None
         self._data: PairData | None = None
+        self._settings: dict[str, MethodSettings] = {}
         self._galleries: dict[tuple[str, str], Embeddings] = {}
         self._references: dict[tuple[str, str, str], References] = {}
         self._fits: dict[tuple[str, int], list[FittedMethod]] = {}
 
     @property
+    def training(self) -> TrainingData:
+        """The pair's text corpus, training pairs and support split (loaded once): all a fit
+        needs, so commands that only fit (``tune``) never load an evaluation split."""
+        if self._training is None:
+            self._training = load_training_data(self.spec, self.options)
+        return self._training
+
+    @property
     def data(self) -> PairData:
         """The pair's evaluation splits and training data (loaded once)."""
         if self._data is None:
-            self._data = load_pair_data(self.spec, self.options, self.console)
+            self._data = load_pair_data(self.spec, self.options, self.console, self.training)
         return self._data
+
+    def settings(self, method: str) -> MethodSettings:
+        """``method``'s configured settings and their sources (said once when some are
+        tuned)."""
+        if method not in self._settings:
+            found = method_settings(self.spec, methods.get(method), self.options)
+            self._settings[method] = found
+            if found.tuned is not None:
+                tuned = ", ".join(
+                    f"{key}={value!r}" for key, value in found.values.items()
+                    if found.sources[key] == "tuned"
+                )  # fmt: skip
+                where = self.options.tuned_from / found.tuned.relative_path()
+                self.console.print(
+                    f"{method}: tuned settings from {where} ({found.tuned.budget.label()}, "
+                    f"support {found.tuned.objective} {found.tuned.best_value:.2f}): {tuned}",
+                    markup=False,
+                    highlight=False,
+                    soft_wrap=True,
+                )
+        return self._settings[method]
 
     def gallery(self, ref: str, split: str, data: ImageTextSet) -> Embeddings:
         """``data`` embedded by model ``ref`` (cached on disk and in memory)."""
@@ -126,8 +160,10 @@ class Runner:
         settings: Mapping[str, Any] | None = None,
     ) -> FittedMethod:
         """Fit ``method`` for the upgrade ``old`` -> ``new`` with ``seed`` (default the run's)
-        and ``settings`` over its configured ones."""
-        data = self.data
+        and ``settings`` over its configured ones (:meth:`settings`)."""
+        data = self.training
+        spec = methods.get(method)
+        extra = {k: v for k, v in (settings or {}).items() if k in spec.settings.model_fields}
         context = FitContext(
             old=self.handles[old],
             new=self.handles[new],
@@ -135,7 +171,7 @@ class Runner:
             train_pairs=data.train_pairs,
             support=data.support,
             work_dir=self.work_dir,
-            config=method_config(self.spec, methods.get(method), self.options, settings),
+            config={**self.settings(method).values, **extra},
             seed=self.options.seed if seed is None else seed,
             device=self.options.device,
             embeddings=self.cache,
@@ -147,7 +183,7 @@ class Runner:
         self.console.print(
             f"[bold]{escape(method)}[/bold]{label}: {escape(old)} -> {escape(new)}"
         )
-        return methods.get(method)(context)
+        return spec(context)
 
     def fits(self, method: str) -> list[FittedMethod]:
         """``method`` fitted on OLD -> NEW once per seed of :meth:`seeds` (kept for reuse)."""
@@ -185,23 +221,25 @@ class Runner:
         """One method on OLD -> NEW (a trained one once per seed), scored on every evaluation
         split (:func:`~xbt_bench.scoring.method_split`)."""
         fits = self.fits(method)
+        baseline = methods.get(method).baseline
         splits = {}
         for split, eval_set in self.data.eval_sets.items():
             references = self.references(split, eval_set, self.spec.old, self.spec.new)
             if methods.get(method).deploys != METHOD_OLD:
                 splits[split] = references.split()
                 continue
-            scored = [
-                score(
-                    self.queries(fitted, eval_set),
-                    self.searched_gallery(fitted, split, eval_set),
-                    eval_set.caption_image,
-                    eval_set.key,
-                )
-                for fitted in fits
-            ]
-            splits[split] = method_split(scored, references)
+            scored = [self.score_fit(fitted, split, eval_set) for fitted in fits]
+            theirs = None
+            if baseline is not None:  # its own seeds: fit seed s is compared with seed s
+                base = [self.score_fit(fitted, split, eval_set) for fitted in self.fits(baseline)]
+                theirs = (baseline, base)
+            splits[split] = method_split(scored, references, theirs)
         return self.result(method, fits, splits, self.seeds(method))
+
+    def score_fit(self, fitted: FittedMethod, split: str, data: ImageTextSet) -> RetrievalResult:
+        """``fitted``'s queries of ``data`` against the gallery they search, exact search."""
+        gallery = self.searched_gallery(fitted, split, data)
+        return score(self.queries(fitted, data), gallery, data.caption_image, data.key)
 
     def score_chain(self, method: str) -> RunResult:
         """One method on every upgrade i > j of the chain: the compatibility matrix M[i][j]."""
@@ -275,7 +313,9 @@ class Runner:
             "train_pairs": f"{data.train_pairs.key} ({data.train_pairs.n_images} images)",
             "support": f"{data.support.key} ({data.support.n_images} images)",
         }
-        labels = methods.get(method).report
+        spec = methods.get(method)
+        labels = spec.report
+        configured = self.settings(method)
         return RunResult(
             pair=self.spec.name,
             old=self.spec.old,
@@ -305,6 +345,14 @@ class Runner:
             throughputs=measured_throughputs(
                 self.stats, self.model_roles(), str(self.options.device)
             ),
+            needs=Needs(
+                group=spec.group,
+                old_at_query=spec.old_at_query,
+                training=spec.training_needs,
+                image_text_pairs=cost.image_text_pairs,
+            ),
+            settings_source={key: configured.source_of(key) for key in fitted.config},
+            tuned=configured.tuned.provenance() if configured.tuned is not None else None,
         )
 
     def model_roles(self) -> dict[str, Any]:

@@ -7,7 +7,7 @@ carries everything the runner, the sweep, the leaderboard and the CLI need to kn
         "procrustes",
         kind="closed form",
         trains="closed form",
-        old_in_training="text embeddings only",
+        training_needs="text embeddings",
         notes="orthogonal map fitted on text pairs; smaller side zero-padded",
     )
     def fit_procrustes(ctx: FitContext, settings: MethodConfig) -> FittedMethod: ...
@@ -37,12 +37,20 @@ from ..errors import XbtError
 from ..eval.compat import METHOD_OLD, NEW_NEW, OLD_OLD
 from ..registry import Registry
 from .base import Cost, FitContext, FittedMethod, ModelHandle, measured
+from .search import Choice, FloatRange, IntRange, SearchSpace, check_space
 from .settings import MethodConfig, describe_settings, parse_settings, unknown_settings
 
 ENTRY_POINT_GROUP = "xbt_bench.methods"
 Kind = Literal["reference", "closed form", "trained"]
 KIND_ORDER = {"reference": 0, "closed form": 1, "trained": 2}
 Deploys = Literal["old->old", "new->new", "method->old"]
+# What of OLD a method needs while it trains, from least to most.
+TrainingNeeds = Literal[
+    "nothing", "text embeddings", "OLD embeddings of the pairs", "OLD forward passes"
+]
+TRAINING_NEEDS: tuple[str, ...] = TrainingNeeds.__args__  # type: ignore[attr-defined]
+Group = Literal["reference", "OLD retired", "OLD kept at query time"]
+GROUPS: tuple[str, ...] = ("OLD retired", "OLD kept at query time", "reference")
 Fit = Callable[[FitContext, Any], FittedMethod]
 
 
@@ -53,7 +61,7 @@ class MethodSpec:
     - ``kind``: ``reference`` (old, new: scored, never fitted), ``closed form`` (fitted without
       training, deterministic) or ``trained`` (stochastic: ``xbt-bench run --seeds N`` repeats
       it);
-    - ``trains``, ``old_in_training``, ``notes``: what ``methods list`` prints;
+    - ``trains``, ``notes``: what ``methods list`` prints;
     - ``old_at_query``: whether its queries need OLD at query time;
     - ``variant``: another setting of a method, run only when named with ``--method``;
     - ``deploys``: the setting its queries are scored in (``method->old``, or the references'
@@ -63,7 +71,11 @@ class MethodSpec:
       that method applies to this one too (its own table wins), so both train the same way and
       share their checkpoints;
     - ``report``: what the fitted method shows on the leaderboard, ``{key: label}``; each fit
-      fills ``FittedMethod.report`` with exactly these keys (e.g. slerp's α per direction).
+      fills ``FittedMethod.report`` with exactly these keys (e.g. slerp's α per direction);
+    - ``search``: the ranges ``xbt-bench tune`` searches its settings over (trained methods);
+    - ``training_needs``: what of OLD it needs while it trains (:data:`TRAINING_NEEDS`);
+    - ``baseline``: another method its result is compared with, seed by seed, on every split
+      (``xbt``'s margin over ``stitch`` is what its stage 2 adds).
     """
 
     name: str
@@ -72,13 +84,23 @@ class MethodSpec:
     kind: Kind
     trains: str
     old_at_query: bool
-    old_in_training: str
     notes: str
     variant: bool = False
     deploys: Deploys = METHOD_OLD
     sweepable: bool = False
     extends: str | None = None
     report: Mapping[str, str] = field(default_factory=dict)
+    search: SearchSpace | None = None
+    training_needs: TrainingNeeds = "nothing"
+    baseline: str | None = None
+
+    @property
+    def group(self) -> Group:
+        """Where the leaderboard ranks it: ``reference`` (old, new), ``OLD kept at query time``
+        or ``OLD retired`` (backfill-free: OLD can be switched off)."""
+        if self.deploys != METHOD_OLD:
+            return "reference"
+        return "OLD kept at query time" if self.old_at_query else "OLD retired"
 
     def parse_settings(self, values: Mapping[str, Any] | MethodConfig | None) -> MethodConfig:
         """``values`` over this method's defaults; ConfigError naming the bad key."""
@@ -135,17 +157,27 @@ def register_method(
     notes: str,
     settings: type[MethodConfig] = MethodConfig,
     old_at_query: bool = False,
-    old_in_training: str = "no",
     variant: bool = False,
     deploys: Deploys = METHOD_OLD,
     sweepable: bool = False,
     extends: str | None = None,
     report: Mapping[str, str] | None = None,
+    search: SearchSpace | None = None,
+    training_needs: TrainingNeeds = "nothing",
+    baseline: str | None = None,
 ) -> Callable[[Fit], Fit]:
     """Declare the decorated ``fit(ctx, settings) -> FittedMethod`` as method ``name``
     (fields as :class:`MethodSpec`); the function itself is returned unchanged."""
     if deploys not in (OLD_OLD, NEW_NEW, METHOD_OLD):
         raise XbtError(f"method {name!r}: deploys={deploys!r} is not a setting")
+    if training_needs not in TRAINING_NEEDS:
+        raise XbtError(
+            f"method {name!r}: training_needs={training_needs!r} is not one of {TRAINING_NEEDS}"
+        )
+    if search is not None:
+        check_space(
+            name, search, list(settings.model_fields), lambda v: parse_settings(name, settings, v)
+        )
 
     def decorator(fit: Fit) -> Fit:
         spec = MethodSpec(
@@ -155,13 +187,15 @@ def register_method(
             kind=kind,
             trains=trains,
             old_at_query=old_at_query,
-            old_in_training=old_in_training,
             notes=notes,
             variant=variant,
             deploys=deploys,
             sweepable=sweepable,
             extends=extends,
             report=dict(report or {}),
+            search=search,
+            training_needs=training_needs,
+            baseline=baseline,
         )
         methods.register(name, spec)
         return fit
@@ -181,12 +215,18 @@ def default_methods() -> list[str]:
 
 
 __all__ = [
+    "GROUPS",
+    "TRAINING_NEEDS",
+    "Choice",
     "Cost",
     "FitContext",
     "FittedMethod",
+    "FloatRange",
+    "IntRange",
     "MethodConfig",
     "MethodSpec",
     "ModelHandle",
+    "SearchSpace",
     "default_methods",
     "method_names",
     "methods",

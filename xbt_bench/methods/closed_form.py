@@ -63,7 +63,7 @@ def slerp(a: np.ndarray, b: np.ndarray, alpha: float) -> np.ndarray:
     "procrustes",
     kind="closed form",
     trains="closed form",
-    old_in_training="text embeddings only",
+    training_needs="text embeddings",
     notes="orthogonal map fitted on text pairs; smaller side zero-padded",
 )
 def fit_procrustes(ctx: FitContext, settings: MethodConfig) -> FittedMethod:
@@ -185,7 +185,7 @@ def _padded(x: np.ndarray, width: int) -> np.ndarray:
     kind="closed form",
     trains="closed form",
     old_at_query=True,
-    old_in_training="text embeddings only",
+    training_needs="OLD embeddings of the pairs",
     notes="SLERP-BC: OLD query interpolated with Procrustes(NEW query); α per direction on support",
     report=ALPHA_REPORT,
 )

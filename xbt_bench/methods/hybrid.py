@@ -39,7 +39,7 @@ class HybridConfig(XbtConfig, AlphaSettings):
     kind="trained",
     trains="stages 1+2 (xbt's checkpoints)",
     old_at_query=True,
-    old_in_training="no (stage 2); OLD's support embeddings to choose α",
+    training_needs="OLD embeddings of the pairs",
     notes="XBT's query SLERP'd with OLD's own query; α per direction on support",
     extends="xbt",
     report=ALPHA_REPORT,

@@ -35,7 +35,7 @@ def ridge_map(source: np.ndarray, target: np.ndarray, ridge: float) -> np.ndarra
     settings=LinearConfig,
     kind="closed form",
     trains="closed form",
-    old_in_training="text embeddings only",
+    training_needs="text embeddings",
     notes="general linear map (ridge least squares) fitted on text pairs",
 )
 def fit_linear(ctx: FitContext, settings: LinearConfig) -> FittedMethod:

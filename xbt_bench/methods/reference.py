@@ -21,7 +21,6 @@ def _embedder(ctx: FitContext, which: Which, side: Side) -> Encode:
     kind="reference",
     trains="–",
     old_at_query=True,
-    old_in_training="–",
     notes="old→old: the reference to beat",
     deploys=OLD_OLD,
 )
@@ -40,7 +39,6 @@ def fit_old(ctx: FitContext, settings: MethodConfig) -> FittedMethod:
     "new",
     kind="reference",
     trains="–",
-    old_in_training="–",
     notes="new→new: full backfill of the gallery with NEW",
     deploys=NEW_NEW,
 )

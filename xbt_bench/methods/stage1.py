@@ -97,6 +97,13 @@ class Stage1:
     # The orthogonal NEW→OLD map fitted on the corpus's text pairs (ψ's initial skip).
     text_procrustes: np.ndarray
 
+    def procrustes_mapped(self, new_embeddings: np.ndarray) -> np.ndarray:
+        """normalize(z · P) for NEW embeddings z [n, d_new]: float32 unit rows in OLD's space,
+        P the text-fitted orthogonal map ``text_procrustes``."""
+        mapped = np.asarray(new_embeddings, dtype=np.float32) @ self.text_procrustes
+        mapped /= np.maximum(np.linalg.norm(mapped, axis=1, keepdims=True), 1e-12)
+        return mapped.astype(np.float32)
+
 
 def map_embeddings(psi: Projection, embeddings: np.ndarray, device: str = "cpu") -> np.ndarray:
     """ψ applied to NEW embeddings [n, d_new] -> [n, d_old] float32 unit rows."""

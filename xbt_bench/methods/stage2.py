@@ -2,8 +2,11 @@
 its weights) followed by ψ towards targets in OLD's space, on image–text pairs (docs/methods.md).
 
 Loss, with φ = ψ ∘ NEW' the query encoders and (T_txt, T_img) a batch's targets:
-InfoNCE(φ_img, T_txt) + InfoNCE(φ_txt, T_img) + v·InfoNCE(φ_img, φ_txt)
-+ w·[(1 − cos(φ_txt, T_txt)) + (1 − cos(φ_img, T_img))].
+a·InfoNCE(φ_img, T_txt) + b·InfoNCE(φ_txt, T_img) + v·InfoNCE(φ_img, φ_txt)
++ w_txt·(1 − cos(φ_txt, T_txt)) + w·(1 − cos(φ_img, T_img)), with a = b = 1 and w_txt = w unless
+set (``i2t_weight``, ``t2i_weight``, ``text_cos_weight``, ``stage2_cos_weight``). Image queries
+go through ψ (SPEC §2) or, with ``image_map = "procrustes"``, through stage 1's fixed text-fitted
+orthogonal map P: φ_img = normalize(N_img'(x)·P), the ``stitch`` image query that LoRA adjusts.
 
 Where the targets come from is one :class:`Targets` provider per anchor mode:
 
@@ -90,6 +93,23 @@ class Stage2Config(ProjectionConfig):
         ge=0,
         description="weight of InfoNCE(φ_img, φ_txt), the agreement of the two query sides",
     )
+    i2t_weight: float = Field(
+        1.0, ge=0, description="weight of InfoNCE(φ_img, T_txt): image queries find their captions"
+    )
+    t2i_weight: float = Field(
+        1.0, ge=0, description="weight of InfoNCE(φ_txt, T_img): caption queries find their images"
+    )
+    text_cos_weight: float | None = Field(
+        None,
+        ge=0,
+        description="weight of 1 − cos(φ_txt, T_txt) alone; None = stage2_cos_weight (the image "
+        "side keeps stage2_cos_weight)",
+    )
+    image_map: Literal["psi", "procrustes"] = Field(
+        "psi",
+        description="image queries ψ(N_img'(x)) (SPEC §2), or normalize(N_img'(x)·P) with P stage "
+        "1's fixed text-fitted orthogonal map (stitch's image query, adjusted by LoRA)",
+    )
     checkpoint_every: int = Field(100, ge=1, description="stage-2 checkpoint interval (steps)")
 
 
@@ -132,10 +152,22 @@ class MappedEncoder(nn.Module):
     any model's.
     """
 
-    def __init__(self, clip: nn.Module, psi: Projection, new: LoadedModel, name: str) -> None:
+    def __init__(
+        self,
+        clip: nn.Module,
+        psi: Projection,
+        new: LoadedModel,
+        name: str,
+        image_map: np.ndarray | None = None,
+    ) -> None:
         super().__init__()
         self.clip = clip
         self.psi = psi
+        # A fixed [d_new, d_old] map for the image queries instead of ψ (``image_map``).
+        self.image_map: torch.Tensor | None
+        self.register_buffer(
+            "image_map", None if image_map is None else torch.as_tensor(image_map).float()
+        )
         self.name = name
         self.preprocess = new.preprocess
         self.tokenizer = new.tokenizer
@@ -144,8 +176,12 @@ class MappedEncoder(nn.Module):
         self.identity = f"{name}:{new.identity}:untrained"
 
     def encode_image(self, images: torch.Tensor) -> torch.Tensor:
-        """ψ(N_img(images)), unit rows in OLD's space."""
-        return self.psi(F.normalize(self.clip.encode_image(images), dim=-1))
+        """ψ(N_img(images)), or normalize(N_img(images)·P) with a fixed ``image_map`` P: unit
+        rows in OLD's space."""
+        embedded = F.normalize(self.clip.encode_image(images), dim=-1)
+        if self.image_map is None:
+            return self.psi(embedded)
+        return F.normalize(embedded.float() @ self.image_map, dim=-1)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
         """ψ(N_txt(tokens)), unit rows in OLD's space."""
@@ -179,9 +215,7 @@ def procrustes_image_anchors(ctx: FitContext, stage1: Stage1, pairs: ImageTextSe
     """normalize(N_img(x) P) for every image of ``pairs``: frozen NEW's image embeddings through
     stage 1's text-fitted orthogonal map (an orthogonal map keeps the geometry of NEW's image
     region, which ψ's text-trained MLP does not); NEW image forward passes, no OLD."""
-    mapped = ctx.embed("new", pairs, "image") @ stage1.text_procrustes
-    mapped /= np.maximum(np.linalg.norm(mapped, axis=1, keepdims=True), 1e-12)
-    return mapped.astype(np.float32)
+    return stage1.procrustes_mapped(ctx.embed("new", pairs, "image"))
 
 
 def mean_anchors(caption_anchors: np.ndarray, pairs: ImageTextSet) -> np.ndarray:
@@ -467,9 +501,22 @@ def stage2_loss(
         i2t = info_nce(image_q, text_t, cfg.stage2_tau)
         t2i = info_nce(text_q, image_t, cfg.stage2_tau)
         image_text = info_nce(image_q, text_q, cfg.stage2_tau)
-        cos = cosine_loss(text_q, text_t) + cosine_loss(image_q, image_t)
-        loss = i2t + t2i + cfg.image_text_weight * image_text + cfg.stage2_cos_weight * cos
-        return {"loss": loss, "i2t": i2t, "t2i": t2i, "image_text": image_text, "cos": cos}
+        text_cos, image_cos = cosine_loss(text_q, text_t), cosine_loss(image_q, image_t)
+        if cfg.text_cos_weight is None:  # one weight: summed first, as before the knob existed
+            cos = cfg.stage2_cos_weight * (text_cos + image_cos)
+        else:
+            cos = cfg.text_cos_weight * text_cos + cfg.stage2_cos_weight * image_cos
+        loss = (
+            cfg.i2t_weight * i2t + cfg.t2i_weight * t2i + cfg.image_text_weight * image_text + cos
+        )
+        return {
+            "loss": loss,
+            "i2t": i2t,
+            "t2i": t2i,
+            "image_text": image_text,
+            "text_cos": text_cos,
+            "image_cos": image_cos,
+        }
 
     return loss_fn
 
@@ -485,7 +532,8 @@ def prepare_stage2(ctx: FitContext, name: str, cfg: Stage2Config, stage1: Stage1
     clip = trainable_new(new, lora, ctx.seed + 1)
     psi = copy.deepcopy(stage1.psi)
     psi.requires_grad_(cfg.psi_lr_scale > 0)
-    encoder = MappedEncoder(clip, psi, new, name).to(device)
+    image_map = stage1.text_procrustes if cfg.image_map == "procrustes" else None
+    encoder = MappedEncoder(clip, psi, new, name, image_map).to(device)
     targets = make_targets(ctx, stage1, pairs)
     # With the text side frozen (LoRA on the image tower only, ψ frozen), φ_txt(t) = ψ₀(N_txt(t))
     # is a fixed table (the surrogate anchors): look it up instead of running NEW's text tower.
@@ -543,6 +591,7 @@ def prepare_stage2(ctx: FitContext, name: str, cfg: Stage2Config, stage1: Stage1
         "pair_images": pairs.n_images,
         "pair_captions": len(pairs.captions),
         "psi": "frozen" if cfg.psi_lr_scale == 0 else f"trainable (lr x {cfg.psi_lr_scale:g})",
+        "image_queries": "ψ(N_img')" if image_map is None else "normalize(N_img' · P)",
         "trainable_in_stage2": count_parameters(encoder, trainable_only=True),
         "text_side": "fixed table ψ₀(N_txt)" if fixed_text is not None else "trained",
         "pixels": "in-memory table" if pixels.table is not None else "per batch",
@@ -605,7 +654,12 @@ def mapped_queries(ctx: FitContext, psi: Projection) -> dict[Side, Callable]:
 
 def fit_projection_only(ctx: FitContext, name: str, cfg: ProjectionConfig) -> FittedMethod:
     """Stage 1 only: ψ₀ on the frozen NEW's embeddings (no OLD at query time)."""
-    stage1 = pretrain_projection(ctx, cfg)
+    return projection_method(ctx, name, pretrain_projection(ctx, cfg))
+
+
+def projection_method(ctx: FitContext, name: str, stage1: Stage1) -> FittedMethod:
+    """Method ``name`` whose queries are ψ₀(N(x)) of a trained ``stage1`` on the frozen NEW's
+    embeddings; its cost is stage 1's (ψ's parameters and training time)."""
     queries = mapped_queries(ctx, stage1.psi)
     return FittedMethod(
         name=name,

@@ -17,6 +17,7 @@ from pydantic import Field
 
 from . import register_method
 from .base import FitContext, FittedMethod
+from .search import Choice, Dimension, FloatRange, IntRange, SearchSpace
 from .stage1 import ProjectionConfig
 from .stage2 import (
     IMAGE_ANCHOR_HELP,
@@ -85,13 +86,42 @@ class FinetuneConfig(Stage2Config, AnchorSettings):
     lr: float = Field(1e-4, gt=0, description="stage-2 learning rate of NEW's weights")
 
 
+# The ranges `xbt-bench tune` searches (docs/methods.md, "Tuning"): they hold every variant
+# the research log tried (grids 1–11) and today's defaults, so a tuner can rediscover them.
+# Step counts are capped by a tuning budget (IntRange(capped=True)).
+STAGE1_SPACE: dict[str, Dimension] = {
+    "proj_lr": FloatRange(3e-4, 1e-2, log=True),
+    "proj_steps": IntRange(500, 6000, log=True, capped=True),
+    "noise": FloatRange(0.0, 1.0),
+    "cos_weight": FloatRange(1.0, 30.0, log=True),
+    "proj_layers": Choice((1, 2, 3)),
+    "proj_skip": Choice(("trained", "fixed")),
+}
+STAGE2_SPACE: dict[str, Dimension] = {
+    "steps": IntRange(100, 1200, log=True, capped=True),
+    "stage2_cos_weight": FloatRange(1.0, 100.0, log=True),
+    "image_text_weight": Choice((0.0, 0.1, 1.0)),
+    "i2t_weight": Choice((0.0, 0.3, 1.0)),
+    "t2i_weight": Choice((0.0, 0.3, 1.0)),
+    "psi_lr_scale": Choice((0.0, 0.1)),
+    "image_map": Choice(("psi", "procrustes")),
+}
+LORA_SPACE: dict[str, Dimension] = {
+    "lr": FloatRange(1e-4, 3e-2, log=True),
+    "lora_rank": Choice((4, 8, 16)),
+    "lora_towers": Choice(("image", "text", "both")),
+}
+ANCHOR_SPACE: dict[str, Dimension] = {"image_anchor": Choice(("caption", "mean", "procrustes"))}
+
+
 @register_method(
     "xbt-proj",
     settings=ProjectionConfig,
     kind="trained",
     trains="stage 1",
-    old_in_training="text embeddings only",
+    training_needs="text embeddings",
     notes="ablation: ψ alone on the frozen NEW",
+    search=SearchSpace(STAGE1_SPACE),
 )
 def fit_xbt_proj(ctx: FitContext, settings: ProjectionConfig) -> FittedMethod:
     """Stage 1 only: ψ₀ on the frozen NEW's embeddings (no OLD at query time)."""
@@ -103,9 +133,11 @@ def fit_xbt_proj(ctx: FitContext, settings: ProjectionConfig) -> FittedMethod:
     settings=XbtConfig,
     kind="trained",
     trains="stages 1+2",
-    old_in_training="no (stage 2)",
+    training_needs="text embeddings",
     notes="the reference recipe: ψ on text, then LoRA on frozen NEW towards ψ₀ anchors",
     sweepable=True,
+    search=SearchSpace({**STAGE2_SPACE, **LORA_SPACE, **ANCHOR_SPACE}),
+    baseline="stitch",
 )
 def fit_xbt(ctx: FitContext, settings: XbtConfig) -> FittedMethod:
     """XBT: stage 1 on text, then LoRA on the frozen NEW towards anchors; stage 2 runs no OLD."""
@@ -117,11 +149,13 @@ def fit_xbt(ctx: FitContext, settings: XbtConfig) -> FittedMethod:
     settings=XbtGalleryConfig,
     kind="trained",
     trains="stages 1+2",
-    old_in_training="no (reads OLD's gallery embeddings)",
+    training_needs="OLD embeddings of the pairs",
     notes="xbt with anchors from OLD's gallery embeddings of the training pairs; LoRA on both "
     "towers",
     variant=True,
     sweepable=True,
+    search=SearchSpace({**STAGE2_SPACE, **LORA_SPACE}),
+    baseline="stitch",
 )
 def fit_xbt_gallery(ctx: FitContext, settings: XbtGalleryConfig) -> FittedMethod:
     """XBT whose anchors are OLD's gallery embeddings of the training pairs (read from the
@@ -134,9 +168,10 @@ def fit_xbt_gallery(ctx: FitContext, settings: XbtGalleryConfig) -> FittedMethod
     settings=DistillConfig,
     kind="trained",
     trains="stage 2 with real OLD targets",
-    old_in_training="yes",
+    training_needs="OLD forward passes",
     notes="as xbt, but targets from OLD run in the loop (the old-model-in-the-loop cost baseline)",
     sweepable=True,
+    search=SearchSpace({**STAGE2_SPACE, **LORA_SPACE}),
 )
 def fit_distill(ctx: FitContext, settings: DistillConfig) -> FittedMethod:
     """XBT's stage 2 with OLD in the loop: targets O_txt(t), O_img(x) computed every step."""
@@ -150,6 +185,10 @@ def fit_distill(ctx: FitContext, settings: DistillConfig) -> FittedMethod:
     trains="all NEW weights + ψ",
     notes="not parameter-efficient: shows what PEFT saves",
     sweepable=True,
+    training_needs="text embeddings",
+    search=SearchSpace(
+        {**STAGE2_SPACE, "lr": FloatRange(1e-5, 1e-3, log=True), **ANCHOR_SPACE}
+    ),
 )
 def fit_finetune(ctx: FitContext, settings: FinetuneConfig) -> FittedMethod:
     """Stage 1, then all of NEW's weights and ψ trained towards the anchors (no LoRA)."""

@@ -26,6 +26,7 @@ from xbt_bench.report.spreadsheet import spreadsheet_csv
 from xbt_bench.results import (
     BackfillResult,
     DiagnosticsResult,
+    Needs,
     ResultSet,
     RunResult,
     load_result_set,
@@ -56,7 +57,13 @@ LEGEND = (
     "margin of a point is usually inside the interval: an unstarred ✓ is not a win. The "
     "intervals themselves are in leaderboard.csv (*_lo, *_hi; margin_*_lo, margin_*_hi). "
     "Gain share = (method→old − old→old) / (new→new − old→old) on rsum. NFR: negative flip rate "
-    "at R@1 (percent of queries right under old→old, wrong under method→old)."
+    "at R@1 (percent of queries right under old→old, wrong under method→old). Rows are ranked "
+    "within their deployment group: OLD retired (no OLD at query time: a team switching OLD off "
+    "can deploy them), OLD kept at query time (OLD runs beside NEW for every query), and the "
+    "references. 'vs baseline' is a method's rsum margin over its declared baseline (xbt over "
+    "stitch: what stage 2 adds) with the paired 95% interval, ✓* when it lies above 0. "
+    "'training needs' says what of OLD a method needs while it trains; 'pairs' the image–text "
+    "pairs it trained on."
 )
 
 
@@ -81,6 +88,8 @@ def _row(result: RunResult, split: str, setting: str, row: str, path: Path | Non
     margins = (compat.margin_interval or {}) if compat else {}
     report = result.report if row == "method" else {}
     cost = result.cost
+    needs = _needs(result) if row == "method" else None
+    vs = data.baseline_margin if row == "method" and shown else None
     record = {
         "pair": result.pair,
         "dataset": result.dataset,
@@ -115,6 +124,17 @@ def _row(result: RunResult, split: str, setting: str, row: str, path: Path | Non
         "seed": result.seed,
         "date": result.date.isoformat(),
         "git_revision": result.git_revision,
+        # A fair contest: the deployment group a row is ranked in and what it needs.
+        "group": needs.group if needs else "reference",
+        "old_at_query": needs.old_at_query if needs else None,
+        "training_needs": needs.training if needs else None,
+        "image_text_pairs": needs.image_text_pairs if needs else None,
+        "settings": _settings_label(result) if row == "method" else None,
+        "tuning_budget": (result.tuned or {}).get("budget") if row == "method" else None,
+        "baseline": vs.method if vs else None,
+        **{f"vs_baseline_{k}": vs.margin[k] if vs else math.nan for k in METRIC_KEYS},
+        **{f"vs_baseline_{k}_lo": vs.interval[k][0] if vs else math.nan for k in METRIC_KEYS},
+        **{f"vs_baseline_{k}_hi": vs.interval[k][1] if vs else math.nan for k in METRIC_KEYS},
     }
     if row == "method":
         record |= {
@@ -130,11 +150,39 @@ def _row(result: RunResult, split: str, setting: str, row: str, path: Path | Non
     return record
 
 
+def _needs(result: RunResult) -> Needs:
+    """What ``result``'s method needs (recorded in the result; a result without it falls back
+    on the method's registration, or counts as OLD retired when the method is unknown)."""
+    if result.needs is not None:
+        return result.needs
+    if result.setting != METHOD_OLD:
+        return Needs(group="reference", old_at_query=result.setting == OLD_OLD,
+                     training="nothing", image_text_pairs=0)  # fmt: skip
+    spec = methods.get(result.method) if result.method in methods else None
+    return Needs(
+        group=spec.group if spec else "OLD retired",
+        old_at_query=spec.old_at_query if spec else False,
+        training=spec.training_needs if spec else "nothing",
+        image_text_pairs=result.cost.image_text_pairs,
+    )
+
+
+def _settings_label(result: RunResult) -> str:
+    """Where ``result``'s settings came from, in a few words (``tuned (12 trials, …)``)."""
+    sources = set(result.settings_source.values()) - {"default"}
+    if result.tuned is not None:
+        return f"tuned ({result.tuned['budget']})" + (
+            f" + {', '.join(sorted(sources - {'tuned'}))}" if sources - {"tuned"} else ""
+        )
+    return ", ".join(sorted(sources)) or "defaults"
+
+
 def leaderboard_frame(
     results: Sequence[RunResult], paths: Sequence[Path] | None = None
 ) -> pd.DataFrame:
-    """The tidy leaderboard: one row per (result, split) plus each group's reference rows,
-    references first, then methods by rsum (best first), not-applicable rows last."""
+    """The tidy leaderboard: one row per (result, split) plus each table's reference rows;
+    references first, then each deployment group (:data:`GROUPS`: OLD retired, OLD kept at
+    query time) ranked by rsum (``rank``, best first), not-applicable rows last."""
     paths = list(paths) if paths is not None else [None] * len(results)
     rows = [
         _row(result, split, result.setting, "method", path)
@@ -156,9 +204,10 @@ def leaderboard_frame(
     frame = pd.concat([pd.DataFrame(references), frame], ignore_index=True)
     split_order = {s: i for i, s in enumerate(dict.fromkeys(frame["split"]))}
     frame["_split"] = frame["split"].map(split_order)
+    order = {group: i for i, group in enumerate(GROUP_TITLES)}  # references first
     frame["_rank"] = [
-        (0 if row == "reference" else 1 if ok else 2)
-        for row, ok in zip(frame["row"], frame["applicable"], strict=True)
+        order[group] if ok else len(order)
+        for group, ok in zip(frame["group"], frame["applicable"], strict=True)
     ]
     frame["_setting"] = frame["setting"].map({OLD_OLD: 0, NEW_NEW: 1}).fillna(2)
     frame = frame.sort_values(
@@ -167,6 +216,10 @@ def leaderboard_frame(
         na_position="last",
         kind="stable",
     )
+    ranked = (frame["row"] == "method") & frame["applicable"]
+    frame["rank"] = (
+        frame[ranked].groupby([*GROUP_KEYS, "group"], sort=False).cumcount() + 1
+    ).reindex(frame.index)
     return frame.drop(columns=["_split", "_rank", "_setting"]).reset_index(drop=True)
 
 
@@ -224,19 +277,37 @@ def _value(value: float | str) -> str:
     return f"{value:g}" if isinstance(value, float | int) else str(value)
 
 
+def baseline_cell(r: pd.Series, mark: Callable[[str], str] = str) -> str:
+    """``+1.2 [−0.5, +2.9] vs stitch``: a method's rsum margin over its declared baseline with
+    the paired 95% interval, ✓* when the interval lies above 0 (empty without a baseline)."""
+    if not isinstance(r["baseline"], str) or pd.isna(r["vs_baseline_rsum"]):
+        return ""
+    low, high = r["vs_baseline_rsum_lo"], r["vs_baseline_rsum_hi"]
+    text = f"{r['vs_baseline_rsum']:+.1f} [{low:+.1f}, {high:+.1f}] vs {r['baseline']}"
+    return f"{text} {mark(HELD + CONFIDENT)}" if low > 0 else text
+
+
 def display_frame(
     group: pd.DataFrame,
     mark: Callable[[str], str] = str,
     escape: Callable[[str], str] = str,
     tip: Callable[[str, str], str] = lambda text, _: text,
 ) -> pd.DataFrame:
-    """Human columns for one (pair, dataset, split) group: recalls (± std over seeds) with the
-    criterion marked per cell (:func:`criterion_mark`), cells held on the mean and at 95%, gain
-    share, NFR, cost and notes (α, not applicable); ``mark`` renders a mark (e.g. colours it),
+    """Human columns for one (pair, dataset, split) group: rank within its deployment group,
+    recalls (± std over seeds) with the criterion marked per cell (:func:`criterion_mark`),
+    cells held on the mean and at 95%, gain share, NFR, the margin over a declared baseline,
+    what the method needs (OLD at query time, in training, image–text pairs), where its settings
+    came from, cost and notes (α, not applicable); ``mark`` renders a mark (e.g. colours it),
     ``tip(text, tooltip)`` attaches a cell's intervals (:func:`interval_tip`) to its text."""
     out = []
     for _, r in group.iterrows():
-        row = {"method": escape(str(r["method"])), "setting": escape(setting_label(r["setting"]))}
+        is_method = r["row"] == "method"
+        row = {
+            "rank": "" if pd.isna(r["rank"]) else str(int(r["rank"])),
+            "method": escape(str(r["method"])),
+            "setting": escape(setting_label(r["setting"])),
+            "group": escape(str(r["group"])),
+        }
         if not r["applicable"]:
             row |= {METRIC_LABELS[k]: "n/a" for k in METRIC_KEYS}
             row["held"] = "n/a"
@@ -261,7 +332,13 @@ def display_frame(
         row["NFR T2I/I2T"] = (
             "–" if pd.isna(r["t2i_nfr"]) else f"{r['t2i_nfr']:.1f}/{r['i2t_nfr']:.1f}"
         )
-        is_method = r["row"] == "method"
+        row["vs baseline (rsum)"] = baseline_cell(r, mark)
+        needs_old = r["old_at_query"]
+        row["OLD at query"] = "" if needs_old is None else "yes" if needs_old else "no"
+        row["training needs"] = escape(str(r["training_needs"] or ""))
+        pairs = r["image_text_pairs"]
+        row["pairs"] = "" if pairs is None or pd.isna(pairs) else f"{int(pairs):,}"
+        row["settings"] = escape(str(r["settings"] or ""))
         row["trainable"] = _params(r["trainable_params"], r["trainable_share"]) if is_method else ""
         row["fit time"] = f"{r['fit_time_s']:.1f} s" if is_method else ""
         row["device"] = escape(str(r["device"])) if is_method else ""
@@ -271,6 +348,49 @@ def display_frame(
         row["note"] = escape("; ".join(n for n in notes if n))
         out.append(row)
     return pd.DataFrame(out)
+
+
+GROUP_TITLES = {
+    "reference": "References",
+    "OLD retired": "OLD retired: backfill-free, no OLD at query time (ranked by rsum)",
+    "OLD kept at query time": "OLD kept at query time: OLD runs beside NEW for every query "
+    "(ranked by rsum)",
+}
+
+
+def deployment_groups(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """One leaderboard table (a pair · dataset · split) cut into its deployment groups, in
+    order, each with its title: references, OLD retired, OLD kept at query time."""
+    return [
+        (GROUP_TITLES[name], table[table["group"] == name])
+        for name in GROUP_TITLES
+        if (table["group"] == name).any()
+    ]
+
+
+def tuning_note(results: Sequence[RunResult]) -> str:
+    """What the trained methods' settings are: the tuning budget each tuned method had (one
+    sentence when it is the same for all), or that none was tuned."""
+    tuned = {r.method: r.tuned["budget"] for r in results if r.tuned is not None}
+    trained = sorted({r.method for r in results if r.method in methods
+                      and methods.get(r.method).kind == "trained"})  # fmt: skip
+    if not tuned:
+        return (
+            "No method here was tuned (`xbt-bench tune`): trained methods run with their "
+            "default settings."
+        )
+    untuned = [m for m in trained if m not in tuned]
+    budgets = sorted(set(tuned.values()))
+    if len(budgets) == 1:
+        text = (
+            f"Tuning: {', '.join(sorted(tuned))} were tuned on support with the same budget "
+            f"({budgets[0]})."
+        )
+    else:
+        text = "Tuning budgets differ: " + "; ".join(f"{m}: {b}" for m, b in sorted(tuned.items()))
+    if untuned:
+        text += f" Not tuned (defaults): {', '.join(untuned)}."
+    return text + " Settings were chosen on support only; the tables report test splits."
 
 
 def group_title(key: tuple) -> str:
@@ -515,20 +635,23 @@ def _markdown(boards: Leaderboards, results_dir: Path) -> str:
         "",
         LEGEND,
         "",
+        tuning_note(boards.results),
+        "",
     ]
     for frame, level in ((boards.exact, "##"), (boards.approximate, "###")):
         if frame is boards.approximate and not frame.empty:
             lines += [f"## {APPROXIMATE_TITLE}", ""]
         for key, group in boards.groups(frame):
             first = group.iloc[0]
-            lines += [
-                f"{level} {group_title(key)}",
-                "",
-                f"old `{first['old']}` → new `{first['new']}`",
-                "",
-                display_frame(group).to_markdown(index=False, disable_numparse=True),
-                "",
-            ]
+            models = f"old `{first['old']}` → new `{first['new']}`"
+            lines += [f"{level} {group_title(key)}", "", models, ""]
+            for title, members in deployment_groups(group):
+                lines += [
+                    f"**{title}**",
+                    "",
+                    display_frame(members).to_markdown(index=False, disable_numparse=True),
+                    "",
+                ]
     if not boards.chains.empty:
         lines += [
             "## Chains: average compatibility",

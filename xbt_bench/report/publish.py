@@ -21,6 +21,7 @@ import pandas as pd
 
 from xbt_bench.atomic import replaced_folder, write_text
 from xbt_bench.errors import XbtError
+from xbt_bench.methods import GROUPS
 from xbt_bench.report.cost import (
     DEFAULT_FRACTIONS,
     ESTIMATE_NOTE,
@@ -50,6 +51,7 @@ from xbt_bench.report.leaderboard import (
     matrix_frame,
     reported_display,
     reported_notes,
+    tuning_note,
 )
 from xbt_bench.report.plots import Plot, plot_results
 
@@ -136,17 +138,39 @@ SCRIPT = """
     });
   }
   if (select) select.addEventListener("change", show);
+  function columnOf(table, name) {
+    var heads = Array.prototype.map.call(table.querySelectorAll("thead th"), function (th) {
+      return th.textContent.trim();
+    });
+    return heads.indexOf(name);
+  }
   document.querySelectorAll("a.rows").forEach(function (link) {
     link.addEventListener("click", function () {
       var methods = link.getAttribute("data-methods").split(" ");
       var table = document.getElementById(link.getAttribute("href").slice(1));
       document.querySelectorAll("tr.hl").forEach(function (r) { r.classList.remove("hl"); });
       if (!table) return;
+      var column = Math.max(columnOf(table, "method"), 0);
       table.querySelectorAll("tbody tr").forEach(function (row) {
-        if (methods.indexOf(row.cells[0].textContent.trim()) >= 0) row.classList.add("hl");
+        if (methods.indexOf(row.cells[column].textContent.trim()) >= 0) row.classList.add("hl");
       });
     });
   });
+  // Deployment groups a reader cannot deploy (e.g. OLD kept at query time) can be hidden.
+  var deploy = document.querySelectorAll("input.deploy");
+  function showGroups() {
+    var hidden = [];
+    deploy.forEach(function (box) { if (!box.checked) hidden.push(box.value); });
+    document.querySelectorAll("table.leaderboard").forEach(function (table) {
+      var column = columnOf(table, "group");
+      if (column < 0) return;
+      table.querySelectorAll("tbody tr").forEach(function (row) {
+        var group = row.cells[column].textContent.trim();
+        row.classList.toggle("hidden", hidden.indexOf(group) >= 0);
+      });
+    });
+  }
+  deploy.forEach(function (box) { box.addEventListener("change", showGroups); });
 })();
 """
 
@@ -336,6 +360,15 @@ class _Page:
         return "\n".join(out) or '<p class="note">No other plots.</p>'
 
 
+def _group_boxes() -> str:
+    """A checkbox per deployment group (references too): unchecked groups' rows are hidden."""
+    return " ".join(
+        f'<label><input type="checkbox" class="deploy" value="{html.escape(name)}" checked> '
+        f"{html.escape(name)}</label>"
+        for name in (*GROUPS, "reference")
+    )
+
+
 def _options(boards: Leaderboards) -> str:
     keys = [key for frame in (boards.exact, boards.approximate) for key, _ in boards.groups(frame)]
     return "".join(
@@ -378,10 +411,12 @@ Markdown.</p>
 <div class="controls"><label>Pair · dataset · split:
 <select id="group-select"><option value="">all</option>{_options(boards)}</select></label>
 <span class="note">Click a column header to sort; hover a recall for its 95% intervals.</span>
+<br><span>Show: {_group_boxes()}</span>
 </div>
 <section id="leaderboards">
 <h2>Leaderboards</h2>
 <p class="note">{html.escape(LEGEND)}</p>
+<p class="note">{html.escape(tuning_note(boards.results))}</p>
 {leaderboards}
 </section>
 <section id="backfill">

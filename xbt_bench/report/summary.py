@@ -22,6 +22,7 @@ from xbt_bench.report.leaderboard import (
 from xbt_bench.results import RunResult
 
 SHOWN = ["T2I R@1", "T2I R@5", "T2I R@10", "I2T R@1", "I2T R@5", "I2T R@10", "rsum", "held"]
+NEEDS = ["OLD at query", "training needs", "pairs"]
 
 
 def _mark(mark: str) -> str:
@@ -29,9 +30,11 @@ def _mark(mark: str) -> str:
 
 
 def summary_tables(results: Sequence[RunResult]) -> list[Table]:
-    """Reference rows (old→old, new→new) then one row per method: the six recalls and rsum
-    of its setting, each marked green ✓ / red ✗ by the compatibility criterion; why a method
-    is not applicable goes under the table."""
+    """Reference rows (old→old, new→new), then the methods of each deployment group (OLD
+    retired, OLD kept at query time), each ranked by rsum: the six recalls and rsum of its
+    setting, each marked green ✓ / red ✗ by the compatibility criterion, whether it needs OLD
+    at query time, what it needs in training and its image–text pairs; why a method is not
+    applicable goes under the table."""
     frame = leaderboard_frame(results)
     tables = []
     for key, group in frame.groupby(GROUP_KEYS, sort=False) if not frame.empty else []:
@@ -44,21 +47,27 @@ def summary_tables(results: Sequence[RunResult]) -> list[Table]:
             caption_justify="left",
             box=box.SIMPLE_HEAD,
         )
+        table.add_column("#", justify="right", no_wrap=True)
         table.add_column("method", no_wrap=True)
         for column in SHOWN:
             table.add_column(column, justify="right", no_wrap=True)
         table.add_column("gain", justify="right", no_wrap=True)
-        references = (group["row"] == "reference").tolist()
+        for column in NEEDS:
+            table.add_column(column, no_wrap=True)
+        groups = group["group"].tolist()
         for i, row in enumerate(shown.to_dict("records")):
             label = row["method"]
             if row["setting"] != setting_label(METHOD_OLD):
                 label += f" ({row['setting']})"
+            last = i + 1 == len(groups) or groups[i + 1] != groups[i]
             table.add_row(
+                row["rank"],
                 label,
                 *(row[c] for c in SHOWN),
                 row["gain share"],
-                style="dim" if references[i] else None,
-                end_section=references[i] and not references[i + 1],
+                *(row[c] for c in NEEDS),
+                style="dim" if groups[i] == "reference" else None,
+                end_section=last,
             )
         tables.append(table)
     return tables

@@ -61,7 +61,7 @@ def methods_table() -> Table:
         method = methods.get(name)
         query = "yes" if method.old_at_query else "no"
         label = f"{name} (variant)" if method.variant else name
-        row = (label, method.trains, query, method.old_in_training, method.notes)
+        row = (label, method.trains, query, method.training_needs, method.notes)
         table.add_row(*map(escape, row))
     return table
 
@@ -74,6 +74,17 @@ def settings_table(name: str) -> Table:
         table.add_column(column, overflow="fold")
     for setting, default, meaning in method.describe_settings():
         table.add_row(escape(setting), escape(default), escape(meaning))
+    return table
+
+
+def search_table(name: str) -> Table:
+    """The ranges ``xbt-bench tune`` searches ``name``'s settings over."""
+    method = methods.get(name)
+    table = Table(title=f"{escape(method.name)} search space (xbt-bench tune)")
+    table.add_column("setting")
+    table.add_column("searched over", overflow="fold")
+    for setting, values in method.search.describe():
+        table.add_row(escape(setting), escape(values))
     return table
 
 

@@ -2,14 +2,15 @@
 
 ``run`` writes :class:`RunResult` (``<pair>/<dataset>/<method>.json``), ``sweep``
 :class:`SweepResult` (``<method>.sweep.json``), ``backfill`` :class:`BackfillResult`
-(``<method>.backfill.json``) and ``pairs diagnose`` :class:`DiagnosticsResult`
-(``diagnostics/<split>.json``); :func:`load_result_set` reads a whole folder for the reports.
+(``<method>.backfill.json``), ``pairs diagnose`` :class:`DiagnosticsResult`
+(``diagnostics/<split>.json``) and ``tune`` :class:`TuneResult` (``<pair>/tuned/<method>.json``);
+:func:`load_result_set` reads a whole folder for the reports.
 """
 
 from .backfill import BackfillResult
 from .base import SCHEMA_VERSION, ResultFile, collect_versions, git_revision, path_component
 from .diagnostics import DiagnosticsResult
-from .run import EmbeddingThroughput, MethodResult, ReportValue, RunResult
+from .run import EmbeddingThroughput, MethodResult, Needs, ReportValue, RunResult
 from .store import (
     ResultSet,
     check_results,
@@ -19,18 +20,23 @@ from .store import (
     result_files,
 )
 from .sweep import SweepResult
+from .tune import Budget, Trial, TuneResult, tuned_settings
 
 __all__ = [
     "SCHEMA_VERSION",
     "BackfillResult",
+    "Budget",
     "DiagnosticsResult",
     "EmbeddingThroughput",
     "MethodResult",
+    "Needs",
     "ReportValue",
     "ResultFile",
     "ResultSet",
     "RunResult",
     "SweepResult",
+    "Trial",
+    "TuneResult",
     "check_results",
     "collect_versions",
     "git_revision",
@@ -39,4 +45,5 @@ __all__ = [
     "path_component",
     "read_result",
     "result_files",
+    "tuned_settings",
 ]

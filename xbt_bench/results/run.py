@@ -71,6 +71,20 @@ class ReportValue(BaseModel):
     value: float | str
 
 
+class Needs(BaseModel):
+    """What a method needs to be deployed: the leaderboard group it is ranked in, whether its
+    queries need OLD, what of OLD it needs while it trains, and the image–text pairs it used."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    group: Literal["OLD retired", "OLD kept at query time", "reference"]
+    old_at_query: bool
+    training: Literal[
+        "nothing", "text embeddings", "OLD embeddings of the pairs", "OLD forward passes"
+    ]
+    image_text_pairs: int = Field(ge=0)
+
+
 class RunResult(MethodResult):
     """One (pair, dataset, method) run: metrics of every split and setting, compatibility,
     flips, cost, config, the method's declared report, provenance."""
@@ -109,6 +123,15 @@ class RunResult(MethodResult):
     artifacts: dict[str, str] = Field(
         default_factory=dict,
         description="cached artifacts, by path relative to $XBT_BENCH_HOME",
+    )
+    # A fair contest (issue 21): what the method needs, and where its settings came from.
+    needs: Needs | None = Field(None, description="deployment group and what it needs")
+    settings_source: dict[str, str] = Field(
+        default_factory=dict,
+        description="per setting: default, pair file, tuned, --quick or --set",
+    )
+    tuned: dict[str, Any] | None = Field(
+        None, description="the tune result its tuned settings came from (study, budget, score)"
     )
 
     @model_validator(mode="before")

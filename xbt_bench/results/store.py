@@ -1,7 +1,7 @@
 """Reading a results folder: every result file, by kind, checked, for the reports to join.
 
 Each command writes its own kind of file (:mod:`xbt_bench.results.base`); :func:`load_result_set`
-reads them all into one :class:`ResultSet` (runs, sweeps, backfills, diagnostics), and the
+reads them all into one :class:`ResultSet` (runs, sweeps, backfills, diagnostics, tunes), and the
 leaderboard, plots, page and cost join them there, by pair, dataset and method. Nothing here
 writes.
 """
@@ -20,9 +20,11 @@ from .base import ResultFile, check_version, file_kind, read_object
 from .diagnostics import DiagnosticsResult
 from .run import RunResult
 from .sweep import SweepResult
+from .tune import TuneResult
 
 RESULT_KINDS: dict[str, type[ResultFile]] = {
-    kind.kind: kind for kind in (RunResult, SweepResult, BackfillResult, DiagnosticsResult)
+    kind.kind: kind
+    for kind in (RunResult, SweepResult, BackfillResult, DiagnosticsResult, TuneResult)
 }
 HINT = "run `xbt-bench run --pair NAME` first, or pass --results-dir"
 
@@ -61,6 +63,7 @@ class ResultSet:
     sweeps: list[SweepResult] = field(default_factory=list)
     backfills: list[BackfillResult] = field(default_factory=list)
     diagnostics: list[DiagnosticsResult] = field(default_factory=list)
+    tunes: list[TuneResult] = field(default_factory=list)
 
     def add(self, result: ResultFile, path: Path) -> None:
         """File ``result`` (read from ``path``) under its kind."""
@@ -73,6 +76,8 @@ class ResultSet:
             self.backfills.append(result)
         elif isinstance(result, DiagnosticsResult):
             self.diagnostics.append(result)
+        elif isinstance(result, TuneResult):
+            self.tunes.append(result)
 
 
 def load_result_set(results_dir: str | Path) -> ResultSet:

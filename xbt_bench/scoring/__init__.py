@@ -14,6 +14,7 @@ from .splits import References, chain_split, mean_metrics, method_split, query_h
 from .types import (
     BackfillCurves,
     BackfillPoint,
+    BaselineMargin,
     CalibrationChoice,
     ChainMatrix,
     Compatibility,
@@ -26,6 +27,7 @@ from .types import (
 __all__ = [
     "BackfillCurves",
     "BackfillPoint",
+    "BaselineMargin",
     "CalibrationChoice",
     "ChainMatrix",
     "Compatibility",

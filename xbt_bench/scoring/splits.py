@@ -26,7 +26,7 @@ from ..eval.compat import (
     retrieval_flip_rates,
 )
 from ..eval.retrieval import METRIC_KEYS, Embeddings, RetrievalResult, evaluate_retrieval
-from .types import ChainMatrix, SplitResult
+from .types import BaselineMargin, ChainMatrix, SplitResult
 
 
 def score(
@@ -93,13 +93,29 @@ class References:
         return SplitResult(metrics=self.metrics, intervals=dict(self.intervals))
 
 
-def method_split(scored: Sequence[RetrievalResult], references: References) -> SplitResult:
+def method_split(
+    scored: Sequence[RetrievalResult],
+    references: References,
+    baseline: tuple[str, Sequence[RetrievalResult]] | None = None,
+) -> SplitResult:
     """A method's method→old on one split from its seeds' retrieval ``scored`` (one
     :class:`RetrievalResult` per seed, same queries): the seeds' mean, each seed's metrics
     (several seeds), the bootstrap interval of every cell (hits averaged over seeds), the paired
-    interval of each margin over old→old, and the R@1 flip rates (mean over seeds)."""
+    interval of each margin over old→old, the R@1 flip rates (mean over seeds) and, with
+    ``baseline`` (a method's name and its seeds' retrieval, seed for seed), the paired margin
+    over that method."""
     caption_image = references.caption_image
     hits = query_hits(scored, caption_image)
+    margin = None
+    if baseline is not None:
+        name, theirs = baseline
+        ours_mean = mean_metrics([s.metrics for s in scored])
+        theirs_mean = mean_metrics([s.metrics for s in theirs])
+        margin = BaselineMargin(
+            method=name,
+            margin={key: ours_mean[key] - theirs_mean[key] for key in ours_mean},
+            interval=paired_margin_intervals(hits, query_hits(theirs, caption_image)),
+        )
     return SplitResult(
         metrics={**references.metrics, METHOD_OLD: mean_metrics([s.metrics for s in scored])},
         intervals={**references.intervals, METHOD_OLD: recall_intervals(hits)},
@@ -108,6 +124,7 @@ def method_split(scored: Sequence[RetrievalResult], references: References) -> S
         ),
         seed_metrics=[s.metrics for s in scored] if len(scored) > 1 else [],
         flips=mean_metrics([retrieval_flip_rates(references.old_old, s) for s in scored]),
+        baseline_margin=margin,
     )
 
 

@@ -170,6 +170,22 @@ class ChainMatrix(Record):
 
 
 
+class BaselineMargin(Record):
+    """A method's method→old minus another method's (its declared ``baseline``) on the same
+    queries: the margin of the seeds' means per metric and its paired 95% bootstrap interval
+    (seeds paired in order, hits averaged over them)."""
+
+    method: str = Field(min_length=1, description="the baseline method")
+    margin: dict[str, float]
+    interval: dict[str, list[float]]
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def significant(self) -> dict[str, bool]:
+        """Per metric: does the interval lie above 0 (the method beats its baseline at 95%)?"""
+        return {key: bounds[0] > 0 for key, bounds in self.interval.items()}
+
+
 class SplitResult(Record):
     """One split's numbers: metrics per setting (``old->old``, ``new->new``, ``method->old``,
     or ``vI->vJ`` for chains; a trained method's ``method->old`` is the mean over its seeds),
@@ -189,6 +205,9 @@ class SplitResult(Record):
     )
     flips: dict[str, float] | None = None
     chain_matrix: ChainMatrix | None = None
+    baseline_margin: BaselineMargin | None = Field(
+        None, description="method->old minus the method's declared baseline's, paired"
+    )
 
 
     @field_validator("metrics")
