@@ -34,6 +34,7 @@ from .options import (
     check_settings,
     load_pair_data,
     method_config,
+    methods_for_pair,
     resolve_methods,
 )
 from .pairs import load_pair, pair_registry, shadowed_pairs
@@ -61,6 +62,7 @@ class Runner:
             )
         self.method_names = resolve_methods(options.methods)
         check_settings(self.spec, self.method_names, options)
+        self.method_names = methods_for_pair(self.spec, self.method_names, console)
         self.dataset = options.dataset or self.spec.dataset
         self.cache = EmbeddingCache()
         self.stats = EmbedStats()

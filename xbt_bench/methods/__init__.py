@@ -36,7 +36,7 @@ from typing import Any, Literal
 from ..errors import XbtError
 from ..eval.compat import METHOD_OLD, NEW_NEW, OLD_OLD
 from ..registry import Registry
-from .base import Cost, FitContext, FittedMethod, ModelHandle, measured
+from .base import Cost, FitContext, FittedMethod, ModelHandle, QueryEncoderSpec, measured
 from .settings import MethodConfig, describe_settings, parse_settings, unknown_settings
 
 ENTRY_POINT_GROUP = "xbt_bench.methods"
@@ -63,7 +63,11 @@ class MethodSpec:
       that method applies to this one too (its own table wins), so both train the same way and
       share their checkpoints;
     - ``report``: what the fitted method shows on the leaderboard, ``{key: label}``; each fit
-      fills ``FittedMethod.report`` with exactly these keys (e.g. slerp's α per direction).
+      fills ``FittedMethod.report`` with exactly these keys (e.g. slerp's α per direction);
+    - ``needs_models``: fitting it or computing its queries runs OLD's or NEW's network, not
+      only their embeddings (LoRA, fine-tuning, OLD in the loop): on a pair of stored
+      embeddings (``embeddings:DIR``) it is skipped, in one line. The default (False) is a
+      method that reads embeddings only, which runs on every pair.
     """
 
     name: str
@@ -79,6 +83,7 @@ class MethodSpec:
     sweepable: bool = False
     extends: str | None = None
     report: Mapping[str, str] = field(default_factory=dict)
+    needs_models: bool = False
 
     def parse_settings(self, values: Mapping[str, Any] | MethodConfig | None) -> MethodConfig:
         """``values`` over this method's defaults; ConfigError naming the bad key."""
@@ -141,6 +146,7 @@ def register_method(
     sweepable: bool = False,
     extends: str | None = None,
     report: Mapping[str, str] | None = None,
+    needs_models: bool = False,
 ) -> Callable[[Fit], Fit]:
     """Declare the decorated ``fit(ctx, settings) -> FittedMethod`` as method ``name``
     (fields as :class:`MethodSpec`); the function itself is returned unchanged."""
@@ -162,6 +168,7 @@ def register_method(
             sweepable=sweepable,
             extends=extends,
             report=dict(report or {}),
+            needs_models=needs_models,
         )
         methods.register(name, spec)
         return fit
@@ -187,6 +194,7 @@ __all__ = [
     "MethodConfig",
     "MethodSpec",
     "ModelHandle",
+    "QueryEncoderSpec",
     "default_methods",
     "method_names",
     "methods",

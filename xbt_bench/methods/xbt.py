@@ -106,6 +106,7 @@ def fit_xbt_proj(ctx: FitContext, settings: ProjectionConfig) -> FittedMethod:
     old_in_training="no (stage 2)",
     notes="the reference recipe: ψ on text, then LoRA on frozen NEW towards ψ₀ anchors",
     sweepable=True,
+    needs_models=True,
 )
 def fit_xbt(ctx: FitContext, settings: XbtConfig) -> FittedMethod:
     """XBT: stage 1 on text, then LoRA on the frozen NEW towards anchors; stage 2 runs no OLD."""
@@ -122,6 +123,7 @@ def fit_xbt(ctx: FitContext, settings: XbtConfig) -> FittedMethod:
     "towers",
     variant=True,
     sweepable=True,
+    needs_models=True,
 )
 def fit_xbt_gallery(ctx: FitContext, settings: XbtGalleryConfig) -> FittedMethod:
     """XBT whose anchors are OLD's gallery embeddings of the training pairs (read from the
@@ -137,6 +139,7 @@ def fit_xbt_gallery(ctx: FitContext, settings: XbtGalleryConfig) -> FittedMethod
     old_in_training="yes",
     notes="as xbt, but targets from OLD run in the loop (the old-model-in-the-loop cost baseline)",
     sweepable=True,
+    needs_models=True,
 )
 def fit_distill(ctx: FitContext, settings: DistillConfig) -> FittedMethod:
     """XBT's stage 2 with OLD in the loop: targets O_txt(t), O_img(x) computed every step."""
@@ -150,6 +153,7 @@ def fit_distill(ctx: FitContext, settings: DistillConfig) -> FittedMethod:
     trains="all NEW weights + ψ",
     notes="not parameter-efficient: shows what PEFT saves",
     sweepable=True,
+    needs_models=True,
 )
 def fit_finetune(ctx: FitContext, settings: FinetuneConfig) -> FittedMethod:
     """Stage 1, then all of NEW's weights and ψ trained towards the anchors (no LoRA)."""
