@@ -154,8 +154,8 @@ def methods_for_pair(spec: PairSpec, names: Sequence[str], console: Console) -> 
         method = methods.get(name)
         if stored and method.needs_models:
             console.print(
-                f"[yellow]skipped {name}: it runs the models' networks ({method.trains}), and "
-                f"pair {spec.name!r} has only the embeddings in {', '.join(stored)}[/yellow]",
+                f"[yellow]skipped {name}: it runs the models' networks ({method.trains}); pair "
+                f"{spec.name!r} has only their stored embeddings[/yellow]",
                 highlight=False,
                 soft_wrap=True,
             )
