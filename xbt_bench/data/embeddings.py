@@ -118,8 +118,8 @@ class StoredSplit:
 
     folder: Path
     manifest: EmbeddingsManifest
-    image: np.ndarray | None  # [images, dim]; None for a text-only split
-    text: np.ndarray  # [captions, dim]
+    image: np.ndarray | None  # [images, dim]; None for a text-only split or without vectors
+    text: np.ndarray | None  # [captions, dim]; None when read without vectors
     caption_image: np.ndarray | None  # [captions] int64; None for a text-only split
     image_ids: np.ndarray | None
     caption_ids: np.ndarray | None
@@ -170,8 +170,7 @@ def _read_manifest(folder: Path) -> EmbeddingsManifest:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise NotFoundError(
-            f"{path} does not exist; a split folder needs a {MANIFEST} "
-            "(docs/embeddings-format.md)"
+            f"{path} does not exist; a split folder needs a {MANIFEST} (docs/embeddings-format.md)"
         ) from None
     except (OSError, ValueError) as error:
         raise ConfigError(f"{path} is not valid JSON ({error}); write the manifest again") from None
@@ -316,10 +315,11 @@ def _check_ids(path: Path, ids: np.ndarray | None, rows: int) -> np.ndarray | No
     return ids.astype(str)
 
 
-def read_split(folder: str | Path, check_values: bool = True) -> StoredSplit:
+def read_split(folder: str | Path, vectors: bool = True) -> StoredSplit:
     """The split folder ``folder``, verified (module docstring): one-line errors naming the bad
-    file. With ``check_values`` False the vectors' values are not read (the dataset side needs
-    only the index)."""
+    file. With ``vectors`` False only the manifest, the caption -> image index and the ids are
+    read and checked (the dataset side: a gallery's vectors are read once, by the model side),
+    and ``image`` and ``text`` are left out unless a Parquet table holds them with the index."""
     folder = Path(folder)
     manifest = _read_manifest(folder)
     _check_layout(folder, manifest)
@@ -327,12 +327,11 @@ def read_split(folder: str | Path, check_values: bool = True) -> StoredSplit:
     arrays: dict[str, np.ndarray | None] = {}
     # Where each array was read from (Parquet tables carry the index and the ids as columns).
     source: dict[str, Path] = dict(files)
+    read = []
     for side, rows in (("image", manifest.images), ("text", manifest.captions)):
-        if side not in files:
-            continue
-        path = files[side]
+        path = files.get(side)
         ids = "image_ids" if side == "image" else "caption_ids"
-        if path.suffix == ".parquet":
+        if path is not None and path.suffix == ".parquet":
             table = _load_parquet(path)
             arrays[side], arrays[ids] = table["embedding"], table.get("id")
             source[ids] = path
@@ -340,18 +339,22 @@ def read_split(folder: str | Path, check_values: bool = True) -> StoredSplit:
                 if "image" not in table:
                     raise InputError(f"{path} has no column 'image' (the caption -> image index)")
                 arrays["caption_image"], source["caption_image"] = table["image"], path
-        else:
+        elif path is not None and vectors:
             arrays[side] = _load_npy(path, mmap=True)
+        else:
+            continue
         _check_vectors(path, arrays[side], rows, manifest)
+        read.append(side)
     for role in ("caption_image", "image_ids", "caption_ids"):
         if role in files:
             arrays[role] = _load_npy(files[role], mmap=False)
-    for role, path in files.items():
-        if sha256_of(path) != manifest.files[role].sha256:
+            read.append(role)
+    for role in read:
+        if sha256_of(files[role]) != manifest.files[role].sha256:
             raise InputError(
-                f"{path} does not match the SHA-256 in its manifest ({folder / MANIFEST}); the "
-                "file changed after the manifest was written: restore it or write the manifest "
-                "again"
+                f"{files[role]} does not match the SHA-256 in its manifest ({folder / MANIFEST}); "
+                "the file changed after the manifest was written: restore it or write the "
+                "manifest again"
             )
     caption_image = None
     if manifest.images:
@@ -362,8 +365,8 @@ def read_split(folder: str | Path, check_values: bool = True) -> StoredSplit:
     caption_ids = _check_ids(
         source.get("caption_ids", folder), arrays.get("caption_ids"), manifest.captions
     )
-    image, text = arrays.get("image"), arrays["text"]
-    if check_values:
+    image, text = arrays.get("image"), arrays.get("text")
+    if vectors:
         for side, array in (("image", image), ("text", text)):
             if array is not None:
                 _check_values(files[side], array, manifest.normalized)
@@ -431,7 +434,7 @@ def load_embeddings_dataset(
     """The split ``split`` of a model folder as an image-text set: its counts, caption -> image
     index and fingerprint (``captions`` are the caption ids, or ``split#j``; there are no
     images to load). ``root`` is unused (the folder is a path)."""
-    stored = read_split(_split_folder(model_folder, split), check_values=False)
+    stored = read_split(_split_folder(model_folder, split), vectors=False)
     manifest = stored.manifest
     name = f"embeddings:{model_folder}"
     if not manifest.images:
@@ -458,7 +461,7 @@ def load_embeddings_dataset(
 def load_embeddings_corpus(model_folder: str | Path, split: str) -> TextCorpus:
     """The split ``split`` of a model folder as a text corpus: one text per caption row, in row
     order (the caption ids, or ``split#j``), never deduplicated (rows are vectors)."""
-    stored = read_split(_split_folder(model_folder, split), check_values=False)
+    stored = read_split(_split_folder(model_folder, split), vectors=False)
     count = stored.manifest.captions
     texts = stored.caption_ids if stored.caption_ids is not None else RowLabels(split, count)
     return TextCorpus(
