@@ -325,3 +325,14 @@ def test_pairs_add_from_embeddings_names_what_the_folder_lacks(tmp_path: Path, c
     assert run_cli(["pairs", "add", "p", "--from-embeddings", str(folder), "--old", "zoo:toy-s",
                     "--dir", str(tmp_path)]) == 1  # fmt: skip
     assert "drop --old" in capsys.readouterr().err
+
+
+def test_datasets_check_verifies_a_stored_split(tmp_path: Path, capsys) -> None:
+    folder = write_synthetic_pair(tmp_path / "embeddings") / "old"
+    assert run_cli(["datasets", "check", f"embeddings:{folder}", "--split", "test"]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert "images: 40" in out and "captions: 80 (2 per image)" in out
+    assert "vectors: dim 12, float32, unit rows" in out
+    path = _flip_a_value(folder)
+    assert run_cli(["datasets", "check", f"embeddings:{folder}", "--split", "test"]) == 1
+    assert str(path) in capsys.readouterr().err

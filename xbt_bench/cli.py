@@ -175,10 +175,14 @@ def models_info(
 ) -> None:
     """Load a model through the loader and print its embedding size and identity."""
     from .models.loading import load_model
+    from .models.stored import StoredModel
 
     loaded = load_model(ref)
     console.print(f"{ref}: embed_dim={loaded.embed_dim} identity={loaded.identity}")
-    console.print(f"weights: {loaded.weights_path}")
+    if isinstance(loaded, StoredModel):
+        console.print(f"stored embeddings: {loaded.folder} (splits: {', '.join(loaded.splits)})")
+    else:
+        console.print(f"weights: {loaded.weights_path}")
 
 
 @datasets_app.command("list")

@@ -428,6 +428,21 @@ def _no_images(key: str) -> Callable[[int], Image.Image]:
     return load
 
 
+def describe_split(model_folder: str | Path, split: str) -> dict[str, str]:
+    """What ``datasets check`` shows about a stored split, after verifying every file of it
+    (vectors included): its folder, model, dimension, storage and layout."""
+    stored = read_split(_split_folder(model_folder, split))
+    manifest = stored.manifest
+    text = manifest.files["text"].path
+    return {
+        "folder": str(stored.folder),
+        "model": f"{manifest.model} ({manifest.fingerprint})",
+        "vectors": f"dim {manifest.dim}, {np.asarray(stored.text[:1]).dtype}, "
+        f"{'unit rows' if manifest.normalized else 'normalised on read'}",
+        "layout": "Parquet" if text.endswith(".parquet") else ".npy (memory-mapped)",
+    }
+
+
 def load_embeddings_dataset(
     model_folder: str | Path, split: str, root: Path | str | None = None
 ) -> ImageTextSet:

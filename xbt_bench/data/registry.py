@@ -206,14 +206,28 @@ def _decode_problem(data: ImageTextSet, index: int) -> str:
 def check_dataset(
     name: str, split: str, root: Path | str | None = None, progress: bool = True
 ) -> DatasetCheck:
-    """Load ``name:split`` (every file checked), decode every image in full, and count;
-    XbtError naming the first image that does not decode (and how many do not)."""
+    """Load ``name:split`` (every file checked), decode every image in full (verify every
+    vector of stored embeddings), and count; XbtError naming the first image that does not
+    decode (and how many do not), or the stored file that fails verification."""
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
     from rich.progress import Progress
 
     data = load_dataset(name, split, root)
+    if name.startswith(EMBEDDINGS_PREFIX):  # no images to decode: verify the stored vectors
+        from .embeddings import describe_split
+
+        counts = np.bincount(data.caption_image, minlength=data.n_images)
+        return DatasetCheck(
+            key=data.key,
+            n_images=data.n_images,
+            n_captions=len(data.captions),
+            captions_per_image=(int(counts.min()), int(counts.max())),
+            fingerprint=data.fingerprint,
+            sources=describe_split(_embeddings_folder(name), split),
+            expected=None,
+        )
     with Progress(transient=True, disable=not progress) as bar, ThreadPoolExecutor(4) as pool:
         task = bar.add_task(f"decode {data.key} images", total=data.n_images)
         problems = {}
