@@ -105,6 +105,21 @@ def test_a_split_reads_back_as_written(tmp_path: Path, file_format: str, dtype: 
     assert data.fingerprint == split.data_fingerprint
 
 
+def test_a_stored_gallery_streams_block_by_block_with_the_same_recalls(tmp_path: Path) -> None:
+    from xbt_bench.eval.large import EmbeddingShards, evaluate_retrieval_sharded
+
+    folder = write_synthetic_pair(tmp_path / "embeddings") / "old" / "test"
+    split = read_split(folder)
+    shards = {side: EmbeddingShards.from_files([folder / f"{side}.npy"], side)
+              for side in ("image", "text")}  # fmt: skip
+    streamed = evaluate_retrieval_sharded(
+        text_queries=shards["text"], image_gallery=shards["image"], image_queries=shards["image"],
+        text_gallery=shards["text"], caption_image=split.caption_image, block_rows=7,
+    ).metrics  # fmt: skip
+    in_memory = _recalls((split.image, split.text), (split.image, split.text), split.caption_image)
+    assert streamed == pytest.approx(in_memory, abs=1e-9)
+
+
 def test_rows_stored_without_unit_norm_are_served_normalised(tmp_path: Path) -> None:
     rng = np.random.default_rng(2)
     write_split(tmp_path / "text", model="m", fingerprint="m@1", split="text",
