@@ -453,7 +453,15 @@ def stored_embeddings(
     started = time.perf_counter()
     split = model.split_of(data_fingerprint, what)
     array = split.vectors(side)
-    timing = split.manifest.timing.get(side)
+    recorded = split.manifest.timing.get(side)
+    timing = None
+    if recorded is not None:
+        timing = {
+            "rows": len(array),
+            "seconds": recorded.seconds,
+            "ranks": 1,
+            "device": recorded.device,
+        }
     if stats is not None:
         stats.add(
             EmbedRecord(
@@ -464,10 +472,7 @@ def stored_embeddings(
                 computed=False,
                 seconds=round(time.perf_counter() - started, 3),
                 path=str(split.folder / split.manifest.files[side].path),
-                timing=None
-                if timing is None
-                else {"rows": len(array), "seconds": timing.seconds, "ranks": 1,
-                      "device": timing.device},  # fmt: skip
+                timing=timing,
             )
         )
     return array
