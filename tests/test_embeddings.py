@@ -316,6 +316,15 @@ def test_damaged_embeddings_are_one_line_errors_naming_the_file(
     assert str(path) in text and "\n" not in text
 
 
+def test_a_truncated_parquet_table_is_named(tmp_path: Path) -> None:
+    folder = write_synthetic_pair(tmp_path / "embeddings", file_format="parquet") / "old"
+    path = folder / "test" / "text.parquet"
+    path.write_bytes(path.read_bytes()[:-300])
+    with pytest.raises(XbtError, match="cannot be read as Parquet") as info:
+        load_model(f"embeddings:{folder}")
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
 def test_nothing_is_scored_from_a_damaged_file(
     stored_pair: tuple[str, Path], tmp_path: Path, capsys
 ) -> None:

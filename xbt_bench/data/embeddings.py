@@ -104,7 +104,7 @@ class RowLabels(Sequence[str]):
     def __len__(self) -> int:
         return self.n
 
-    def __getitem__(self, index):  # type: ignore[override]
+    def __getitem__(self, index: int | slice) -> str | list[str]:  # type: ignore[override]
         if isinstance(index, slice):
             return [f"{self.prefix}#{i}" for i in range(*index.indices(self.n))]
         if not -self.n <= index < self.n:
@@ -194,11 +194,15 @@ def _check_layout(folder: Path, manifest: EmbeddingsManifest) -> None:
     missing, extra = sorted(needed - set(files)), sorted(set(files) - allowed)
     if missing or extra:
         kind = "a text-only split" if not manifest.images else "an image-text split"
+        problems = [f"it lacks {missing}"] * bool(missing) + [f"remove {extra}"] * bool(extra)
         raise ConfigError(
             f"{folder / MANIFEST}: {kind} in the {'Parquet' if parquet else '.npy'} layout "
-            f"needs files {sorted(needed)}" + (f"; it lacks {missing}" if missing else "")
-            + (f"; remove {extra}" if extra else "")
-        )  # fmt: skip
+            f"needs files {sorted(needed)}; {'; '.join(problems)}"
+        )
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error).splitlines() or [type(error).__name__])[0]
 
 
 def _load_npy(path: Path, mmap: bool) -> np.ndarray:
@@ -208,7 +212,8 @@ def _load_npy(path: Path, mmap: bool) -> np.ndarray:
         raise NotFoundError(f"{path} does not exist (listed in {path.parent / MANIFEST})") from None
     except (OSError, ValueError) as error:
         raise InputError(
-            f"{path} cannot be read as a .npy array ({error}); is it truncated? write it again"
+            f"{path} cannot be read as a .npy array ({_first_line(error)}); is it truncated? "
+            "write it again"
         ) from None
 
 
@@ -223,7 +228,9 @@ def _load_parquet(path: Path) -> dict[str, np.ndarray]:
     except FileNotFoundError:
         raise NotFoundError(f"{path} does not exist (listed in {path.parent / MANIFEST})") from None
     except (OSError, pa.ArrowException) as error:
-        raise InputError(f"{path} cannot be read as Parquet ({error}); is it truncated?") from None
+        raise InputError(
+            f"{path} cannot be read as Parquet ({_first_line(error)}); is it truncated?"
+        ) from None
     if "embedding" not in table.column_names:
         raise InputError(f"{path} has no column 'embedding' (columns: {table.column_names})")
     column = table.column("embedding").combine_chunks()
