@@ -114,9 +114,23 @@ def pairs_show(name: Annotated[str, typer.Argument(help="pair name, e.g. toy-s-t
 @pairs_app.command("add")
 def pairs_add(
     name: Annotated[str, typer.Argument(help="new pair name (a safe file name)")],
-    old: Annotated[str, typer.Option(help="OLD model reference, e.g. ViT-B-32:openai")],
-    new: Annotated[str, typer.Option(help="NEW model reference, e.g. ViT-L-14:openai")],
-    description: Annotated[str, typer.Option(help="one line saying what the upgrade is")],
+    old: Annotated[
+        str | None, typer.Option(help="OLD model reference, e.g. ViT-B-32:openai")
+    ] = None,
+    new: Annotated[
+        str | None, typer.Option(help="NEW model reference, e.g. ViT-L-14:openai")
+    ] = None,
+    description: Annotated[
+        str | None, typer.Option(help="one line saying what the upgrade is")
+    ] = None,
+    from_embeddings: Annotated[
+        Path | None,
+        typer.Option(
+            "--from-embeddings",
+            help="a folder of stored embeddings (old/ and new/, as `xbt-bench embeddings dump` "
+            "writes them): the pair reads them instead of running models",
+        ),
+    ] = None,
     dataset: Annotated[str, typer.Option(help="default evaluation dataset")] = "toy-shapes",
     split: SplitOption = None,
     via: Annotated[list[str] | None, typer.Option(help="intermediate model of a chain")] = None,
@@ -129,20 +143,34 @@ def pairs_add(
     ] = None,
     force: Annotated[bool, typer.Option(help="overwrite an existing file")] = False,
 ) -> None:
-    """Write a validated pair file from flags."""
-    from .pairs import DataRefs, PairSpec, write_pair
+    """Write a validated pair file from flags, or (--from-embeddings DIR) one that reads the
+    stored embeddings in DIR: its splits, text corpus and support split come from DIR."""
+    from .errors import ConfigError
+    from .pairs import DataRefs, PairSpec, embeddings_pair, write_pair
     from .paths import home
 
-    spec = PairSpec(
-        name=name,
-        description=description,
-        old=old,
-        new=new,
-        via=via or [],
-        dataset=dataset,
-        splits=split or ["test"],
-        data=DataRefs(text=text, pairs=pairs, support=support),
-    )
+    if from_embeddings is not None:
+        if old or new or via:
+            raise ConfigError(
+                "--from-embeddings takes OLD and NEW from the folder (old/, new/); drop "
+                "--old, --new and --via"
+            )
+        spec = embeddings_pair(name, from_embeddings, description)
+    elif old is None or new is None or description is None:
+        raise ConfigError(
+            "pairs add needs --old, --new and --description (or --from-embeddings DIR)"
+        )
+    else:
+        spec = PairSpec(
+            name=name,
+            description=description,
+            old=old,
+            new=new,
+            via=via or [],
+            dataset=dataset,
+            splits=split or ["test"],
+            data=DataRefs(text=text, pairs=pairs, support=support),
+        )
     path = write_pair(spec, directory or home() / "pairs", overwrite=force)
     console.print(f"wrote {path}", markup=False, highlight=False)
 
@@ -177,10 +205,15 @@ def models_info(
 ) -> None:
     """Load a model through the loader and print its embedding size and identity."""
     from .models.loading import load_model
+    from .models.stored import StoredModel
 
     loaded = load_model(ref)
     console.print(f"{ref}: embed_dim={loaded.embed_dim} identity={loaded.identity}", markup=False)
-    console.print(f"weights: {loaded.weights_path}", markup=False)
+    if isinstance(loaded, StoredModel):
+        splits = ", ".join(loaded.splits)
+        console.print(f"stored embeddings: {loaded.folder} (splits: {splits})", markup=False)
+    else:
+        console.print(f"weights: {loaded.weights_path}", markup=False)
 
 
 @datasets_app.command("list")
@@ -692,6 +725,100 @@ def zoo_list(quick: QuickOption = False) -> None:
     console.print(ZOO_LEGEND, highlight=False)
     paths = [f"{e.name}: {e.weights_path if e.card() else e.folder}" for e in entries]
     console.print("\n".join(paths), soft_wrap=True, markup=False, highlight=False)
+
+
+# --- stored embeddings (issue 23) ---
+embeddings_app = typer.Typer(
+    help="Stored embeddings as a pair's input (.npy or Parquet + manifest; "
+    "docs/embeddings-format.md).",
+    no_args_is_help=True,
+)
+app.add_typer(embeddings_app, name="embeddings")
+
+
+@embeddings_app.command("dump")
+def embeddings_dump(
+    pair: Annotated[str, typer.Option(help="registered pair, e.g. toy-s-to-m")],
+    output: Annotated[Path, typer.Option(help="folder to write old/ and new/ into")],
+    file_format: Annotated[
+        str, typer.Option("--format", help="npy (memory-mapped when read) or parquet")
+    ] = "npy",
+    dtype: Annotated[str, typer.Option(help="float32 or float16")] = "float32",
+    data_root: DataRootOption = None,
+    device: DeviceOption = "cpu",
+    workers: WorkersOption = None,
+) -> None:
+    """Write OLD's and NEW's embeddings of every split the pair uses (its evaluation splits,
+    support, the training pairs and the text corpus) in the stored-embeddings format; register
+    them with `xbt-bench pairs add NAME --from-embeddings OUTPUT`."""
+    from .distributed import check_device
+    from .dump import dump_pair_embeddings
+    from .errors import ConfigError
+    from .pairs import load_pair
+
+    if file_format not in ("npy", "parquet"):
+        raise ConfigError(f"--format {file_format!r} is not one of npy, parquet")
+    written = dump_pair_embeddings(
+        load_pair(pair),
+        output,
+        console,
+        data_root=data_root,
+        device=check_device(device),
+        num_workers=workers,
+        file_format=file_format,
+        dtype=dtype,
+    )
+    console.print(
+        f"wrote {len(written)} split folders under {output}; register them with "
+        f"`xbt-bench pairs add NAME --from-embeddings {output}`",
+        highlight=False,
+        soft_wrap=True,
+    )
+
+
+@app.command("export")
+def export_command(
+    pair: Annotated[str, typer.Option(help="registered pair, e.g. toy-s-to-m")],
+    method: Annotated[str, typer.Option(help="the method whose query encoder to export")],
+    output: Annotated[Path, typer.Option(help="the file to write (safetensors)")],
+    seed: Annotated[
+        int | None, typer.Option(help="which seed's encoder (default: the result's first)")
+    ] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="the result's dataset (default: the pair's)")
+    ] = None,
+    results_dir: ResultsDirOption = Path("results"),
+    data_root: DataRootOption = None,
+    device: DeviceOption = "cpu",
+) -> None:
+    """Export the query encoder a run result scored (the map, or ψ with LoRA weights, and a
+    manifest with the pair, fingerprints, settings and metrics) for a serving system:
+    `xbt_bench.load_query_encoder(FILE)`."""
+    from .distributed import check_device
+    from .errors import NotFoundError
+    from .export import export_query_encoder
+    from .methods import methods
+    from .pairs import load_pair
+    from .results import RunResult, path_component
+
+    spec = load_pair(pair)
+    name = methods.canonical(method)
+    folder = results_dir / path_component(spec.name) / path_component(dataset or spec.dataset)
+    path = folder / f"{path_component(name)}.json"
+    if not path.is_file():
+        raise NotFoundError(
+            f"no result {path}; run `xbt-bench run --pair {spec.name} --method {name}` first "
+            "(or pass --results-dir)"
+        )
+    written = export_query_encoder(
+        RunResult.from_json(path),
+        output,
+        console,
+        seed=seed,
+        device=check_device(device),
+        data_root=data_root,
+    )
+    console.print(f"wrote {written}", highlight=False, soft_wrap=True)
 
 
 cache_app = typer.Typer(help="The cache under $XBT_BENCH_HOME.", no_args_is_help=True)

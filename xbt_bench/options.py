@@ -1,8 +1,9 @@
 """What a command that fits methods is asked to do (:class:`RunOptions`), what it works on
 (:class:`TrainingData`, and :class:`PairData` with the evaluation splits) and the checks made
 before any work: the methods and their effective settings with where each came from (defaults,
-pair file, tuned, ``--quick``, ``--set``: :func:`method_settings`), and a partial backfill's
-shares. ``run``, ``sweep``, ``backfill`` and ``tune`` share them.
+pair file, tuned, ``--quick``, ``--set``: :func:`method_settings`), a partial backfill's shares,
+and which methods a pair of stored embeddings runs. ``run``, ``sweep``, ``backfill`` and
+``tune`` share them.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from .data.registry import dataset_info
 from .errors import ConfigError, did_you_mean
 from .eval.backfill import interior
 from .methods import MethodSpec, methods
+from .models.refs import parse_model_ref
 from .pairs import PairSpec
 from .results import TuneResult, tuned_settings
 
@@ -212,6 +214,26 @@ def check_settings(spec: PairSpec, names: Sequence[str], options: RunOptions) ->
             )
     for method in selected:
         method.parse_settings(method_config(spec, method, options))
+
+
+def methods_for_pair(spec: PairSpec, names: Sequence[str], console: Console) -> list[str]:
+    """``names`` less the methods that run a model's network (``needs_models``) when some model
+    of ``spec`` is known only by its stored embeddings (``embeddings:DIR``): each is skipped in
+    one line, not failed."""
+    stored = [ref for ref in spec.chain if parse_model_ref(ref).kind == "embeddings"]
+    kept = []
+    for name in names:
+        method = methods.get(name)
+        if stored and method.needs_models:
+            console.print(
+                f"[yellow]skipped {name}: it runs the models' networks ({method.trains}); pair "
+                f"{spec.name!r} has only their stored embeddings[/yellow]",
+                highlight=False,
+                soft_wrap=True,
+            )
+        else:
+            kept.append(name)
+    return kept
 
 
 def check_backfill(spec: PairSpec, fractions: Sequence[float]) -> None:

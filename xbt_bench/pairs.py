@@ -4,7 +4,8 @@ A pair file names OLD and NEW as model references, the default evaluation datase
 data each method trains on, and per-method settings. Files are validated on load: first their
 structure (:func:`parse_pair_file`), then what they name (:func:`check_pair`: registered methods
 and their settings, known datasets and splits); every error names the file, the field and the
-fix. Pair folders: the built-in ``model_zoo/pairs``, ``$XBT_BENCH_HOME/pairs``,
+fix. A pair of stored embeddings (:func:`embeddings_pair`) names its models and data as
+``embeddings:DIR``. Pair folders: the built-in ``model_zoo/pairs``, ``$XBT_BENCH_HOME/pairs``,
 ``$XBT_BENCH_PAIRS`` and those of installed packages (entry-point group ``xbt_bench.pairs``,
 each naming a folder, or a function returning one).
 """
@@ -261,6 +262,55 @@ def load_pair(name: str) -> PairSpec:
     suggestion if unknown."""
     path = pair_registry().get(name)
     return check_pair(parse_pair_file(path), path)
+
+
+def embeddings_pair(name: str, folder: str | Path, description: str | None = None) -> PairSpec:
+    """The pair that reads the stored embeddings in ``folder`` (as ``xbt-bench embeddings dump``
+    writes them, docs/embeddings-format.md): OLD is ``folder/old``, NEW ``folder/new``, and OLD's
+    splits are the data: its text-only split the text corpus, ``support`` the support split,
+    ``pairs`` (``support`` when there is none) the training pairs, every other split an
+    evaluation split. ConfigError naming what the folder lacks."""
+    from .data.embeddings import split_manifests
+
+    folder = Path(folder).expanduser().resolve()
+    old, new = (split_manifests(folder / role) for role in ("old", "new"))
+    missing = sorted(set(old) - set(new))
+    if missing:
+        raise ConfigError(
+            f"{folder / 'new'} lacks the splits {missing} that {folder / 'old'} has; NEW's "
+            "embeddings of every split are needed (new->new and NEW's queries)"
+        )
+    corpus = [split for split, manifest in old.items() if manifest.images == 0]
+    if len(corpus) != 1:
+        raise ConfigError(
+            f"{folder / 'old'} holds {len(corpus)} text-only splits {corpus} (images = 0); it "
+            "needs exactly one: the text corpus the maps are fitted on"
+        )
+    if "support" not in old:
+        raise ConfigError(
+            f"{folder / 'old'} has no split 'support' (where SLERP's α and the backfill "
+            f"calibration are chosen); its splits: {', '.join(old)}"
+        )
+    pairs = "pairs" if "pairs" in old else "support"
+    evaluated = sorted(set(old) - {corpus[0], "support", pairs})
+    if not evaluated:
+        raise ConfigError(
+            f"{folder / 'old'} has no evaluation split besides support, pairs and the text "
+            f"corpus {corpus[0]!r}; add one (e.g. test)"
+        )
+    data = f"embeddings:{folder / 'old'}"
+    first = old[evaluated[0]].model, new[evaluated[0]].model
+    return PairSpec(
+        name=name,
+        description=description or f"{first[0]} -> {first[1]}, from the embeddings in {folder}",
+        old=data,
+        new=f"embeddings:{folder / 'new'}",
+        dataset=data,
+        splits=evaluated,
+        data=DataRefs(
+            text=f"{data}:{corpus[0]}", pairs=f"{data}:{pairs}", support=f"{data}:support"
+        ),
+    )
 
 
 def write_pair(spec: PairSpec, folder: Path, overwrite: bool = False) -> Path:

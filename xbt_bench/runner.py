@@ -38,6 +38,7 @@ from .options import (
     load_pair_data,
     load_training_data,
     method_settings,
+    methods_for_pair,
     resolve_methods,
 )
 from .pairs import load_pair, pair_registry, shadowed_pairs
@@ -66,6 +67,7 @@ class Runner:
             )
         self.method_names = resolve_methods(options.methods)
         check_settings(self.spec, self.method_names, options)
+        self.method_names = methods_for_pair(self.spec, self.method_names, console)
         self.dataset = options.dataset or self.spec.dataset
         self.cache = EmbeddingCache()
         self.stats = EmbedStats()

@@ -1,8 +1,10 @@
 """The dataset registry: a name maps to a loader ``(split, root) -> ImageTextSet``.
 
 Loaders are registered lazily (``"module:attr"``) so listing datasets imports nothing heavy.
-Two name patterns are resolved before the registry lookup: ``folder:PATH`` (images plus a CSV
-or JSONL of image,caption rows) and ``wds/<name>`` (a webdataset in CLIP_benchmark's layout).
+Three name patterns are resolved before the registry lookup: ``folder:PATH`` (images plus a CSV
+or JSONL of image,caption rows), ``wds/<name>`` (a webdataset in CLIP_benchmark's layout) and
+``embeddings:DIR`` (a model's stored embeddings, whose splits come from their manifests:
+:mod:`.embeddings`).
 Data references in pair files are ``NAME:SPLIT`` (the split after the last colon, so
 ``folder:/data/coco:train`` works); a text corpus may also be a path to a text file with one
 caption per line.
@@ -23,6 +25,7 @@ DatasetLoader = Callable[[str, "Path | str | None"], ImageTextSet]
 
 FOLDER_PREFIX = "folder:"
 WDS_PREFIX = "wds/"
+EMBEDDINGS_PREFIX = "embeddings:"
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,10 @@ PATTERN_INFOS: tuple[DatasetInfo, ...] = (
         f"{FOLDER_PREFIX}PATH", "folder", ("any",),
         "images + {split}.csv or {split}.jsonl of image,caption rows (or PATH = that file)",
     ),
+    DatasetInfo(
+        f"{EMBEDDINGS_PREFIX}DIR", "stored embeddings", ("any",),
+        "{split}/manifest.json + vectors and index (.npy or Parquet; docs/embeddings-format.md)",
+    ),
 )
 # Published sizes (images, captions), shown by `datasets check` next to what was found.
 EXPECTED_SIZES: dict[tuple[str, str], tuple[int, int]] = {
@@ -105,6 +112,8 @@ def dataset_info(name: str) -> DatasetInfo:
         return PATTERN_INFOS[1]
     if name.startswith(WDS_PREFIX):
         return PATTERN_INFOS[0]
+    if name.startswith(EMBEDDINGS_PREFIX):
+        return PATTERN_INFOS[2]
     canonical = datasets.canonical(name)
     return next(info for info in DATASET_INFOS if info.name == canonical)
 
@@ -125,7 +134,19 @@ def resolve_dataset(name: str) -> DatasetLoader:
         from .wds import load_wds_dataset
 
         return partial(load_wds_dataset, wds_name)
+    if name.startswith(EMBEDDINGS_PREFIX):
+        from .embeddings import load_embeddings_dataset
+
+        return partial(load_embeddings_dataset, _embeddings_folder(name))
     return datasets.get(name)
+
+
+def _embeddings_folder(name: str) -> str:
+    """The folder of an ``embeddings:DIR`` name; ConfigError when it names none."""
+    folder = name[len(EMBEDDINGS_PREFIX) :]
+    if not folder:
+        raise ConfigError("stored embeddings need a folder: embeddings:DIR")
+    return folder
 
 
 def split_data_ref(ref: str) -> tuple[str, str]:
@@ -185,14 +206,28 @@ def _decode_problem(data: ImageTextSet, index: int) -> str:
 def check_dataset(
     name: str, split: str, root: Path | str | None = None, progress: bool = True
 ) -> DatasetCheck:
-    """Load ``name:split`` (every file checked), decode every image in full, and count;
-    XbtError naming the first image that does not decode (and how many do not)."""
+    """Load ``name:split`` (every file checked), decode every image in full (verify every
+    vector of stored embeddings), and count; XbtError naming the first image that does not
+    decode (and how many do not), or the stored file that fails verification."""
     from concurrent.futures import ThreadPoolExecutor
 
     import numpy as np
     from rich.progress import Progress
 
     data = load_dataset(name, split, root)
+    if name.startswith(EMBEDDINGS_PREFIX):  # no images to decode: verify the stored vectors
+        from .embeddings import describe_split
+
+        counts = np.bincount(data.caption_image, minlength=data.n_images)
+        return DatasetCheck(
+            key=data.key,
+            n_images=data.n_images,
+            n_captions=len(data.captions),
+            captions_per_image=(int(counts.min()), int(counts.max())),
+            fingerprint=data.fingerprint,
+            sources=describe_split(_embeddings_folder(name), split),
+            expected=None,
+        )
     with Progress(transient=True, disable=not progress) as bar, ThreadPoolExecutor(4) as pool:
         task = bar.add_task(f"decode {data.key} images", total=data.n_images)
         problems = {}
@@ -223,7 +258,9 @@ def check_dataset(
 
 
 def load_text_corpus(ref: str, root: Path | str | None = None) -> TextCorpus:
-    """A deduplicated caption corpus: a text file (one caption a line) or ``NAME:SPLIT``.
+    """A deduplicated caption corpus: a text file (one caption a line) or ``NAME:SPLIT``; or
+    the caption vectors of a stored split, ``embeddings:DIR:SPLIT`` (one row per text, never
+    deduplicated: :func:`~xbt_bench.data.embeddings.load_embeddings_corpus`).
 
     ``source`` records where it came from and how many captions it had before deduplication;
     ``len(texts)`` is its size after.
@@ -242,6 +279,10 @@ def load_text_corpus(ref: str, root: Path | str | None = None) -> TextCorpus:
             path.name, lines, source=f"file {path} ({len(lines)} non-empty lines)"
         )
     name, split = split_data_ref(ref)
+    if name.startswith(EMBEDDINGS_PREFIX):
+        from .embeddings import load_embeddings_corpus
+
+        return load_embeddings_corpus(_embeddings_folder(name), split)
     data = load_dataset(name, split, root)
     return TextCorpus.from_texts(
         f"{name}:{split}", data.captions, source=f"captions of {data.key} ({len(data.captions)})"

@@ -105,6 +105,9 @@ class EmbedRecord:
     computed: bool
     seconds: float
     path: str
+    # How the rows were computed (rows, seconds, ranks, device) where no cache manifest says it:
+    # stored embeddings whose manifest records it (xbt_bench.data.embeddings).
+    timing: dict[str, object] | None = None
 
 
 @dataclass

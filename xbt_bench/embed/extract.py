@@ -5,6 +5,10 @@ An *encoder* is a :class:`~xbt_bench.models.loading.LoadedModel` or any object w
 ``identity`` string that changes whenever its weights do (a method's query encoder, e.g.
 NEW + LoRA + ψ, with ``identity`` built from :func:`state_fingerprint`). Outputs are
 L2-normalised float32 rows.
+
+A model known only by its stored embeddings (:class:`~xbt_bench.models.stored.StoredModel`,
+``embeddings:DIR``) is not run: :func:`embed_split` and :func:`embed_corpus` serve its verified
+arrays (memory-mapped ``.npy``, in their stored dtype), counted as reused.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from rich.progress import (
 from ..data.base import ImageTextSet, TextCorpus
 from ..errors import InputError, XbtError
 from ..eval.retrieval import Embeddings
+from ..models.stored import StoredModel
 from .cache import SIDES, EmbeddingCache, EmbeddingKey, EmbedRecord, EmbedStats
 from .tokens import token_table, tokenizer_signature
 
@@ -439,6 +444,40 @@ def _cached(
     return array
 
 
+def stored_embeddings(
+    model: StoredModel, data_fingerprint: str, what: str, side: str, stats: EmbedStats | None
+) -> np.ndarray:
+    """The ``side`` vectors a stored model holds of the data ``data_fingerprint`` (``what``
+    names it), read, never computed; ``stats`` counts them as reused, with the time the model
+    took to compute them where the split's manifest records it."""
+    started = time.perf_counter()
+    split = model.split_of(data_fingerprint, what)
+    array = split.vectors(side)
+    recorded = split.manifest.timing.get(side)
+    timing = None
+    if recorded is not None:
+        timing = {
+            "rows": len(array),
+            "seconds": recorded.seconds,
+            "ranks": 1,
+            "device": recorded.device,
+        }
+    if stats is not None:
+        stats.add(
+            EmbedRecord(
+                model=model.identity,
+                split=what,
+                side=side,
+                rows=len(array),
+                computed=False,
+                seconds=round(time.perf_counter() - started, 3),
+                path=str(split.folder / split.manifest.files[side].path),
+                timing=timing,
+            )
+        )
+    return array
+
+
 def embed_split(
     model: Any,
     data: ImageTextSet,
@@ -457,8 +496,11 @@ def embed_split(
     ``EmbeddingCache()``) when present, else computed and cached.
 
     Returned in the storage ``dtype``, memory-mapped read-only when ``mmap``; ``stats``, when
-    given, counts the forward passes done and the rows reused.
+    given, counts the forward passes done and the rows reused. A stored model's embeddings are
+    read (:func:`stored_embeddings`).
     """
+    if isinstance(model, StoredModel):
+        return stored_embeddings(model, data.fingerprint, data.key, side, stats)
     extraction = split_extraction(
         model, data, side, dtype=dtype, batch_size=batch_size, num_workers=num_workers, amp=amp
     )
@@ -477,7 +519,9 @@ def embed_corpus(
     mmap: bool = True,
 ) -> np.ndarray:
     """``corpus``'s texts embedded by ``model``'s text side, [len(texts), dim], cached as in
-    :func:`embed_split`."""
+    :func:`embed_split` (a stored model's are read)."""
+    if isinstance(model, StoredModel):
+        return stored_embeddings(model, corpus.fingerprint, f"corpus {corpus.name}", "text", stats)
     extraction = corpus_extraction(model, corpus, dtype=dtype, batch_size=batch_size, amp=amp)
     return _cached(extraction, cache, stats, mmap)
 

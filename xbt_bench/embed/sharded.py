@@ -20,6 +20,7 @@ import numpy as np
 from .. import distributed
 from ..data.base import ImageTextSet, TextCorpus
 from ..errors import XbtError
+from ..models.stored import StoredModel
 from .cache import EmbeddingCache, EmbedStats
 from .extract import (
     Extraction,
@@ -108,8 +109,9 @@ def embed_split_sharded(
     """:func:`~xbt_bench.embed.extract.embed_split` with the rows split across the ranks of the
     current job; every rank returns the whole entry. ``stats`` counts this rank's forward
     passes; ``options`` (dtype, batch_size, num_workers, amp) are embed_split's. All ranks
-    must call it with the same arguments and see the same cache folder."""
-    if not distributed.is_distributed():
+    must call it with the same arguments and see the same cache folder (a stored model's
+    embeddings are read by every rank)."""
+    if not distributed.is_distributed() or isinstance(model, StoredModel):
         return embed_split(model, data, side, cache=cache, stats=stats, mmap=mmap, **options)
     return _sharded(split_extraction(model, data, side, **options), cache, stats, mmap)
 
@@ -126,6 +128,6 @@ def embed_corpus_sharded(
     """:func:`~xbt_bench.embed.extract.embed_corpus` with the texts split across the ranks of
     the current job, as :func:`embed_split_sharded`; ``options`` (dtype, batch_size, amp) are
     embed_corpus's."""
-    if not distributed.is_distributed():
+    if not distributed.is_distributed() or isinstance(model, StoredModel):
         return embed_corpus(model, corpus, cache=cache, stats=stats, mmap=mmap, **options)
     return _sharded(corpus_extraction(model, corpus, **options), cache, stats, mmap)

@@ -1,6 +1,6 @@
 """How fast models embedded: throughputs read from the manifests of the cache entries a run
-used (each entry records its rows, seconds, ranks and device when it was computed), the input
-of the cost model."""
+used (each entry records its rows, seconds, ranks and device when it was computed), or of the
+stored embeddings it read (where their manifests record it), the input of the cost model."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def measured_throughputs(
     totals: dict[tuple[str, str, str], list[float]] = {}
     entries = {r.path: r for r in stats.records if r.model in models}
     for path, record in entries.items():
-        timing = entry_timing(path)
+        timing = record.timing or entry_timing(path)
         if timing is None or not timing["rows"]:
             continue
         where = timing["device"] or (device if record.computed else None)

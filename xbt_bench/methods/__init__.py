@@ -36,7 +36,7 @@ from typing import Any, Literal
 from ..errors import XbtError
 from ..eval.compat import METHOD_OLD, NEW_NEW, OLD_OLD
 from ..registry import Registry
-from .base import Cost, FitContext, FittedMethod, ModelHandle, measured
+from .base import Cost, FitContext, FittedMethod, ModelHandle, QueryEncoderSpec, measured
 from .search import Choice, FloatRange, IntRange, SearchSpace, check_space
 from .settings import MethodConfig, describe_settings, parse_settings, unknown_settings
 
@@ -76,6 +76,10 @@ class MethodSpec:
     - ``training_needs``: what of OLD it needs while it trains (:data:`TRAINING_NEEDS`);
     - ``baseline``: another method its result is compared with, seed by seed, on every split
       (``xbt``'s margin over ``stitch`` is what its stage 2 adds).
+    - ``needs_models``: fitting it or computing its queries runs OLD's or NEW's network, not
+      only their embeddings (LoRA, fine-tuning, OLD in the loop): on a pair of stored
+      embeddings (``embeddings:DIR``) it is skipped, in one line. The default (False) is a
+      method that reads embeddings only, which runs on every pair.
     """
 
     name: str
@@ -101,6 +105,7 @@ class MethodSpec:
         if self.deploys != METHOD_OLD:
             return "reference"
         return "OLD kept at query time" if self.old_at_query else "OLD retired"
+    needs_models: bool = False
 
     def parse_settings(self, values: Mapping[str, Any] | MethodConfig | None) -> MethodConfig:
         """``values`` over this method's defaults; ConfigError naming the bad key."""
@@ -165,6 +170,7 @@ def register_method(
     search: SearchSpace | None = None,
     training_needs: TrainingNeeds = "nothing",
     baseline: str | None = None,
+    needs_models: bool = False,
 ) -> Callable[[Fit], Fit]:
     """Declare the decorated ``fit(ctx, settings) -> FittedMethod`` as method ``name``
     (fields as :class:`MethodSpec`); the function itself is returned unchanged."""
@@ -196,6 +202,7 @@ def register_method(
             search=search,
             training_needs=training_needs,
             baseline=baseline,
+            needs_models=needs_models,
         )
         methods.register(name, spec)
         return fit
@@ -227,6 +234,7 @@ __all__ = [
     "MethodSpec",
     "ModelHandle",
     "SearchSpace",
+    "QueryEncoderSpec",
     "default_methods",
     "method_names",
     "methods",

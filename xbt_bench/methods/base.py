@@ -122,7 +122,8 @@ class FittedMethod:
     ``applicable`` is False when the method does not apply to the pair (``reason`` says why);
     its encoders still work so the runner may show the numbers, labelled. ``report`` holds the
     values the method declared for the leaderboard (``register_method(report=...)``), e.g.
-    slerp's α per direction.
+    slerp's α per direction. ``export`` describes the query encoder for a serving system
+    (:class:`QueryEncoderSpec`; None for the references, which are the models themselves).
     """
 
     name: str
@@ -137,6 +138,8 @@ class FittedMethod:
     applicable: bool = True
     reason: str = ""
     needs_old_at_query: bool = False
+    # What `xbt-bench export` writes for a serving system (None: nothing to export).
+    export: QueryEncoderSpec | None = field(default=None, repr=False)
 
     def encode_images(self, data: ImageTextSet) -> np.ndarray:
         """Image queries of ``data``: [n_images, dim] float32, unit rows."""
@@ -155,6 +158,40 @@ class FittedMethod:
             )
         norms = np.linalg.norm(x, axis=1, keepdims=True)
         return x / np.maximum(norms, 1e-12)
+
+
+MapKind = Literal["matrix", "psi"]
+
+
+@dataclass
+class QueryEncoderSpec:
+    """A fitted method's query encoder as a serving system computes it, without xbt-bench's
+    training code (``xbt-bench export`` writes it, ``xbt_bench.load_query_encoder`` reads it).
+
+    A query of side ``s`` is embedded by NEW (with ``adapters`` applied when given) and
+    L2-normalised, mapped into OLD's space by ``maps[s]``: ``("matrix", NAME)`` multiplies it by
+    the [d_new, width] tensor NAME, ``("psi", NAME)`` applies the projection ψ whose state is the
+    tensors ``NAME.*`` and whose shape is ``psi[NAME]`` (in_dim, out_dim, hidden, layers); then,
+    when ``alpha`` has ``s``, SLERP'd from OLD's own query (zero-padded to the width; OLD at
+    query time) towards it at ``alpha[s]``; its first d_old columns, L2-normalised, are the
+    query. ``adapters``: ``{"kind": "lora", "towers", "rank", "alpha"}`` (LoRA tensors
+    ``adapters.<parameter name>``) or ``{"kind": "weights"}`` (NEW's whole state, ``new.*``).
+    """
+
+    maps: dict[Side, tuple[MapKind, str]]
+    tensors: dict[str, np.ndarray]
+    alpha: dict[Side, float] = field(default_factory=dict)
+    psi: dict[str, dict[str, int]] = field(default_factory=dict)
+    adapters: dict[str, Any] | None = None
+
+
+def matrix_spec(weight: np.ndarray, alpha: dict[Side, float] | None = None) -> QueryEncoderSpec:
+    """Both sides through one NEW→OLD matrix (then SLERP'd with OLD's query at ``alpha``)."""
+    return QueryEncoderSpec(
+        maps={side: ("matrix", "map") for side in SIDES},
+        tensors={"map": np.asarray(weight, dtype=np.float32)},
+        alpha=dict(alpha or {}),
+    )
 
 
 @dataclass

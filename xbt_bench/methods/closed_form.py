@@ -28,7 +28,7 @@ from pydantic import Field
 from ..data.base import ImageTextSet
 from ..linalg import procrustes_map
 from . import register_method
-from .base import Cost, FitContext, FittedMethod, Side
+from .base import Cost, FitContext, FittedMethod, Side, matrix_spec
 from .settings import MethodConfig
 
 DIRECTIONS = {"i2t": "image", "t2i": "text"}  # retrieval direction -> the side of its queries
@@ -81,6 +81,7 @@ def fit_procrustes(ctx: FitContext, settings: MethodConfig) -> FittedMethod:
         image_encoder=encoder("image"),
         text_encoder=encoder("text"),
         info={"old_dim": d_old, "new_dim": d_new, "corpus_texts": len(ctx.text_corpus.texts)},
+        export=matrix_spec(weight),
     )
 
 
@@ -232,4 +233,5 @@ def fit_slerp(ctx: FitContext, settings: SlerpConfig) -> FittedMethod:
             "support_modality": settings.support_modality,
             "map": f"{settings.map} [{weight.shape[0]} x {weight.shape[1]}]",
         },
+        export=matrix_spec(weight, {side: alphas[d] for d, side in DIRECTIONS.items()}),
     )

@@ -11,6 +11,7 @@ name), so a run that has trained ``xbt`` reuses its checkpoints and its query em
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 import numpy as np
 
@@ -43,6 +44,7 @@ class HybridConfig(XbtConfig, AlphaSettings):
     notes="XBT's query SLERP'd with OLD's own query; α per direction on support",
     extends="xbt",
     report=ALPHA_REPORT,
+    needs_models=True,
 )
 def fit_xbt_hybrid(ctx: FitContext, settings: HybridConfig) -> FittedMethod:
     """slerp(OLD query, XBT query, α) with α per direction chosen on support (module doc).
@@ -81,4 +83,5 @@ def fit_xbt_hybrid(ctx: FitContext, settings: HybridConfig) -> FittedMethod:
             "support_score_by_alpha": scores,
             "support": ctx.support.key,
         },
+        export=replace(xbt.export, alpha={side: alphas[d] for d, side in DIRECTIONS.items()}),
     )

@@ -12,7 +12,7 @@ from pydantic import Field
 
 from ..data.base import ImageTextSet
 from . import register_method
-from .base import FitContext, FittedMethod, Side
+from .base import FitContext, FittedMethod, Side, matrix_spec
 from .settings import MethodConfig
 
 
@@ -52,4 +52,5 @@ def fit_linear(ctx: FitContext, settings: LinearConfig) -> FittedMethod:
         image_encoder=encoder("image"),
         text_encoder=encoder("text"),
         info={"map": f"ridge least squares [{weight.shape[0]} x {weight.shape[1]}]"},
+        export=matrix_spec(weight),
     )

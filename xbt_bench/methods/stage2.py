@@ -42,10 +42,19 @@ from ..errors import XbtError
 from ..fingerprints import code_version
 from ..losses import cosine_loss, info_nce
 from ..models.loading import LoadedModel
-from ..models.lora import add_lora, count_parameters
+from ..models.lora import add_lora, count_parameters, lora_parameters
 from ..models.projection import Projection
 from ..train import TrainConfig, train
-from .base import Cost, FitContext, FittedMethod, Side, check_pairs, seeded
+from .base import (
+    SIDES,
+    Cost,
+    FitContext,
+    FittedMethod,
+    QueryEncoderSpec,
+    Side,
+    check_pairs,
+    seeded,
+)
 from .settings import MethodConfig, batch_size
 from .stage1 import (
     ProjectionConfig,
@@ -633,9 +642,11 @@ def prepare_stage2(ctx: FitContext, name: str, cfg: Stage2Config, stage1: Stage1
 def _params_cost(
     ctx: FitContext, trainable: int, training_time_s: float, image_text_pairs: int = 0
 ) -> Cost:
+    new = ctx.new.get()
     return Cost(
         trainable_params=trainable,
-        new_params=count_parameters(ctx.new.get().model),
+        # NEW known only by its stored embeddings has no weights to count (share left at 0).
+        new_params=count_parameters(new.model) if isinstance(new, LoadedModel) else 0,
         training_time_s=round(training_time_s, 3),
         image_text_pairs=image_text_pairs,
     )
@@ -650,6 +661,33 @@ def mapped_queries(ctx: FitContext, psi: Projection) -> dict[Side, Callable]:
         )
 
     return {"image": encoder("image"), "text": encoder("text")}
+
+
+def numpy_state(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
+    """``tensors`` as float arrays named ``prefix.NAME`` (a query encoder's exported state)."""
+    return {f"{prefix}.{name}": t.detach().cpu().numpy() for name, t in tensors.items()}
+
+
+def mapped_spec(
+    psi: Projection, clip: nn.Module | None = None, lora: dict[str, Any] | None = None
+) -> QueryEncoderSpec:
+    """Both sides through ψ (tensors ``psi.*``), after NEW with ``clip``'s LoRA adapters
+    (``lora``: towers, rank, alpha) or, without ``lora``, all of ``clip``'s trained weights;
+    NEW as it is without ``clip``."""
+    tensors = numpy_state("psi", psi.state_dict())
+    adapters = None
+    if clip is not None and lora is not None:
+        adapters = {"kind": "lora", **lora}
+        tensors |= numpy_state("adapters", lora_parameters(clip))
+    elif clip is not None:
+        adapters = {"kind": "weights"}
+        tensors |= numpy_state("new", clip.state_dict())
+    return QueryEncoderSpec(
+        maps={side: ("psi", "psi") for side in SIDES},
+        tensors=tensors,
+        psi={"psi": psi.architecture()},
+        adapters=adapters,
+    )
 
 
 def fit_projection_only(ctx: FitContext, name: str, cfg: ProjectionConfig) -> FittedMethod:
@@ -669,6 +707,7 @@ def projection_method(ctx: FitContext, name: str, stage1: Stage1) -> FittedMetho
         text_encoder=queries["text"],
         info={"stage1": stage1.info},
         cost=_params_cost(ctx, count_parameters(stage1.psi), stage1.info["wall_time_s"]),
+        export=mapped_spec(stage1.psi),
     )
 
 
@@ -731,4 +770,5 @@ def fit_stage2(ctx: FitContext, name: str, cfg: Stage2Config) -> FittedMethod:
         cost=_params_cost(
             ctx, trained, stage1.info["wall_time_s"] + log.wall_time_s, setup.pairs.n_images
         ),
+        export=mapped_spec(encoder.psi, encoder.clip, setup.info.get("lora")),
     )

@@ -138,6 +138,7 @@ def fit_xbt_proj(ctx: FitContext, settings: ProjectionConfig) -> FittedMethod:
     sweepable=True,
     search=SearchSpace({**STAGE2_SPACE, **LORA_SPACE, **ANCHOR_SPACE}),
     baseline="stitch",
+    needs_models=True,
 )
 def fit_xbt(ctx: FitContext, settings: XbtConfig) -> FittedMethod:
     """XBT: stage 1 on text, then LoRA on the frozen NEW towards anchors; stage 2 runs no OLD."""
@@ -156,6 +157,7 @@ def fit_xbt(ctx: FitContext, settings: XbtConfig) -> FittedMethod:
     sweepable=True,
     search=SearchSpace({**STAGE2_SPACE, **LORA_SPACE}),
     baseline="stitch",
+    needs_models=True,
 )
 def fit_xbt_gallery(ctx: FitContext, settings: XbtGalleryConfig) -> FittedMethod:
     """XBT whose anchors are OLD's gallery embeddings of the training pairs (read from the
@@ -172,6 +174,7 @@ def fit_xbt_gallery(ctx: FitContext, settings: XbtGalleryConfig) -> FittedMethod
     notes="as xbt, but targets from OLD run in the loop (the old-model-in-the-loop cost baseline)",
     sweepable=True,
     search=SearchSpace({**STAGE2_SPACE, **LORA_SPACE}),
+    needs_models=True,
 )
 def fit_distill(ctx: FitContext, settings: DistillConfig) -> FittedMethod:
     """XBT's stage 2 with OLD in the loop: targets O_txt(t), O_img(x) computed every step."""
@@ -189,6 +192,7 @@ def fit_distill(ctx: FitContext, settings: DistillConfig) -> FittedMethod:
     search=SearchSpace(
         {**STAGE2_SPACE, "lr": FloatRange(1e-5, 1e-3, log=True), **ANCHOR_SPACE}
     ),
+    needs_models=True,
 )
 def fit_finetune(ctx: FitContext, settings: FinetuneConfig) -> FittedMethod:
     """Stage 1, then all of NEW's weights and ψ trained towards the anchors (no LoRA)."""

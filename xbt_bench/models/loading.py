@@ -4,7 +4,9 @@ A reference is parsed (:mod:`.refs`) and its kind looked up in one table of weig
 (:data:`weight_sources`: built-in tag, local file, hub repo, local folder, and the toy zoo, which
 the toy world registers by name), each turning the reference into :class:`Weights`. Every kind
 ends in the same ``open_clip.create_model_and_transforms`` call, so toy and real models share
-every code path after this point; a new kind of reference is one entry in the table.
+every code path after this point; a new kind of reference is one entry in the table. An
+``embeddings:DIR`` reference names a model known only by its stored embeddings: it loads as a
+:class:`~xbt_bench.models.stored.StoredModel`, which the extraction layer serves from disk.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from ..errors import NotFoundError, XbtError
 from ..paths import home, zoo_models_dir
 from ..registry import Registry
 from .refs import ModelRef, parse_model_ref
+from .stored import StoredModel
 
 HUB_PROBE_SECONDS = 3.0
 # Captions of different lengths on which trimmed and full text towers must agree.
@@ -263,8 +266,9 @@ weight_sources.register("local-dir", local_dir_weights)
 weight_sources.register("zoo", "xbt_bench.toy.zoo:zoo_weights")
 
 
-def load_model(ref: str, device: str | torch.device = "cpu") -> LoadedModel:
-    """Load the model named by ``ref`` (see :mod:`xbt_bench.models.refs`) in eval mode.
+def load_model(ref: str, device: str | torch.device = "cpu") -> LoadedModel | StoredModel:
+    """Load the model named by ``ref`` (see :mod:`xbt_bench.models.refs`) in eval mode; an
+    ``embeddings:DIR`` reference opens (and verifies) the stored embeddings instead.
 
     Offline, a reference whose weights are not cached fails within seconds with a message
     saying which file is missing and how to provide it.
@@ -272,6 +276,8 @@ def load_model(ref: str, device: str | torch.device = "cpu") -> LoadedModel:
     import open_clip
 
     parsed = parse_model_ref(ref)
+    if parsed.kind == "embeddings":
+        return StoredModel.open(ref)
     register_zoo_configs()
     resolved = weight_sources.get(parsed.kind)(parsed)
     model_name, weights = resolved.model_name, resolved.path

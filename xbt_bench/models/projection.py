@@ -56,6 +56,7 @@ class Projection(nn.Module):
                 f"layers={layers}"
             )
         self.in_dim, self.out_dim = in_dim, out_dim
+        self.hidden, self.layers = hidden, layers
         self.linear = nn.Linear(in_dim, out_dim, bias=False)
         blocks: list[nn.Module] = []
         width = in_dim
@@ -66,6 +67,15 @@ class Projection(nn.Module):
         self.mlp = nn.Sequential(*blocks)
         nn.init.zeros_(self.mlp[-1].weight)
         nn.init.zeros_(self.mlp[-1].bias)
+
+    def architecture(self) -> dict[str, int]:
+        """The constructor's arguments: ``Projection(**p.architecture())`` has ``p``'s shape."""
+        return {
+            "in_dim": self.in_dim,
+            "out_dim": self.out_dim,
+            "hidden": self.hidden,
+            "layers": self.layers,
+        }
 
     def init_linear(self, weight: np.ndarray) -> None:
         """Set the skip map to ``weight`` [in_dim, out_dim] (e.g. a Procrustes map)."""

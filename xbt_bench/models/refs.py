@@ -5,6 +5,8 @@
 - ``hf-hub:org/repo``: an open_clip model on the Hugging Face hub (config and weights)
 - ``local-dir:/path``: a folder with ``open_clip_config.json`` and weights
 - ``zoo:NAME``: a toy model of the model zoo (its shipped weights, see :mod:`.toy_models`)
+- ``embeddings:DIR``: a model known only by its stored embeddings (a folder of split folders,
+  docs/embeddings-format.md; see :mod:`.stored`)
 """
 
 from __future__ import annotations
@@ -17,13 +19,13 @@ from ..errors import ConfigError
 WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 SYNTAX_HELP = (
     "use NAME:TAG (e.g. ViT-B-32:openai), NAME:/path/to/weights.safetensors, "
-    "hf-hub:org/repo, local-dir:/path or zoo:NAME"
+    "hf-hub:org/repo, local-dir:/path, zoo:NAME or embeddings:DIR"
 )
 
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A parsed model reference (``kind`` is tag, file, hf-hub, local-dir or zoo)."""
+    """A parsed model reference (``kind`` is tag, file, hf-hub, local-dir, zoo or embeddings)."""
 
     text: str
     kind: str
@@ -49,6 +51,8 @@ def parse_model_ref(text: str) -> ModelRef:
         return ModelRef(text, "local-dir", Path(rest).name, rest)
     if head == "zoo":
         return ModelRef(text, "zoo", rest, rest)
+    if head == "embeddings":
+        return ModelRef(text, "embeddings", Path(rest).name, rest)
     looks_like_path = "/" in rest or "\\" in rest or rest.lower().endswith(WEIGHT_SUFFIXES)
     if looks_like_path:
         if not rest.lower().endswith(WEIGHT_SUFFIXES):

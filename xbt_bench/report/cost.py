@@ -89,11 +89,12 @@ class CostInputs:
     device: str
     devices: int
     new_item_per_s: float  # NEW's throughput on the gallery's side (images or texts)
-    new_text_per_s: float
-    old_text_per_s: float
-    xbt_training_s: float  # device-seconds of XBT's training
-    xbt_texts_old: int  # texts XBT embeds with OLD (the stage-1 corpus)
-    xbt_texts_new: int  # texts XBT embeds with NEW (the corpus and the captions' anchors)
+    # XBT's row (None without an xbt result, e.g. on a pair of stored embeddings: no XBT row).
+    new_text_per_s: float | None = None
+    old_text_per_s: float | None = None
+    xbt_training_s: float | None = None  # device-seconds of XBT's training
+    xbt_texts_old: int = 0  # texts XBT embeds with OLD (the stage-1 corpus)
+    xbt_texts_new: int = 0  # texts XBT embeds with NEW (the corpus and the captions' anchors)
     sources: dict[str, str] = field(default_factory=dict)
 
 
@@ -124,17 +125,20 @@ def estimate(
         raise ConfigError(f"--gallery-size must be at least 1, got {gallery_size}")
     recalls = recalls or {}
     backfill_h = gallery_size / inputs.new_item_per_s / 3600
-    xbt_s = (
-        inputs.xbt_training_s
-        + inputs.xbt_texts_old / inputs.old_text_per_s
-        + inputs.xbt_texts_new / inputs.new_text_per_s
-    )
     plans = [
         Plan("full backfill", gallery_size, backfill_h, backfill_h / inputs.devices,
              recalls.get("full backfill", "")),  # fmt: skip
-        Plan("xbt (nothing re-embedded)", inputs.xbt_texts_new, xbt_s / 3600, xbt_s / 3600,
-             recalls.get("xbt", "")),  # fmt: skip
     ]
+    if inputs.xbt_training_s is not None:
+        xbt_s = (
+            inputs.xbt_training_s
+            + inputs.xbt_texts_old / inputs.old_text_per_s
+            + inputs.xbt_texts_new / inputs.new_text_per_s
+        )
+        plans.append(
+            Plan("xbt (nothing re-embedded)", inputs.xbt_texts_new, xbt_s / 3600, xbt_s / 3600,
+                 recalls.get("xbt", ""))  # fmt: skip
+        )
     for fraction in fractions:
         items = int(round(fraction * gallery_size))
         hours = items / inputs.new_item_per_s / 3600
@@ -195,8 +199,9 @@ def cost_inputs(
 ) -> CostInputs:
     """The estimate's inputs for ``pair``: throughputs measured in its newest results (NEW on
     ``gallery_side`` and on text, OLD on text) and XBT's training time and texts from its
-    ``xbt`` result, each replaced by ``hardware`` where it gives one. NotFoundError naming what
-    is missing and how to provide it."""
+    ``xbt`` result, each replaced by ``hardware`` where it gives one; without an xbt result only
+    NEW's throughput (and no XBT row). NotFoundError naming what is missing and how to provide
+    it."""
     hardware = hardware or Hardware()
     mine = _pair_results(results, pair)
     sources: dict[str, str] = {}
@@ -221,14 +226,20 @@ def cost_inputs(
 
     entered = hardware.new_image_per_s if gallery_side == "image" else hardware.new_text_per_s
     item_rate, device = measured("new", gallery_side, entered, f"new_{gallery_side}_per_s")
-    new_text, _ = measured("new", "text", hardware.new_text_per_s, "new_text_per_s")
-    old_text, _ = measured("old", "text", hardware.old_text_per_s, "old_text_per_s")
     xbt = next((r for r in mine if r.method == "xbt"), None)
     if xbt is None:
-        raise NotFoundError(
-            f"no xbt result for pair {pair!r}; run `xbt-bench run --pair {pair} --method xbt` "
-            "(its result records the training time) first"
+        sources["xbt"] = (
+            f"no xbt result for {pair!r}, so no XBT row (run `xbt-bench run --pair {pair} "
+            "--method xbt`; a pair of stored embeddings cannot train it)"
         )
+        return CostInputs(
+            device=hardware.device or device,
+            devices=hardware.devices,
+            new_item_per_s=item_rate,
+            sources=sources,
+        )
+    new_text, _ = measured("new", "text", hardware.new_text_per_s, "new_text_per_s")
+    old_text, _ = measured("old", "text", hardware.old_text_per_s, "old_text_per_s")
     if hardware.xbt_training_hours is not None:
         training_s = 3600 * hardware.xbt_training_hours
         sources["xbt_training"] = f"entered ({hardware_label})"
