@@ -649,10 +649,12 @@ def test_stage2_loss_weights_each_term(refs, toy, tmp_path) -> None:
     )  # fmt: skip
     assert parts["loss"].item() == pytest.approx(total.item(), rel=1e-5)
     assert expected["text_cos"].item() > 1e-3 and expected["image_cos"].item() > 1e-3
-    # The defaults weigh both InfoNCE terms 1 and both cosine terms stage2_cos_weight.
-    defaults = methods.get("xbt").parse_settings({})
-    assert (defaults.i2t_weight, defaults.t2i_weight, defaults.text_cos_weight) == (1.0, 1.0, None)
-    assert defaults.image_map == "psi"
+    # The defaults weigh both InfoNCE terms 1 and both cosine terms stage2_cos_weight; image
+    # queries go through ψ (SPEC §2) except in xbt (support evidence, docs/methods.md).
+    for method, image_map in (("xbt", "procrustes"), ("xbt-gallery", "psi"), ("distill", "psi")):
+        defaults = methods.get(method).parse_settings({})
+        weights = (defaults.i2t_weight, defaults.t2i_weight, defaults.text_cos_weight)
+        assert weights == (1.0, 1.0, None) and defaults.image_map == image_map, method
 
 
 def test_an_extending_method_takes_its_base_methods_pair_settings() -> None:

@@ -79,6 +79,12 @@ STAGE2_CODE = (
 )
 
 
+IMAGE_MAP_HELP = (
+    "image queries ψ(N_img'(x)) (SPEC §2), or normalize(N_img'(x)·P) with P stage 1's fixed "
+    "text-fitted orthogonal map (stitch's image query, adjusted by LoRA)"
+)
+
+
 class Stage2Config(ProjectionConfig):
     """Stage 2 on image–text pairs, shared by xbt, distill and finetune."""
 
@@ -114,11 +120,7 @@ class Stage2Config(ProjectionConfig):
         description="weight of 1 − cos(φ_txt, T_txt) alone; None = stage2_cos_weight (the image "
         "side keeps stage2_cos_weight)",
     )
-    image_map: Literal["psi", "procrustes"] = Field(
-        "psi",
-        description="image queries ψ(N_img'(x)) (SPEC §2), or normalize(N_img'(x)·P) with P stage "
-        "1's fixed text-fitted orthogonal map (stitch's image query, adjusted by LoRA)",
-    )
+    image_map: Literal["psi", "procrustes"] = Field("psi", description=IMAGE_MAP_HELP)
     checkpoint_every: int = Field(100, ge=1, description="stage-2 checkpoint interval (steps)")
 
 

@@ -21,6 +21,7 @@ from .search import Choice, Dimension, FloatRange, IntRange, SearchSpace
 from .stage1 import ProjectionConfig
 from .stage2 import (
     IMAGE_ANCHOR_HELP,
+    IMAGE_MAP_HELP,
     AnchorSettings,
     LoraSettings,
     Stage2Config,
@@ -34,15 +35,18 @@ from .stage2 import (
 class XbtConfig(Stage2Config, LoraSettings, AnchorSettings):
     """XBT: stage 1, then LoRA on frozen NEW towards anchors, without OLD.
 
-    Defaults chosen on the toy pair's ``support`` split (docs/methods.md, grids 7–10): image
-    queries are pulled towards frozen NEW's images through stage 1's text-fitted orthogonal map,
-    with a strong cosine term, no image–text agreement term and a higher LoRA learning rate.
+    Defaults chosen on the toy pair's ``support`` split (docs/methods.md, grids 1–18): image
+    queries go through stage 1's text-fitted orthogonal map P (stitch's image queries, which LoRA
+    adjusts), learn to find their captions' anchors at temperature 0.05 and are held near
+    frozen NEW's images through P by a cosine term; no image–text agreement term.
     """
 
     lr: float = Field(1e-2, gt=0, description="stage-2 learning rate of the LoRA adapters")
     stage2_cos_weight: float = Field(
-        30.0, ge=0, description="stage-2 weight of the cosine terms towards the anchors"
+        3.0, ge=0, description="stage-2 weight of the cosine terms towards the anchors"
     )
+    stage2_tau: float = Field(0.05, gt=0, description="stage-2 InfoNCE temperature")
+    image_map: Literal["psi", "procrustes"] = Field("procrustes", description=IMAGE_MAP_HELP)
     image_text_weight: float = Field(
         0.0,
         ge=0,
@@ -74,6 +78,8 @@ class XbtGalleryConfig(XbtConfig):
         description="weight of InfoNCE(φ_img, φ_txt); 0 here (support rsum 363.7 against 348.0 "
         "with 1, docs/methods.md)",
     )
+    stage2_tau: float = Field(0.02, gt=0, description="stage-2 InfoNCE temperature")
+    image_map: Literal["psi", "procrustes"] = Field("psi", description=IMAGE_MAP_HELP)
 
 
 class DistillConfig(Stage2Config, LoraSettings):
