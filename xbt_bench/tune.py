@@ -3,11 +3,13 @@
 Every trained method declares its search space in its registration
 (``register_method(search=...)``, :mod:`xbt_bench.methods.search`). The tuner runs an Optuna
 study per (pair, method): trial 0 is the method's configured settings (defaults, the pair file,
-``--set``), the next ones are drawn by a seeded TPE sampler (reseeded per trial, so a resumed
-study draws what an uninterrupted one would). Each trial fits the method as ``run`` does (the
-same runner, caches and checkpoints) with one seed and scores its queries against OLD's
-gallery of the **support** split only: no evaluation split is loaded or embedded. A budget caps
-every method alike: the number of trials and the training steps of each (stage 2 and stage 1).
+``--set``), then the space's declared starts (the research log's best stage-2 recipe, tried by
+every stage-2 method), then trials drawn by a seeded TPE sampler (reseeded per trial, so a
+resumed study draws what an uninterrupted one would). Each trial fits the method as ``run``
+does (the same runner, caches and checkpoints) with one seed and scores its queries against
+OLD's gallery of the **support** split only: no evaluation split is loaded or embedded. A
+budget caps every method alike: the number of trials and the training steps of each (stage 2
+and stage 1).
 
 The study is stored under ``$XBT_BENCH_HOME/tune/<pair>/<method>.db`` (SQLite): an interrupted
 tune resumes where it stopped, and two methods never share a study. The best settings and the
@@ -113,8 +115,14 @@ def tune_method(
         direction="maximize",
         load_if_exists=True,
     )
-    if not study.trials:
-        study.enqueue_trial(first)
+    if not study.trials:  # configured settings first, then the space's starts (no repeats)
+        tried = [first]
+        for start in space.starts:
+            point = {**first, **start}
+            if point not in tried:
+                tried.append(point)
+        for point in tried:
+            study.enqueue_trial(point)
 
     def evaluate(trial: Any) -> float:
         params = {name: _suggest(trial, name, dim) for name, dim in space.dimensions.items()}

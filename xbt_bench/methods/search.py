@@ -62,9 +62,12 @@ Dimension = FloatRange | IntRange | Choice
 @dataclass(frozen=True)
 class SearchSpace:
     """What a method's settings are searched over: one :data:`Dimension` per setting (ranges
-    of training steps are marked ``capped``: a tuning budget caps them)."""
+    of training steps are marked ``capped``: a tuning budget caps them), and ``starts``: points
+    every method of a family is tried at first, after its own configured settings (e.g. the
+    research log's best stage-2 recipe, so no method starts from worse defaults than another)."""
 
     dimensions: Mapping[str, Dimension]
+    starts: tuple[Mapping[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
         for name, dim in self.dimensions.items():
@@ -82,7 +85,7 @@ class SearchSpace:
                 high = min(dim.high, caps[name])
                 dim = IntRange(min(dim.low, high - 1), high, dim.log, capped=True)
             out[name] = dim
-        return SearchSpace(out)
+        return SearchSpace(out, self.starts)
 
     def including(self, values: Mapping[str, Any]) -> SearchSpace:
         """This space widened to hold ``values`` (a method's configured settings, tried first):
@@ -99,7 +102,7 @@ class SearchSpace:
                 out[name] = IntRange(low, high, dim.log, dim.capped)
             else:
                 out[name] = FloatRange(min(dim.low, value), max(dim.high, value), dim.log)
-        return SearchSpace(out)
+        return SearchSpace(out, self.starts)
 
     def step_settings(self) -> list[str]:
         """The settings the budget's step cap applies to."""
@@ -126,13 +129,19 @@ class SearchSpace:
 def check_space(
     method: str, space: SearchSpace, known: Sequence[str], validate: Any
 ) -> SearchSpace:
-    """``space`` after checking that it names only settings in ``known`` and that every value
-    it can propose passes ``validate({setting: value})``; XbtError naming the first bad one."""
+    """``space`` after checking that it and its starts name only settings in ``known`` and
+    that every value it can propose passes ``validate({setting: value})``; XbtError naming the
+    first bad one."""
     for name, dim in space.dimensions.items():
         if name not in known:
             raise XbtError(
                 f"method {method!r}: search space names {name!r}, not one of its settings"
             )
         for value in dim.values():
+            validate({name: value})
+    for start in space.starts:
+        for name, value in start.items():
+            if name not in space.dimensions:
+                raise XbtError(f"method {method!r}: a start sets {name!r}, which is not searched")
             validate({name: value})
     return space

@@ -93,7 +93,7 @@ class FinetuneConfig(Stage2Config, AnchorSettings):
 
 
 # The ranges `xbt-bench tune` searches (docs/methods.md, "Tuning"): they hold every variant
-# the research log tried (grids 1–11) and today's defaults, so a tuner can rediscover them.
+# the research log tried (grids 1–18) and today's defaults, so a tuner can rediscover them.
 # Step counts are capped by a tuning budget (IntRange(capped=True)).
 STAGE1_SPACE: dict[str, Dimension] = {
     "proj_lr": FloatRange(3e-4, 1e-2, log=True),
@@ -106,11 +106,22 @@ STAGE1_SPACE: dict[str, Dimension] = {
 STAGE2_SPACE: dict[str, Dimension] = {
     "steps": IntRange(100, 1200, log=True, capped=True),
     "stage2_cos_weight": FloatRange(1.0, 100.0, log=True),
+    "stage2_tau": FloatRange(0.01, 0.2, log=True),
+    "i2t_weight": FloatRange(0.1, 10.0, log=True),
+    "t2i_weight": Choice((0.0, 0.3, 1.0, 3.0)),
     "image_text_weight": Choice((0.0, 0.1, 1.0)),
-    "i2t_weight": Choice((0.0, 0.3, 1.0)),
-    "t2i_weight": Choice((0.0, 0.3, 1.0)),
     "psi_lr_scale": Choice((0.0, 0.1)),
     "image_map": Choice(("psi", "procrustes")),
+}
+# Where every stage-2 method's search starts after its own settings: the research log's best
+# stage-2 recipe (rows 82-85: image queries through P, cosine weight 3, temperature 0.05, no
+# image–text term), so distill, finetune and xbt-gallery are not left at untuned defaults
+# while xbt's defaults are that recipe.
+STAGE2_START = {
+    "image_map": "procrustes",
+    "stage2_cos_weight": 3.0,
+    "stage2_tau": 0.05,
+    "image_text_weight": 0.0,
 }
 LORA_SPACE: dict[str, Dimension] = {
     "lr": FloatRange(1e-4, 3e-2, log=True),
@@ -142,7 +153,7 @@ def fit_xbt_proj(ctx: FitContext, settings: ProjectionConfig) -> FittedMethod:
     training_needs="text embeddings",
     notes="the reference recipe: ψ on text, then LoRA on frozen NEW towards ψ₀ anchors",
     sweepable=True,
-    search=SearchSpace({**STAGE2_SPACE, **LORA_SPACE, **ANCHOR_SPACE}),
+    search=SearchSpace({**STAGE2_SPACE, **LORA_SPACE, **ANCHOR_SPACE}, (STAGE2_START,)),
     baseline="stitch",
     needs_models=True,
 )
@@ -161,7 +172,7 @@ def fit_xbt(ctx: FitContext, settings: XbtConfig) -> FittedMethod:
     "towers",
     variant=True,
     sweepable=True,
-    search=SearchSpace({**STAGE2_SPACE, **LORA_SPACE}),
+    search=SearchSpace({**STAGE2_SPACE, **LORA_SPACE}, (STAGE2_START,)),
     baseline="stitch",
     needs_models=True,
 )
@@ -179,7 +190,7 @@ def fit_xbt_gallery(ctx: FitContext, settings: XbtGalleryConfig) -> FittedMethod
     training_needs="OLD forward passes",
     notes="as xbt, but targets from OLD run in the loop (the old-model-in-the-loop cost baseline)",
     sweepable=True,
-    search=SearchSpace({**STAGE2_SPACE, **LORA_SPACE}),
+    search=SearchSpace({**STAGE2_SPACE, **LORA_SPACE}, (STAGE2_START,)),
     needs_models=True,
 )
 def fit_distill(ctx: FitContext, settings: DistillConfig) -> FittedMethod:
@@ -196,7 +207,8 @@ def fit_distill(ctx: FitContext, settings: DistillConfig) -> FittedMethod:
     sweepable=True,
     training_needs="text embeddings",
     search=SearchSpace(
-        {**STAGE2_SPACE, "lr": FloatRange(1e-5, 1e-3, log=True), **ANCHOR_SPACE}
+        {**STAGE2_SPACE, "lr": FloatRange(1e-5, 1e-3, log=True), **ANCHOR_SPACE},
+        (STAGE2_START,),
     ),
     needs_models=True,
 )
