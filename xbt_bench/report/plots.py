@@ -1,7 +1,7 @@
 """Plots from result files (matplotlib, PNG and SVG): recall bars, chain matrices, gain vs
 cost, recall vs number of image-text pairs, training curves.
 
-Only exact-search results are plotted (approximate ones stay in their own table). Figures are
+Only exact search is plotted (production-index results stay in their own tables). Figures are
 built with ``matplotlib.figure.Figure`` (no pyplot state, no GUI backend) and written atomically
 to ``<output_dir>/plots/``; files there from an earlier build that this build did not write
 are removed, so the folder always matches the results.
@@ -353,9 +353,8 @@ def plot_results(found: ResultSet, output_dir: str | Path) -> list[Plot]:
     """Draw the plots of the result files ``found`` (exact search only) into
     ``<output_dir>/plots/`` and remove plot files there that this build did not write."""
     folder = Path(output_dir) / "plots"
-    runs = [r for r in found.runs if r.approximate_index is None]
     with matplotlib.rc_context(STYLE):
-        plots = _draw_all(runs, found, folder)
+        plots = _draw_all(found.runs, found, folder)
     written = {path for plot in plots for path in plot.files}
     for stale in folder.glob("*"):
         if stale.suffix[1:] in FORMATS and stale not in written:

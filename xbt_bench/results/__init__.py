@@ -2,13 +2,15 @@
 
 ``run`` writes :class:`RunResult` (``<pair>/<dataset>/<method>.json``), ``sweep``
 :class:`SweepResult` (``<method>.sweep.json``), ``backfill`` :class:`BackfillResult`
-(``<method>.backfill.json``) and ``pairs diagnose`` :class:`DiagnosticsResult`
-(``diagnostics/<split>.json``); :func:`load_result_set` reads a whole folder for the reports.
+(``<method>.backfill.json``), ``pairs diagnose`` :class:`DiagnosticsResult`
+(``diagnostics/<split>.json``) and ``run --index`` :class:`IndexResult`
+(``<method>.index-<name>.json``); :func:`load_result_set` reads a whole folder for the reports.
 """
 
 from .backfill import BackfillResult
 from .base import SCHEMA_VERSION, ResultFile, collect_versions, git_revision, path_component
 from .diagnostics import DiagnosticsResult
+from .index import IndexResult
 from .run import EmbeddingThroughput, MethodResult, ReportValue, RunResult
 from .store import (
     ResultSet,
@@ -25,6 +27,7 @@ __all__ = [
     "BackfillResult",
     "DiagnosticsResult",
     "EmbeddingThroughput",
+    "IndexResult",
     "MethodResult",
     "ReportValue",
     "ResultFile",

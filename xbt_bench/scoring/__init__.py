@@ -10,13 +10,22 @@ partial backfill's curves (:func:`backfill_curves`) and a pair's diagnostics
 
 from .backfill import backfill_curves
 from .diagnostics import PairDiagnostics, pair_diagnostics
-from .splits import References, chain_split, mean_metrics, method_split, query_hits, score
+from .splits import (
+    References,
+    chain_split,
+    index_split,
+    mean_metrics,
+    method_split,
+    query_hits,
+    score,
+)
 from .types import (
     BackfillCurves,
     BackfillPoint,
     CalibrationChoice,
     ChainMatrix,
     Compatibility,
+    IndexSplit,
     OrderChoice,
     SplitResult,
     SweepPoint,
@@ -29,6 +38,7 @@ __all__ = [
     "CalibrationChoice",
     "ChainMatrix",
     "Compatibility",
+    "IndexSplit",
     "OrderChoice",
     "PairDiagnostics",
     "References",
@@ -37,6 +47,7 @@ __all__ = [
     "backfill_curves",
     "chain_split",
     "check_metrics",
+    "index_split",
     "mean_metrics",
     "pair_diagnostics",
     "method_split",
