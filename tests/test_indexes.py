@@ -52,9 +52,9 @@ def test_index_sizes_follow_the_gallery() -> None:
     assert ivf.resolve(1000, 64) == ("IVF25,Flat", "nprobe=5")  # at most 1000 / 39 lists
     assert ivf.resolve(5000, 64) == ("IVF128,Flat", "nprobe=11")
     assert ivf.resolve(100_000_000, 512) == ("IVF40000,Flat", "nprobe=200")  # 4·√n lists
-    assert IndexSpec("ivfpq").resolve(1000, 64) == ("IVF25,PQ16x4", "nprobe=5")  # 2^4·39 ≤ 1000
-    assert IndexSpec("ivfpq").resolve(5000, 96) == ("IVF128,PQ24x7", "nprobe=11")
-    assert IndexSpec("ivfpq").resolve(10**6, 512) == ("IVF4000,PQ128x8", "nprobe=63")
+    assert IndexSpec("ivfpq").resolve(1000, 64) == ("IVF25,PQ16x4np", "nprobe=5")  # 2^4·39 ≤ 1000
+    assert IndexSpec("ivfpq").resolve(5000, 96) == ("IVF128,PQ24x7np", "nprobe=11")
+    assert IndexSpec("ivfpq").resolve(10**6, 512) == ("IVF4000,PQ128x8np", "nprobe=63")
     assert IndexSpec("hnsw").resolve(1000, 64) == ("HNSW32", "efSearch=64")
     assert IndexSpec("flat").resolve(1000, 64) == ("Flat", None)
     wide = IndexSpec("ivf", {"nprobe": 100})  # more lists probed than there are: all of them
@@ -109,7 +109,7 @@ def test_ivf_is_exact_when_every_list_is_probed_and_loses_with_fewer(world) -> N
     # a graph over 400 points with efSearch 64 finds them all; 3-bit codes (all 400 images can
     # train) lose more than the lists alone, yet retrieve far above chance (R@10 2.5%)
     assert found["hnsw"].metrics["rsum"] == pytest.approx(exact.metrics["rsum"], abs=1)
-    assert found["ivfpq"].search.startswith("images IVF10,PQ4x3 (nprobe=3)")
+    assert found["ivfpq"].search.startswith("images IVF10,PQ4x3np (nprobe=3)")
     assert found["ivfpq"].metrics["rsum"] < found["ivf"].metrics["rsum"] - 50
     assert found["ivfpq"].metrics["t2i_r10"] > 50
 

@@ -10,7 +10,7 @@ gallery's size and dimension (:meth:`IndexSpec.resolve`), as an operator would s
 - ``hnsw``: ``M`` = 32, ``efSearch`` = 64 (``efConstruction`` FAISS's 40).
 - ``ivfpq``: the IVF lists above with product-quantised codes: ``pq_m`` = dim / 4 sub-vectors
   (the largest divisor of dim up to it) of ``pq_nbits`` = 8 bits, fewer when the gallery is too
-  small to train 2^pq_nbits centroids with 39 points each.
+  small to train 2^pq_nbits centroids with 39 points each (no polysemous training: ``np``).
 - ``flat``: exact inner-product search (the reported numbers).
 
 Building goes through :func:`~xbt_bench.eval.large.build_sharded_index` (trained on the gallery
@@ -96,7 +96,9 @@ class IndexSpec:
             )
         fit = int(math.log2(max(n_rows // POINTS_PER_CENTROID, 2)))
         nbits = p.get("pq_nbits", min(8, fit))
-        return f"IVF{nlist},PQ{pq_m}x{nbits}", f"nprobe={nprobe}"
+        # np: no polysemous training (codes ordered for Hamming filtering, which search never
+        # uses here; it costs minutes of training)
+        return f"IVF{nlist},PQ{pq_m}x{nbits}np", f"nprobe={nprobe}"
 
     def describe(self, n_rows: int, dim: int) -> str:
         """The resolved index over a gallery of that shape, e.g. ``IVF25,Flat (nprobe=5)``."""

@@ -478,11 +478,14 @@ def index_frame(found: ResultSet) -> pd.DataFrame:
     exact = {(r.pair, r.dataset, r.method): r for r in found.runs}
     frames = []
     for name in dict.fromkeys(r.index for r in found.indexes):
-        mine = [r for r in found.indexes if r.index == name]
-        views = [_indexed_run(r, exact.get((r.pair, r.dataset, r.method))) for r in mine]
-        frame = leaderboard_frame(views, search=name)
+        mine = [
+            (r, path) for r, path in zip(found.indexes, found.index_files, strict=True)
+            if r.index == name
+        ]  # fmt: skip
+        views = [_indexed_run(r, exact.get((r.pair, r.dataset, r.method))) for r, _ in mine]
+        frame = leaderboard_frame(views, [path for _, path in mine], search=name)
         by_row = {}
-        for result in mine:
+        for result, _ in mine:
             for split, data in result.splits.items():
                 for setting in data.exact:
                     method = result.method if setting == result.setting else None
