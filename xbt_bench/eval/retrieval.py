@@ -314,7 +314,7 @@ def evaluate_retrieval(
         text_queries, image_gallery, image_queries, text_gallery, caption_image
     )
     image_ids = np.arange(len(image_gallery))
-    image_index, text_index = (None, None) if indexes is None else indexes[:2]
+    image_index, text_index = (None, None) if indexes is None else (indexes.images, indexes.texts)
     t2i = positive_ranks(text_queries, image_gallery, caption_image, image_ids, ks[-1],
                          index=image_index, chunk_size=chunk_size)  # fmt: skip
     i2t = positive_ranks(image_queries, text_gallery, image_ids, caption_image, ks[-1],
