@@ -328,20 +328,33 @@ BACKFILL_LEGEND = (
     "R@1 text→image / image→text (percent) when a share of the gallery's items (an image with "
     "its captions) holds NEW's embeddings and the rest still OLD's. A query searches the OLD "
     "part with the method's query encoder (OLD's own for old) and the NEW part with NEW's, and "
-    "the two lists are merged by score; where it helped on the support split, NEW's scores are "
-    "first put on the OLD part's scale by an affine map fitted on support (calibration). 0% is "
-    "the method's own method→old, 100% is new→new. Orders: random; OLD's worst first (items "
-    "whose OLD embeddings match their own captions worst), reported only where it beat the "
-    "random order on support. Here the items' own captions are also the queries, so OLD's "
-    "worst first is an optimistic order (in a deployment, queries differ from the captions). "
-    "'passes old→old' is the first share whose R@1 beats old→old's."
+    "the two lists are merged by score, after each direction's scores are put on one scale by "
+    "the calibration that won on the support split (calibration): none, an affine map of NEW's "
+    "scores (Platt scaling), or an increasing map per space, quantile (how rare a distractor "
+    "scoring that high is in its space) or isotonic (the probability of a match in its space), "
+    "each fitted on support. 0% is the method's own method→old, 100% is new→new. Orders: "
+    "random; OLD's least certain first (a ridge regression learned on support predicts what "
+    "re-embedding an item buys from OLD's gallery embeddings alone: the item's image, its "
+    "captions, how crowded they are and how well they agree; no query is searched); OLD's "
+    "worst first (items whose OLD embeddings retrieve their own captions worst). An informed "
+    "order is reported only where it beat the random order on support (the learned one scored "
+    "on support items it was not fitted on). Here the items' own captions are also the "
+    "queries, so OLD's worst first is an optimistic order (in a deployment, queries differ "
+    "from the captions). 'passes old→old' is the first share whose R@1 beats old→old's."
 )
-ORDER_LABELS = {"random": "random", "old-margin": "OLD's worst first"}
+ORDER_LABELS = {
+    "random": "random",
+    "old-margin": "OLD's worst first",
+    "uncertainty": "OLD's least certain first",
+}
 
 
 def _calibration_label(choice: CalibrationChoice) -> str:
-    """``none``, or the affine map applied to NEW's scores (``1.58·s -0.598``)."""
-    return "none" if choice.kind == "none" else f"{choice.scale:.3g}·s {choice.shift:+.3g}"
+    """``none``, the affine map applied to NEW's scores (``1.58·s -0.598``), or the name of
+    the monotone maps (``isotonic``, ``quantile``)."""
+    if choice.kind == "affine":
+        return f"{choice.scale:.3g}·s {choice.shift:+.3g}"
+    return choice.kind
 
 
 def backfill_frame(backfills: Sequence[BackfillResult]) -> pd.DataFrame:

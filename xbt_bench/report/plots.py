@@ -205,8 +205,9 @@ def gain_vs_cost(group: pd.DataFrame, title: str) -> Figure | None:
 
 def backfill_curves(group: pd.DataFrame, title: str) -> Figure:
     """R@1 against the share of the gallery re-embedded with NEW, per direction: a line per
-    method (random order solid, informed orders dashed) between the old→old and new→new
-    levels (``group``: one (pair, dataset, split) group of ``backfill_frame``)."""
+    method (random order solid, OLD's worst first dashed, OLD's least certain first dash-dotted)
+    between the old→old and new→new levels (``group``: one (pair, dataset, split) group of
+    ``backfill_frame``)."""
     figure = _figure(11.5, 4.6)
     cmap = matplotlib.colormaps["tab10"]
     colours = {m: cmap(i % 10) for i, m in enumerate(dict.fromkeys(group["method"]))}
@@ -222,7 +223,7 @@ def backfill_curves(group: pd.DataFrame, title: str) -> Figure:
                 marker="o",
                 markersize=4,
                 color=colours[method],
-                linestyle="-" if order == "random" else "--",
+                linestyle={"random": "-", "uncertainty": "-."}.get(order, "--"),
                 label=method if order == "random" else f"{method} ({ORDER_LABELS.get(order)})",
             )
         ax.axhline(first[f"old_old_{key}"], color="black", linewidth=1.5, label="old→old")

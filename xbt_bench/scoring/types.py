@@ -299,18 +299,23 @@ class BackfillPoint(BaseModel):
 
 
 class CalibrationChoice(BaseModel):
-    """How one direction's NEW-part scores were put on the OLD part's scale before the merge:
-    ``affine`` (``scale * s + shift``, fitted on support) or ``none``, whichever had the higher
-    R@1 on support (``support_r1``: mean over the backfill fractions strictly between 0 and 1,
-    random order), ties to ``none``."""
+    """How one direction's two parts' scores were put on one scale before the merge: the
+    candidate with the highest R@1 on support (``support_r1``: every candidate's mean over the
+    backfill fractions strictly between 0 and 1, random order; ties to the simpler one, in the
+    order none, affine, quantile, isotonic). ``affine``: NEW's scores become
+    ``scale * s + shift``; ``quantile`` and ``isotonic``: each part's scores go through its own
+    increasing map fitted on support (``knots[part]`` = [x, y], ``part`` old or new)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["none", "affine"]
+    kind: Literal["none", "affine", "quantile", "isotonic"]
     scale: float = 1.0
     shift: float = 0.0
     fitted: list[float] = Field(
         default_factory=list, description="the affine map fitted on support: [scale, shift]"
+    )
+    knots: dict[str, list[list[float]]] = Field(
+        default_factory=dict, description="a monotone map's knots per part: {old, new: [x, y]}"
     )
     support_r1: dict[str, float] = Field(default_factory=dict)
 
