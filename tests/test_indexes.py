@@ -55,6 +55,9 @@ def test_index_sizes_follow_the_gallery() -> None:
     assert IndexSpec("ivfpq").resolve(1000, 64) == ("IVF25,PQ16x4np", "nprobe=5")  # 2^4·39 ≤ 1000
     assert IndexSpec("ivfpq").resolve(5000, 96) == ("IVF128,PQ24x7np", "nprobe=11")
     assert IndexSpec("ivfpq").resolve(10**6, 512) == ("IVF4000,PQ128x8np", "nprobe=63")
+    assert IndexSpec("ivfpq").sizes(10**8, 512) == {  # what the build trains: 39 rows a list
+        "nlist": 40000, "nprobe": 200, "pq_m": 128, "pq_nbits": 8
+    }
     assert IndexSpec("hnsw").resolve(1000, 64) == ("HNSW32", "efSearch=64")
     assert IndexSpec("flat").resolve(1000, 64) == ("Flat", None)
     wide = IndexSpec("ivf", {"nprobe": 100})  # more lists probed than there are: all of them

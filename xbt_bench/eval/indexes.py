@@ -28,7 +28,13 @@ import faiss
 import numpy as np
 
 from ..errors import ConfigError, did_you_mean
-from .large import EmbeddingShards, as_shards, build_sharded_index, search_label
+from .large import (
+    DEFAULT_TRAIN_ROWS,
+    EmbeddingShards,
+    as_shards,
+    build_sharded_index,
+    search_label,
+)
 from .retrieval import Embeddings, SearchIndexes
 
 INDEX_KINDS = ("flat", "ivf", "hnsw", "ivfpq")
@@ -75,41 +81,57 @@ class IndexSpec:
         given = ",".join(f"{key}={value}" for key, value in self.params)
         return f"{self.kind} {given}" if given else self.kind
 
-    def resolve(self, n_rows: int, dim: int) -> tuple[str, str | None]:
-        """The FAISS factory string and search parameters of this index over a gallery of
-        ``n_rows`` vectors of dimension ``dim`` (defaults in the module docstring)."""
+    def sizes(self, n_rows: int, dim: int) -> dict[str, int]:
+        """Every parameter of this index over a gallery of ``n_rows`` vectors of dimension
+        ``dim``: the ones given, the others sized from the gallery (module docstring)."""
         p = dict(self.params)
         if self.kind == "flat":
-            return "Flat", None
+            return p
         if self.kind == "hnsw":
-            p = HNSW_DEFAULTS | p
-            return f"HNSW{p['M']}", f"efSearch={p['efSearch']}"
+            return HNSW_DEFAULTS | p
         nlist = p.get("nlist", min(round(4 * math.sqrt(n_rows)), n_rows // POINTS_PER_CENTROID))
         nlist = max(nlist, 1)
-        nprobe = min(p.get("nprobe", round(math.sqrt(nlist))), nlist)
+        sizes = {"nlist": nlist, "nprobe": min(p.get("nprobe", round(math.sqrt(nlist))), nlist)}
         if self.kind == "ivf":
-            return f"IVF{nlist},Flat", f"nprobe={nprobe}"
+            return sizes
         pq_m = p.get("pq_m", max(m for m in range(1, max(dim // 4, 1) + 1) if dim % m == 0))
         if dim % pq_m:
             raise ConfigError(
                 f"--index-param pq_m={pq_m} must divide the gallery's dimension {dim}"
             )
         fit = int(math.log2(max(n_rows // POINTS_PER_CENTROID, 2)))
-        nbits = p.get("pq_nbits", min(8, fit))
+        return sizes | {"pq_m": pq_m, "pq_nbits": p.get("pq_nbits", min(8, fit))}
+
+    def resolve(self, n_rows: int, dim: int) -> tuple[str, str | None]:
+        """The FAISS factory string and search parameters of this index over a gallery of
+        ``n_rows`` vectors of dimension ``dim`` (:meth:`sizes`)."""
+        p = self.sizes(n_rows, dim)
+        if self.kind == "flat":
+            return "Flat", None
+        if self.kind == "hnsw":
+            return f"HNSW{p['M']}", f"efSearch={p['efSearch']}"
+        if self.kind == "ivf":
+            return f"IVF{p['nlist']},Flat", f"nprobe={p['nprobe']}"
         # np: no polysemous training (codes ordered for Hamming filtering, which search never
         # uses here; it costs minutes of training)
-        return f"IVF{nlist},PQ{pq_m}x{nbits}np", f"nprobe={nprobe}"
+        return f"IVF{p['nlist']},PQ{p['pq_m']}x{p['pq_nbits']}np", f"nprobe={p['nprobe']}"
 
     def describe(self, n_rows: int, dim: int) -> str:
         """The resolved index over a gallery of that shape, e.g. ``IVF25,Flat (nprobe=5)``."""
         return search_label(*self.resolve(n_rows, dim))
 
     def build(self, gallery: np.ndarray | EmbeddingShards) -> faiss.Index:
-        """This index over ``gallery`` (rows L2-normalised), trained on the gallery only."""
+        """This index over ``gallery`` (rows L2-normalised), trained on the gallery only: on
+        enough evenly spaced rows to give every list and PQ centroid its 39 points."""
         gallery = as_shards(gallery, "gallery")
         factory, params = self.resolve(gallery.n_rows, gallery.dim)
+        p = self.sizes(gallery.n_rows, gallery.dim)
+        centroids = max(p.get("nlist", 1), 2 ** p.get("pq_nbits", 0))
+        train_rows = max(DEFAULT_TRAIN_ROWS, POINTS_PER_CENTROID * centroids)
         with _one_thread(self.kind == "hnsw"):
-            return build_sharded_index(gallery, factory, search_params=params)
+            return build_sharded_index(
+                gallery, factory, search_params=params, train_rows=train_rows
+            )
 
 
 def build_search_indexes(gallery: Embeddings, index: IndexSpec) -> SearchIndexes:
