@@ -26,11 +26,14 @@ from xbt_bench.eval.backfill import (
     fit_calibrations,
     gallery_features,
     interior,
+    isotonic_knots,
     merged_ranks,
     old_margin_order,
     plan_backfill,
     positive_pairs,
     random_order,
+    tail_knots,
+    through_knots,
 )
 from xbt_bench.eval.retrieval import Embeddings
 from xbt_bench.report import build_leaderboards
@@ -208,6 +211,21 @@ def test_plan_keeps_the_calibration_and_orders_that_help_on_support(world) -> No
     assert plan.kept["random"] and set(plan.kept) == {"random", "old-margin", "uncertainty"}
     for name in ("old-margin", "uncertainty"):
         assert plan.kept[name] == (plan.order_r1[name] > plan.order_r1["random"])
+
+
+def test_monotone_maps_rise_strictly_so_no_distractor_ties_a_positive() -> None:
+    """A fitted map that is flat anywhere would tie distinct scores of one part, and a tie
+    counts as a hit: the maps rise strictly everywhere, beyond their knots too, and keep knots
+    that round to one x apart."""
+    rng = np.random.default_rng(2)
+    positives, negatives = rng.normal(0.45, 0.05, 300), rng.normal(0.3, 0.05, 3000)
+    scores = np.sort(rng.uniform(-0.2, 1.0, 2000))  # below, inside and above the knots
+    for knots in (isotonic_knots(positives, negatives), tail_knots(negatives),
+                  ((0.2, 0.5), (0.0, 0.0))):  # fmt: skip
+        assert np.all(np.diff(knots[0]) > 0)
+        assert np.all(np.diff(through_knots(scores, knots)) > 0)
+    iso = isotonic_knots(positives, negatives)
+    assert iso[1][0] < 0.1 and iso[1][-1] > 0.9 and np.all(np.diff(iso[1]) >= 0)
 
 
 def _buried(rng: np.random.Generator, world: dict[str, Embeddings]) -> BackfillSet:

@@ -466,7 +466,11 @@ def through_knots(scores: np.ndarray, knots: Knots) -> np.ndarray:
 
 
 def _rounded(x: np.ndarray, y: np.ndarray) -> Knots:
-    return tuple(np.round(x, 6).tolist()), tuple(np.round(y, 6).tolist())
+    """Knots rounded to 6 decimals for the result file; of knots that round to one x, the last
+    (highest) is kept, so x stays strictly increasing."""
+    x, y = np.round(x, 6), np.round(y, 6)
+    last = np.r_[np.diff(x) > 0, True]
+    return tuple(x[last].tolist()), tuple(y[last].tolist())
 
 
 def isotonic_knots(positives: np.ndarray, negatives: np.ndarray) -> Knots:
@@ -491,7 +495,7 @@ def tail_knots(negatives: np.ndarray, levels: int = 48) -> Knots:
     negative."""
     shares = np.geomspace(1.0, 1.0 / len(negatives), levels)
     x = np.quantile(negatives, 1.0 - shares)
-    x, first = np.unique(x, return_index=True)  # equal quantiles: keep the first (lowest) share
+    x, first = np.unique(x, return_index=True)  # equal quantiles: keep the largest share
     return _rounded(x, -np.log(shares[first]))
 
 
