@@ -18,11 +18,11 @@ demo: $(BIN)/.installed
 	$(BIN)/xbt-bench publish
 
 # Everything committed under results/ and leaderboards/ (from one clean commit): every method
-# with 3 seeds and its partial-backfill curves, the xbt-gallery variant, the sample-efficiency
-# sweep (one seed, recorded in the 3-seed result files), the second toy pair, the toy chain, and
-# each pair's diagnostics.
+# with 3 seeds, its partial-backfill curves and its recalls through IVF and HNSW indexes of the
+# galleries, the xbt-gallery variant, the sample-efficiency sweep (one seed, recorded in the
+# 3-seed result files), the second toy pair, the toy chain, and each pair's diagnostics.
 results: $(BIN)/.installed
-	$(BIN)/xbt-bench run --pair toy-s-to-m --seeds 3 --backfill
+	$(BIN)/xbt-bench run --pair toy-s-to-m --seeds 3 --backfill --index ivf --index hnsw
 	$(BIN)/xbt-bench run --pair toy-s-to-m --seeds 3 --method xbt-gallery
 	$(BIN)/xbt-bench sweep --pair toy-s-to-m
 	$(BIN)/xbt-bench run --pair toy-m-to-l --seeds 3

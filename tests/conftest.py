@@ -95,18 +95,25 @@ SYNTHETIC_METHODS = {
 
 @pytest.fixture(scope="session")
 def synthetic_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A results folder of hand-made RunResults: toy-s-to-m (exact and one approximate run,
+    """A results folder of hand-made RunResults: toy-s-to-m (exact, xbt through an IVF index,
     a sweep, training curves, identity not applicable) and the chain toy-s-m-l."""
     import numpy as np
 
     from xbt_bench.embed.throughput import EmbeddingThroughput
     from xbt_bench.methods.base import Cost
-    from xbt_bench.results import BackfillResult, ReportValue, RunResult, SweepResult
+    from xbt_bench.results import (
+        BackfillResult,
+        IndexResult,
+        ReportValue,
+        RunResult,
+        SweepResult,
+    )
     from xbt_bench.scoring import (
         BackfillCurves,
         BackfillPoint,
         CalibrationChoice,
         ChainMatrix,
+        IndexSplit,
         OrderChoice,
         SplitResult,
         SweepPoint,
@@ -278,12 +285,37 @@ def synthetic_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     RunResult(
         **common, method="new", setting="new->new", splits=splits(None), cost=Cost(wall_time_s=1.0)
     ).save(root)
-    RunResult(
-        **common,
+    # xbt through an IVF index: old->old loses 1 point of T2I R@1, new->new 0.5, xbt 3 (and 2
+    # of I2T R@1), so xbt loses 4 rsum points beyond OLD's own loss
+    drops = {"old->old": {"t2i_r1": 1.0}, "new->new": {"t2i_r1": 0.5},
+             "method->old": {"t2i_r1": 3.0, "i2t_r1": 2.0}}  # fmt: skip
+
+    def through_index(exact: SplitResult) -> IndexSplit:
+        indexed, loss = {}, {}
+        for setting, values in exact.metrics.items():
+            lowered = {k: round(v - drops[setting].get(k, 0.0), 2) for k, v in values.items()}
+            lowered["rsum"] = round(values["rsum"] - sum(drops[setting].values()), 2)
+            indexed[setting] = lowered
+            loss[setting] = {k: round(values[k] - lowered[k], 2) for k in values}
+        extra = {k: loss["method->old"][k] - loss["old->old"][k] for k in loss["old->old"]}
+        searched = {"images": "IVF8,Flat (nprobe=3)", "captions": "IVF32,Flat (nprobe=6)"}
+        return IndexSplit(
+            searches={f"{m} {side}": v for m in ("old", "new") for side, v in searched.items()},
+            indexed=SplitResult(metrics=indexed, flips=exact.flips),
+            exact=exact.metrics,
+            loss_intervals={
+                s: {k: [v - 0.5, v + 0.5] for k, v in m.items()} for s, m in loss.items()
+            },
+            extra_loss_intervals={k: [v - 1.5, v + 1.5] for k, v in extra.items()},
+        )
+
+    IndexResult(
+        **identity,
         method="xbt",
-        splits=splits(SYNTHETIC_OLD | {"t2i_r1": 20.0, "rsum": 344.0}),
-        approximate_index="IVF64,Flat",
-        cost=Cost(wall_time_s=90.0),
+        index="ivf",
+        split="test",
+        seeds=[0],
+        splits={name: through_index(d) for name, d in splits(SYNTHETIC_METHODS["xbt"]).items()},
     ).save(root)
     chain = ChainMatrix.from_arrays(
         ["zoo:toy-s", "zoo:toy-m", "zoo:toy-l"],

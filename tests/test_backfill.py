@@ -1,6 +1,8 @@
 """Partial backfill: merged retrieval over a gallery half OLD, half NEW, checked against a
-brute-force implementation; the calibration recovers a known distortion of the scores; the
-informed order puts the worst-served items first; the curves in results, leaderboard and plot."""
+brute-force implementation; the calibrations recover a known distortion of the scores, and a
+monotone one lifts a NEW part that raw scores bury; the informed orders put the worst-served
+items first, the uncertainty order from OLD's gallery alone; calibration and orders are chosen
+on support only; the curves in results, leaderboard and plot."""
 
 from __future__ import annotations
 
@@ -14,22 +16,30 @@ from support import run_cli
 from xbt_bench.errors import InputError
 from xbt_bench.eval import evaluate_retrieval
 from xbt_bench.eval.backfill import (
+    IDENTITY,
     BackfillSet,
+    Calibration,
+    IsotonicCalibration,
     ScoreCalibration,
     backfilled_at,
     evaluate_partial_backfill,
-    fit_calibration,
+    fit_calibrations,
+    gallery_features,
     interior,
+    isotonic_knots,
     merged_ranks,
     old_margin_order,
     plan_backfill,
     positive_pairs,
     random_order,
+    tail_knots,
+    through_knots,
 )
 from xbt_bench.eval.retrieval import Embeddings
 from xbt_bench.report import build_leaderboards
 from xbt_bench.report.leaderboard import backfill_display
-from xbt_bench.report.plots import backfill_curves
+from xbt_bench.report.plots import backfill_curves as backfill_plot
+from xbt_bench.scoring import backfill_curves
 
 N_IMAGES, PER_IMAGE = 60, 3
 CAPTION_IMAGE = np.repeat(np.arange(N_IMAGES), PER_IMAGE)
@@ -77,19 +87,25 @@ def _brute_ranks(
     q_labels: np.ndarray,
     g_labels: np.ndarray,
     k_max: int,
-    calibration: ScoreCalibration,
+    calibration: Calibration,
 ) -> np.ndarray:
-    """Full score matrix: OLD scores on OLD items, calibrated NEW scores on NEW items."""
-    scores = np.where(flags[None, :], calibration(new_q @ new_g.T), old_q @ old_g.T)
+    """Full score matrix: each part's scores through its map of ``calibration``."""
+    scores = np.where(
+        flags[None, :], calibration.new(new_q @ new_g.T), calibration.old(old_q @ old_g.T)
+    )
     positive = q_labels[:, None] == g_labels[None, :]
     best = np.where(positive, scores, -np.inf).max(axis=1)
     return np.minimum((scores > best[:, None]).sum(axis=1), k_max)
 
 
+MONOTONE = IsotonicCalibration(old_knots=((-0.2, 0.3, 0.6), (0.0, 0.1, 0.9)),
+                               new_knots=((0.0, 0.5), (0.05, 0.95)))  # fmt: skip
+
+
+@pytest.mark.parametrize("calibration", [ScoreCalibration(scale=1.7, shift=-0.4), MONOTONE])
 @pytest.mark.parametrize("fraction", [0.1, 0.5, 0.9])
-def test_merged_ranks_equal_a_brute_force_merge(world, fraction: float) -> None:
+def test_merged_ranks_equal_a_brute_force_merge(world, fraction: float, calibration) -> None:
     flags = backfilled_at(random_order(N_IMAGES, 3), fraction)
-    calibration = ScoreCalibration(scale=1.7, shift=-0.4)
     image_ids = np.arange(N_IMAGES)
     m, o, n = world["method"], world["old"], world["new"]
     for args in (
@@ -155,22 +171,29 @@ def test_positive_pairs_of_both_directions() -> None:
 
 
 def test_calibration_undoes_a_known_distortion(world) -> None:
-    """NEW = the method's own space with scores squeezed to 0.3·s + 0.7: the fitted map is its
-    inverse, and merging with it gives exactly the unsplit ranks (without it, NEW's squeezed
-    scores sit above every OLD score and the merge is worse)."""
+    """NEW = the method's own space with scores squeezed to 0.3·s + 0.7: the fitted affine map
+    is its inverse, and merging with it gives exactly the unsplit ranks; the isotonic maps of
+    the two spaces are the same map up to that distortion, so they merge (all but ties at the
+    maps' flat ends) as the unsplit ranks too. Without a calibration, NEW's squeezed scores sit
+    above every OLD score and the merge is worse."""
     m, o = world["method"], world["old"]
     # T2I searches NEW's captions (queries) against NEW's images (gallery): here the method's
     # queries and OLD's gallery, squeezed.
     new = Embeddings(_lifted(o, 0.3).images, _lifted(m, 0.3).texts)
-    fitted = fit_calibration(m, o, new, CAPTION_IMAGE)
-    assert fitted["t2i"].scale == pytest.approx(1 / 0.3, rel=1e-4)
-    assert fitted["t2i"].shift == pytest.approx(-0.7 / 0.3, rel=1e-4)
+    fitted = fit_calibrations(m, o, new, CAPTION_IMAGE)["t2i"]
+    assert fitted["affine"].scale == pytest.approx(1 / 0.3, rel=1e-4)
+    assert fitted["affine"].shift == pytest.approx(-0.7 / 0.3, rel=1e-4)
+    old_x, new_x = (np.array(k[0]) for k in (fitted["isotonic"].old_knots,
+                                             fitted["isotonic"].new_knots))  # fmt: skip
+    np.testing.assert_allclose(new_x, 0.3 * old_x + 0.7, atol=1e-5)  # the knots move with s
+    assert fitted["isotonic"].old_knots[1] == fitted["isotonic"].new_knots[1]
     image_ids = np.arange(N_IMAGES)
     flags = backfilled_at(random_order(N_IMAGES, 0), 0.5)
     unsplit = merged_ranks(m.texts, o.images, m.texts, o.images, flags, CAPTION_IMAGE,
                            image_ids, 10)  # fmt: skip
     args = (m.texts, o.images, new.texts, new.images, flags, CAPTION_IMAGE, image_ids, 10)
-    assert np.array_equal(merged_ranks(*args, fitted["t2i"]), unsplit)
+    assert np.array_equal(merged_ranks(*args, fitted["affine"]), unsplit)
+    assert (merged_ranks(*args, fitted["isotonic"]) != unsplit).mean() < 0.03
     assert (merged_ranks(*args) != unsplit).sum() > 10
 
 
@@ -179,10 +202,124 @@ def test_plan_keeps_the_calibration_and_orders_that_help_on_support(world) -> No
     squeezed = Embeddings(_lifted(o, 0.3).images, _lifted(m, 0.3).texts)  # as above
     support = BackfillSet(m, o, squeezed, CAPTION_IMAGE)
     plan = plan_backfill(support, [0.0, 0.25, 0.5, 0.75, 1.0], seed=0)
+    t2i = plan.calibration_r1["t2i"]
+    assert set(t2i) == {"none", "affine", "quantile", "isotonic"}  # every candidate scored
+    assert t2i[plan.chosen["t2i"]] == max(t2i.values()) > t2i["none"]
+    # ties go to the simpler candidate: the affine map undoes the distortion exactly
     assert plan.chosen["t2i"] == "affine"
-    assert plan.calibration_r1["t2i"]["affine"] > plan.calibration_r1["t2i"]["none"]
-    assert plan.kept["random"] and set(plan.kept) == {"random", "old-margin"}
-    assert plan.kept["old-margin"] == (plan.order_r1["old-margin"] > plan.order_r1["random"])
+    assert plan.calibration["t2i"] is plan.fitted["t2i"]["affine"]
+    assert plan.kept["random"] and set(plan.kept) == {"random", "old-margin", "uncertainty"}
+    for name in ("old-margin", "uncertainty"):
+        assert plan.kept[name] == (plan.order_r1[name] > plan.order_r1["random"])
+
+
+def test_monotone_maps_rise_strictly_so_no_distractor_ties_a_positive() -> None:
+    """A fitted map that is flat anywhere would tie distinct scores of one part, and a tie
+    counts as a hit: the maps rise strictly everywhere, beyond their knots too, and keep knots
+    that round to one x apart."""
+    rng = np.random.default_rng(2)
+    positives, negatives = rng.normal(0.45, 0.05, 300), rng.normal(0.3, 0.05, 3000)
+    scores = np.sort(rng.uniform(-0.2, 1.0, 2000))  # below, inside and above the knots
+    for knots in (isotonic_knots(positives, negatives), tail_knots(negatives),
+                  ((0.2, 0.5), (0.0, 0.0))):  # fmt: skip
+        assert np.all(np.diff(knots[0]) > 0)
+        assert np.all(np.diff(through_knots(scores, knots)) > 0)
+    iso = isotonic_knots(positives, negatives)
+    assert iso[1][0] < 0.1 and iso[1][-1] > 0.9 and np.all(np.diff(iso[1]) >= 0)
+
+
+def _buried(rng: np.random.Generator, world: dict[str, Embeddings]) -> BackfillSet:
+    """A support split like `linear`'s image→text on the toy pair: the method's image queries
+    do not tell an item's captions from others' (its best caption scores below the hardest
+    negatives), at a raw score level (≈ 0.9) above every NEW score."""
+    o = _lifted(world["old"], 0.1)  # OLD's scores squeezed to 0.1·s + 0.9
+    noise = _unit(rng.normal(size=(N_IMAGES, o.images.shape[1] - 1)))
+    image_queries = np.hstack([np.sqrt(0.1) * noise, np.full((N_IMAGES, 1), np.sqrt(0.9))])
+    method = Embeddings(image_queries.astype(np.float32), o.texts)
+    return BackfillSet(method, o, world["new"], CAPTION_IMAGE)
+
+
+def test_a_monotone_calibration_lifts_a_new_part_that_raw_scores_bury(world) -> None:
+    """The cause of the image→text dip of `linear` and `xbt-proj`: the affine fit falls back to
+    the identity where the method's scores do not rise with a match, and then the OLD part's
+    higher raw scores bury every NEW item, so recall falls as more is re-embedded. The isotonic
+    maps put both parts on the probability of a match; the plan chooses one on support."""
+    support = _buried(np.random.default_rng(5), world)
+    fitted = fit_calibrations(support.method_queries, support.old_gallery,
+                              support.new_embeddings, CAPTION_IMAGE)["i2t"]  # fmt: skip
+    assert fitted["affine"] is IDENTITY  # the fallback
+    order = random_order(N_IMAGES, 0)
+
+    def i2t_r1(calibration: Calibration, fraction: float) -> float:
+        flags = backfilled_at(order, fraction)
+        return support.evaluate(flags, {"i2t": calibration}).metrics["i2t_r1"]
+
+    start, end = i2t_r1(IDENTITY, 0.0), i2t_r1(IDENTITY, 1.0)
+    assert start < 5 and end > 75  # the method is at chance, NEW far better
+    assert i2t_r1(IDENTITY, 0.5) < start + 5  # buried: half the gallery re-embedded buys nothing
+    line = (start + end) / 2
+    assert i2t_r1(fitted["isotonic"], 0.5) > line - 5  # lifted to the straight line
+    plan = plan_backfill(support, [0.0, 0.25, 0.5, 0.75, 1.0], seed=0)
+    assert plan.chosen["i2t"] in ("quantile", "isotonic")
+    assert plan.calibration_r1["i2t"]["none"] == plan.calibration_r1["i2t"]["affine"]
+
+
+FRACTIONS = [0.0, 0.25, 0.5, 0.75, 1.0]
+
+
+class _Unreadable:
+    """Stands for a split's queries that an order must not read."""
+
+    def __getattr__(self, name: str) -> None:
+        raise AssertionError(f"the order read the split's queries ({name})")
+
+
+def _damaged(rng: np.random.Generator, count: int) -> tuple[BackfillSet, np.ndarray]:
+    """A split whose ``count`` damaged items have OLD images that point anywhere (OLD serves
+    them badly, NEW does not); the method searches OLD's gallery with OLD's own queries."""
+    old, new = _space(rng, 8, 0.5), _space(rng, 12, 0.6)
+    damaged = rng.choice(N_IMAGES, count, replace=False)
+    images = old.images.copy()
+    images[damaged] = _unit(rng.normal(size=(count, images.shape[1])))
+    gallery = Embeddings(images, old.texts)
+    return BackfillSet(gallery, gallery, new, CAPTION_IMAGE), damaged
+
+
+def test_uncertainty_order_learns_on_support_and_reads_only_the_old_gallery() -> None:
+    """Learned on one split (support), the uncertainty order finds another split's damaged
+    items from that split's OLD gallery alone: its queries are never read."""
+    rng = np.random.default_rng(11)
+    support, _ = _damaged(rng, 10)
+    plan = plan_backfill(support, FRACTIONS, seed=0)
+    assert plan.kept["uncertainty"]
+    assert plan.order_r1["uncertainty"] > plan.order_r1["random"] + 2  # cross-fitted on support
+    split, damaged = _damaged(rng, 10)
+    blind = BackfillSet(_Unreadable(), split.old_gallery, _Unreadable(), CAPTION_IMAGE)
+    order = plan.order("uncertainty", blind, seed=0)
+    assert sorted(order) == list(range(N_IMAGES))
+    assert len(set(order[:10]) & set(damaged)) >= 8
+    features = gallery_features(split.old_gallery, CAPTION_IMAGE)
+    assert features.shape == (N_IMAGES, 4 + 2 * 8)
+    # a damaged item's image and captions agree least
+    assert features[damaged, 2].max() < np.median(features[:, 2])
+
+
+def test_calibration_and_orders_are_chosen_on_support_only(world) -> None:
+    """The curves of a test split carry the choices made on support, never the ones its own
+    data would make (here the two differ), and a test split's content does not move them."""
+    support = _buried(np.random.default_rng(5), world)
+    old, queries = _lifted(world["old"], 0.9), _lifted(world["method"], 0.9)  # OLD's dimension
+    test = BackfillSet(queries, old, world["new"], CAPTION_IMAGE)
+    on_support = plan_backfill(support, FRACTIONS, seed=0)
+    on_test = plan_backfill(test, FRACTIONS, seed=0)
+    assert on_support.chosen != on_test.chosen  # a choice made on test would show
+    curves = backfill_curves(support, {"test": [test]}, FRACTIONS, 0, "support")
+    assert {d: c.kind for d, c in curves.calibration.items()} == on_support.chosen
+    assert {n: o.support_r1 for n, o in curves.orders.items()} == on_support.order_r1
+    noisy = BackfillSet(queries, old, _space(np.random.default_rng(9), 12, 2.0), CAPTION_IMAGE)
+    again = backfill_curves(support, {"test": [noisy]}, FRACTIONS, 0, "support")
+    assert (again.calibration, again.orders) == (curves.calibration, curves.orders)
+    assert again.curves != curves.curves
 
 
 def test_old_margin_order_puts_mismatched_items_first(world) -> None:
@@ -213,7 +350,7 @@ def test_curves_in_leaderboard_and_plot(synthetic_results: Path, tmp_path: Path)
     assert shown.loc[("slerp", "OLD's worst first"), "support R@1"] == "47.50 (random 43.70)"
     markdown = (tmp_path / "leaderboard.md").read_text()
     assert "## Partial backfill" in markdown and "| xbt      | random" in markdown
-    figure = backfill_curves(test, "test")
+    figure = backfill_plot(test, "test")
     t2i, i2t = figure.axes
     lines = {line.get_label(): line for line in t2i.get_lines()}
     assert set(lines) == {"xbt", "slerp", "slerp (OLD's worst first)", "old→old", "new→new"}

@@ -39,7 +39,7 @@ def test_diagnose_the_toy_pair_writes_json_beside_the_results(
     assert "rotation R² texts" in out and "CKA images" in out
     (path,) = tmp_path.glob(f"{small_pair}/*/diagnostics/test.json")
     report = json.loads(path.read_text())
-    assert (report["kind"], report["schema_version"]) == ("diagnostics", 2)
+    assert (report["kind"], report["schema_version"]) == ("diagnostics", 3)
     _check(report, tmp_path)
     assert report["old_ref"] == "zoo:toy-s" and report["images"] == 80
 

@@ -216,14 +216,6 @@ def test_search_topk_is_exact_and_chunked():
     np.testing.assert_array_equal(ids_again, ids)
 
 
-def test_approximate_index_is_labelled():
-    case = _random_case(0)
-    result = evaluate_retrieval(**case, index_factory="HNSW32")
-    exact = evaluate_retrieval(**case)
-    assert result.search == "HNSW32"
-    assert result.metrics == pytest.approx(exact.metrics, abs=5.0)
-
-
 def test_validate_embeddings_normalises_a_copy():
     x = np.asfortranarray(np.array([[3.0, 4.0], [0.0, -2.0]]))
     out = validate_embeddings("images", x)

@@ -115,10 +115,8 @@ def _sha8(text: str) -> str:
 
 def test_paths_and_provenance(tmp_path: Path):
     assert _result().relative_path() == Path("toy-s-to-m/toy-shapes/xbt.json")
-    approx = _result(approximate_index="IVF64,Flat", dataset="wds/cars")
-    path = approx.relative_path()  # unsafe names: a readable slug plus a hash of the name
+    path = _result(dataset="wds/cars").relative_path()  # unsafe: a slug plus a hash of the name
     assert path.parts[:2] == ("toy-s-to-m", f"wds_cars-{_sha8('wds/cars')}")
-    assert path.name == f"xbt.approx-IVF64_Flat-{_sha8('IVF64,Flat')}.json"
     assert git_revision(tmp_path) is None  # not a git checkout: no crash, no revision
     assert collect_versions()["faiss"]
 
@@ -128,12 +126,12 @@ def test_paths_and_provenance(tmp_path: Path):
     [
         ("{not json", "is not valid JSON"),
         ('["a list"]', "must hold a JSON object"),
-        ('{"schema_version": 2, "pair": "p"}', "lacks the keys ['old', 'new'"),
-        ('{"pair": "p", "method": "xbt"}', "has schema version 1, older than this xbt-bench's 2; "
+        ('{"schema_version": 3, "pair": "p"}', "lacks the keys ['old', 'new'"),
+        ('{"pair": "p", "method": "xbt"}', "has schema version 1, older than this xbt-bench's 3; "
          "regenerate it with `xbt-bench run --pair p --method xbt`"),
         ('{"kind": "sweep", "schema_version": 9}', "has schema version 9; this xbt-bench reads "
-         "version 2: upgrade xbt-bench"),
-        ('{"kind": "tea", "schema_version": 2}', "has unknown kind 'tea'"),
+         "version 3: upgrade xbt-bench"),
+        ('{"kind": "tea", "schema_version": 3}', "has unknown kind 'tea'"),
     ],
 )
 def test_malformed_file_is_named(tmp_path: Path, text: str, message: str):
@@ -185,13 +183,13 @@ def test_leaderboard_lists_every_method_with_marks(synthetic_results: Path, tmp_
     assert names == [
         "backfill.csv",
         "chains.csv",
-        "leaderboard-approximate.csv",
+        "leaderboard-indexes.csv",
         "leaderboard.csv",
         "leaderboard.md",
         "reported.csv",
     ]
     table = pd.read_csv(tmp_path / "leaderboard.csv")
-    assert set(table["search"]) == {"exact"}  # approximate rows never mixed in
+    assert set(table["search"]) == {"exact"}  # index rows never mixed in
     pair = table[(table["pair"] == "toy-s-to-m") & (table["split"] == "test")]
     # references, then each deployment group ranked by rsum, not-applicable rows last
     assert pair["method"].tolist() == ["old", "new", "xbt", "procrustes", "slerp", "identity"]
@@ -212,9 +210,9 @@ def test_leaderboard_lists_every_method_with_marks(synthetic_results: Path, tmp_
     hard = table[(table["pair"] == "toy-s-to-m") & (table["split"] == "test-hard")]
     assert hard.set_index("method").loc["old", "t2i_r1"] == pytest.approx(31.2 * 0.8)
 
-    approximate = pd.read_csv(tmp_path / "leaderboard-approximate.csv")
-    assert set(approximate["search"]) == {"IVF64,Flat"}
-    assert approximate[approximate["row"] == "method"]["method"].tolist() == ["xbt", "xbt"]
+    indexes = pd.read_csv(tmp_path / "leaderboard-indexes.csv")
+    assert set(indexes["search"]) == {"ivf"}
+    assert indexes[indexes["row"] == "method"]["method"].tolist() == ["xbt", "xbt"]
     chains = pd.read_csv(tmp_path / "chains.csv")
     assert chains["AC rsum"].tolist() == [pytest.approx(2 / 3)]
 
@@ -228,9 +226,9 @@ def test_leaderboard_lists_every_method_with_marks(synthetic_results: Path, tmp_
     assert "No method here was tuned" in markdown
     assert "not applicable: embedding dims differ" in markdown
     exact_at = markdown.index("## toy-s-to-m · toy-shapes · split test\n")
-    approx_at = markdown.index("## Approximate search")
+    index_at = markdown.index("## Production indexes")
     reported_at = markdown.index("## Published numbers (reported, not re-run)")
-    assert exact_at < approx_at < reported_at
+    assert exact_at < index_at < reported_at
     assert "ricci2026spherical" in markdown[reported_at:]
     assert "jang2025xbt: Y. K. Jang" in markdown[reported_at:]
 
@@ -283,11 +281,7 @@ def test_plots_read_at_a_glance(synthetic_results: Path):
 
 
 def test_summary_marks_each_cell(synthetic_results: Path):
-    results = [
-        r
-        for r in load_results(synthetic_results)
-        if r.pair == "toy-s-to-m" and r.approximate_index is None
-    ]
+    results = [r for r in load_results(synthetic_results) if r.pair == "toy-s-to-m"]
     console = Console(record=True, width=220, color_system="truecolor")
     print_summary(results, console)
     text = console.export_text(clear=False)
@@ -312,7 +306,7 @@ def test_summary_marks_each_cell(synthetic_results: Path):
 def test_cli_commands(synthetic_results: Path, tmp_path: Path, capsys: pytest.CaptureFixture):
     args = ["--results-dir", str(synthetic_results), "--output-dir", str(tmp_path)]
     code, out, _ = run_cli(["leaderboard", *args], capsys)
-    assert code == 0 and "7 results" in out
+    assert code == 0 and "6 results" in out  # run results; the index result joins them
     assert (tmp_path / "leaderboard.md").exists()
     code, out, _ = run_cli(["plot", *args], capsys)
     assert code == 0 and "wrote 26 plot files" in out

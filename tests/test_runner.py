@@ -361,10 +361,11 @@ def test_backfill_curves_hybrid_and_measured_throughputs(small_pair: str, tmp_pa
             assert backfill.orders[order].kept
             assert curve[0].metrics == own  # nothing re-embedded: the method's own numbers
             assert curve[-1].metrics == result.metrics["new->new"]  # everything: new->new
-        for choice in backfill.calibration.values():
-            assert set(choice.support_r1) == {"none", "affine"}
-            kept = "affine" if choice.support_r1["affine"] > choice.support_r1["none"] else "none"
-            assert choice.kind == kept
+        for choice in backfill.calibration.values():  # the best on support, every one scored
+            assert set(choice.support_r1) == {"none", "affine", "quantile", "isotonic"}
+            assert choice.support_r1[choice.kind] == max(choice.support_r1.values())
+            assert bool(choice.knots) == (choice.kind in ("quantile", "isotonic"))
+        assert set(backfill.orders) == {"random", "old-margin", "uncertainty"}
     # the hybrid reused xbt's training and reports its α per direction
     hybrid, xbt = results["xbt-hybrid"], results["xbt"]
     assert hybrid.info["stage2"]["checkpoint_dir"] == xbt.info["stage2"]["checkpoint_dir"]

@@ -288,17 +288,19 @@ ResultsDirOption = Annotated[
 ReportDirOption = Annotated[Path, typer.Option(help="folder for tables, plots and the page")]
 
 
-def _parse_overrides(values: list[str] | None) -> dict[str, object]:
+def _parse_overrides(
+    values: list[str] | None, option: str = "--set", example: str = "lora_rank=8"
+) -> dict[str, Any]:
     """``KEY=VALUE`` strings -> a dict, values parsed as JSON where they parse (3, 0.5, true)."""
     import json
 
     from .errors import ConfigError
 
-    overrides: dict[str, object] = {}
+    overrides: dict[str, Any] = {}
     for item in values or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ConfigError(f"--set {item!r}: use KEY=VALUE, e.g. --set lora_rank=8")
+            raise ConfigError(f"{option} {item!r}: use KEY=VALUE, e.g. {option} {example}")
         try:
             overrides[key] = json.loads(raw)
         except json.JSONDecodeError:
@@ -340,7 +342,7 @@ def _run_options(args: dict[str, Any]) -> RunOptions:
     """RunOptions from a command's arguments (its ``locals()``): the options that ``run``,
     ``backfill`` and ``sweep`` share, under their command-line names (``method``, ``split``,
     ``seeds``, ``workers``, ``set_``), checked before any work."""
-    from .options import RunOptions
+    from .options import RunOptions, index_specs
 
     return RunOptions(
         pair=args["pair"],
@@ -356,6 +358,10 @@ def _run_options(args: dict[str, Any]) -> RunOptions:
         num_workers=args["workers"],
         overrides=_parse_overrides(args["set_"]),
         tuned_from=args.get("tuned_from"),
+        indexes=index_specs(
+            args.get("index") or [],
+            _parse_overrides(args.get("index_param"), "--index-param", "nprobe=16"),
+        ),
     )
 
 
@@ -393,9 +399,22 @@ def run_command(
         bool,
         typer.Option(help="also record partial-backfill curves (as `xbt-bench backfill`)"),
     ] = False,
+    index: Annotated[
+        list[str] | None,
+        typer.Option(help="also score through a production FAISS index of each gallery, trained "
+                     "on its vectors: flat, ivf, hnsw or ivfpq (repeatable); written beside the "
+                     "exact result as <method>.index-KIND.json"),
+    ] = None,
+    index_param: Annotated[
+        list[str] | None,
+        typer.Option("--index-param", help="index parameter KEY=VALUE (nlist, nprobe, M, "
+                     "efSearch, pq_m, pq_nbits) for every --index that has it; default: from "
+                     "the gallery's size"),
+    ] = None,
 ) -> None:
     """Run a pair end to end: embed, fit every method, score every setting, write results
-    (with --backfill also the partial-backfill curves, as `xbt-bench backfill` writes them).
+    (with --backfill also the partial-backfill curves, as `xbt-bench backfill` writes them;
+    with --index also the recalls through production indexes next to exact search).
     Under torchrun the ranks share the embedding and the training (DDP); rank 0 writes."""
     from .backfill import run_backfill
     from .eval.backfill import DEFAULT_FRACTIONS

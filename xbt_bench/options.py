@@ -20,6 +20,7 @@ from .data import ImageTextSet, TextCorpus, load_dataset, load_text_corpus, spli
 from .data.registry import dataset_info
 from .errors import ConfigError, did_you_mean
 from .eval.backfill import interior
+from .eval.indexes import INDEX_PARAMS, IndexSpec
 from .methods import MethodSpec, methods
 from .models.refs import parse_model_ref
 from .pairs import PairSpec
@@ -50,6 +51,8 @@ class RunOptions:
     # unless use_tuned is False.
     tuned_from: Path | None = None
     use_tuned: bool = True
+    # production indexes scored beside exact search (issue 22, item 3): `run --index KIND`
+    indexes: Sequence[IndexSpec] = ()
 
     def __post_init__(self) -> None:
         self.output_dir = Path(self.output_dir)
@@ -242,3 +245,31 @@ def check_backfill(spec: PairSpec, fractions: Sequence[float]) -> None:
     interior(fractions)
     if spec.is_chain:
         raise ConfigError(f"pair {spec.name!r} is a chain; backfill an upgrade pair (OLD -> NEW)")
+
+
+def index_specs(kinds: Sequence[str], params: Mapping[str, int]) -> list[IndexSpec]:
+    """The production indexes ``run --index KIND`` asked for, each with the ``params`` it has
+    (``--index-param KEY=VALUE`` applies to every listed kind with that parameter); ConfigError
+    for an unknown kind, a parameter no listed kind has, or parameters without an index."""
+    if params and not kinds:
+        raise ConfigError("--index-param needs an index: add --index ivf (or flat, hnsw, ivfpq)")
+    specs = [
+        IndexSpec(kind, tuple((k, v) for k, v in params.items() if k in INDEX_PARAMS.get(kind, ())))
+        for kind in dict.fromkeys(kinds)
+    ]
+    for key in params:
+        if not any(key in INDEX_PARAMS[spec.kind] for spec in specs):
+            known = sorted({name for spec in specs for name in INDEX_PARAMS[spec.kind]})
+            hint = did_you_mean(key, known, "parameters of these indexes")
+            raise ConfigError(
+                f"--index-param {key}: no listed index ({', '.join(kinds)}) has it; {hint}"
+            )
+    return specs
+
+
+def check_indexes(spec: PairSpec, indexes: Sequence[IndexSpec]) -> None:
+    """Before any work: production indexes are scored on an upgrade pair, not a chain."""
+    if indexes and spec.is_chain:
+        raise ConfigError(
+            f"pair {spec.name!r} is a chain; --index scores an upgrade pair (OLD -> NEW)"
+        )

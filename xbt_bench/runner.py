@@ -24,9 +24,11 @@ from .data.registry import corpus_summary
 from .embed import EmbeddingCache, EmbedStats
 from .embed.sharded import embed_split_sharded
 from .embed.throughput import measured_throughputs
-from .eval import Embeddings, RetrievalResult
+from .eval import Embeddings
 from .eval.backfill import BackfillSet
-from .eval.compat import METHOD_OLD
+from .eval.compat import METHOD_OLD, NEW_NEW, OLD_OLD
+from .eval.indexes import IndexSpec, build_search_indexes
+from .eval.retrieval import RetrievalResult, SearchIndexes
 from .methods import methods
 from .methods.base import FitContext, FittedMethod, ModelHandle
 from .options import (
@@ -34,6 +36,7 @@ from .options import (
     PairData,
     RunOptions,
     TrainingData,
+    check_indexes,
     check_settings,
     load_pair_data,
     load_training_data,
@@ -43,8 +46,8 @@ from .options import (
 )
 from .pairs import load_pair, pair_registry, shadowed_pairs
 from .paths import cache_dir, relative_to_home
-from .results import Needs, ReportValue, RunResult
-from .scoring import References, SplitResult, chain_split, method_split, score
+from .results import IndexResult, Needs, ReportValue, RunResult
+from .scoring import References, SplitResult, chain_split, index_split, method_split, score
 from .toy.build import ensure_zoo_models
 
 
@@ -68,6 +71,7 @@ class Runner:
         self.method_names = resolve_methods(options.methods)
         check_settings(self.spec, self.method_names, options)
         self.method_names = methods_for_pair(self.spec, self.method_names, console)
+        check_indexes(self.spec, options.indexes)
         self.dataset = options.dataset or self.spec.dataset
         self.cache = EmbeddingCache()
         self.stats = EmbedStats()
@@ -80,8 +84,10 @@ class Runner:
         self._data: PairData | None = None
         self._settings: dict[str, MethodSettings] = {}
         self._galleries: dict[tuple[str, str], Embeddings] = {}
-        self._references: dict[tuple[str, str, str], References] = {}
+        self._references: dict[tuple[str, str, str, IndexSpec | None], References] = {}
         self._fits: dict[tuple[str, int], list[FittedMethod]] = {}
+        self._indexes: dict[tuple[str, str, IndexSpec], SearchIndexes] = {}
+        self._scores: dict[tuple[str, str, IndexSpec | None], list[RetrievalResult]] = {}
 
     @property
     def training(self) -> TrainingData:
@@ -138,14 +144,33 @@ class Runner:
             self._galleries[key] = Embeddings(images=images, texts=texts)
         return self._galleries[key]
 
-    def references(self, split: str, data: ImageTextSet, old: str, new: str) -> References:
-        """old→old and new→new of the upgrade ``old`` -> ``new`` on ``data`` (scored once)."""
-        key = (old, new, split)
+    def references(
+        self, split: str, data: ImageTextSet, old: str, new: str, index: IndexSpec | None = None
+    ) -> References:
+        """old→old and new→new of the upgrade ``old`` -> ``new`` on ``data`` (scored once):
+        exact, or through production index ``index`` over each model's gallery."""
+        key = (old, new, split, index)
         if key not in self._references:
+            indexes = None
+            if index is not None:
+                indexes = tuple(self.search_indexes(ref, split, data, index) for ref in (old, new))
             self._references[key] = References.score(
-                self.gallery(old, split, data), self.gallery(new, split, data), data.caption_image
+                self.gallery(old, split, data),
+                self.gallery(new, split, data),
+                data.caption_image,
+                indexes,
             )
         return self._references[key]
+
+    def search_indexes(
+        self, ref: str, split: str, data: ImageTextSet, index: IndexSpec
+    ) -> SearchIndexes:
+        """Production index ``index`` over model ``ref``'s gallery of ``data``, trained on that
+        gallery's vectors (built once: every query encoder searches the same index)."""
+        key = (ref, split, index)
+        if key not in self._indexes:
+            self._indexes[key] = build_search_indexes(self.gallery(ref, split, data), index)
+        return self._indexes[key]
 
     def seeds(self, method: str) -> list[int]:
         """The seeds ``method`` runs with: ``n_seeds`` of them for a trained method, else one."""
@@ -216,6 +241,12 @@ class Runner:
                 saved = result.save(self.options.output_dir)
                 self.console.print(f"  wrote {saved}", markup=False, highlight=False)
             results.append(result)
+            # --- production indexes (issue 22, item 3): beside the exact result ---
+            for index in self.options.indexes:
+                indexed = self.score_index(method, index, result)
+                if indexed is not None and distributed.is_main():
+                    self.console.print(f"  wrote {indexed.save(self.options.output_dir)}")
+                    self.console.print(index_losses(indexed), highlight=False)
         distributed.barrier()  # every rank returns once the results are written
         return results
 
@@ -230,18 +261,79 @@ class Runner:
             if methods.get(method).deploys != METHOD_OLD:
                 splits[split] = references.split()
                 continue
-            scored = [self.score_fit(fitted, split, eval_set) for fitted in fits]
             theirs = None
             if baseline is not None:  # its own seeds: fit seed s is compared with seed s
-                base = [self.score_fit(fitted, split, eval_set) for fitted in self.fits(baseline)]
-                theirs = (baseline, base)
-            splits[split] = method_split(scored, references, theirs)
+                theirs = (baseline, self.scores(baseline, split, eval_set))
+            splits[split] = method_split(self.scores(method, split, eval_set), references, theirs)
         return self.result(method, fits, splits, self.seeds(method))
 
-    def score_fit(self, fitted: FittedMethod, split: str, data: ImageTextSet) -> RetrievalResult:
-        """``fitted``'s queries of ``data`` against the gallery they search, exact search."""
-        gallery = self.searched_gallery(fitted, split, data)
-        return score(self.queries(fitted, data), gallery, data.caption_image, data.key)
+    def scores(
+        self, method: str, split: str, data: ImageTextSet, index: IndexSpec | None = None
+    ) -> list[RetrievalResult]:
+        """Each of ``method``'s fits searching its gallery of ``data``: exactly, or through
+        production index ``index`` (built once per gallery); scored once."""
+        key = (method, split, index)
+        if key not in self._scores:
+            self._scores[key] = [
+                score(
+                    self.queries(fitted, data),
+                    self.searched_gallery(fitted, split, data),
+                    data.caption_image,
+                    data.key,
+                    None if index is None else self.search_indexes(
+                        self.spec.old if fitted.gallery == "old" else self.spec.new,
+                        split, data, index,
+                    ),
+                )
+                for fitted in self.fits(method)
+            ]  # fmt: skip
+        return self._scores[key]
+
+    def score_index(self, method: str, index: IndexSpec, exact: RunResult) -> IndexResult | None:
+        """``method`` on OLD -> NEW through production index ``index`` on every evaluation
+        split, next to ``exact`` (its exact result from the same fits): old→old and every
+        method→old search one index of OLD's gallery, new→new one of NEW's gallery
+        (:func:`~xbt_bench.scoring.index_split`). None for a method that does not apply."""
+        if not self.fits(method)[0].applicable:
+            return None
+        old, new = self.spec.old, self.spec.new
+        splits = {}
+        for split, eval_set in self.data.eval_sets.items():
+            exact_refs = self.references(split, eval_set, old, new)
+            refs = self.references(split, eval_set, old, new, index)
+            exact_scores = {OLD_OLD: [exact_refs.old_old], NEW_NEW: [exact_refs.new_new]}
+            index_scores = {OLD_OLD: [refs.old_old], NEW_NEW: [refs.new_new]}
+            if methods.get(method).deploys != METHOD_OLD:
+                indexed = refs.split()
+            else:
+                indexed = method_split(self.scores(method, split, eval_set, index), refs)
+                exact_scores[METHOD_OLD] = self.scores(method, split, eval_set)
+                index_scores[METHOD_OLD] = self.scores(method, split, eval_set, index)
+            searches = {}
+            for which, ref in (("old", old), ("new", new)):
+                built = self.search_indexes(ref, split, eval_set, index)
+                searches |= {
+                    f"{which} images": built.image_search,
+                    f"{which} captions": built.text_search,
+                }
+            splits[split] = index_split(
+                indexed, exact_scores, index_scores, searches, eval_set.caption_image
+            )
+        return IndexResult(
+            pair=exact.pair,
+            old=exact.old,
+            new=exact.new,
+            method=method,
+            dataset=exact.dataset,
+            config=exact.config,
+            fingerprints=exact.fingerprints,
+            index=index.name,
+            params=dict(index.params),
+            split=exact.split,
+            setting=exact.setting,
+            seeds=exact.seeds or [exact.seed],
+            splits=splits,
+        )
 
     def score_chain(self, method: str) -> RunResult:
         """One method on every upgrade i > j of the chain: the compatibility matrix M[i][j]."""
@@ -364,6 +456,20 @@ class Runner:
             for which, ref in (("old", self.spec.old), ("new", self.spec.new))
             if self.handles[ref].loaded
         }
+
+
+def index_losses(result: IndexResult) -> str:
+    """One line per split: the rsum each setting loses through ``result``'s index, and
+    method→old's loss beyond old→old's with its 95% interval."""
+    lines = []
+    for split, data in result.splits.items():
+        losses = " · ".join(f"{s} {v['rsum']:.2f}" for s, v in data.loss.items())
+        line = f"  {split} through {result.index}: rsum loss {losses}"
+        if data.extra_loss is not None and data.extra_loss_intervals is not None:
+            low, high = data.extra_loss_intervals["rsum"]
+            line += f"; beyond OLD's {data.extra_loss['rsum']:+.2f} (95% {low:+.2f} to {high:+.2f})"
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def split_curves(info: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[dict]]]:

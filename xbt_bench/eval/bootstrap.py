@@ -65,6 +65,14 @@ class QueryHits:
     def n_images(self) -> int:
         return self.i2t.shape[1]
 
+    def plus(self, other: QueryHits) -> QueryHits:
+        """The per-query sum of two settings' hits on the same queries: recalls are linear in
+        the hits, so its recalls are the sums of theirs (how a difference of two margins gets
+        one paired interval)."""
+        if self.ks != other.ks or not np.array_equal(self.caption_image, other.caption_image):
+            raise InputError("hits can be added only for the same queries and Ks")
+        return QueryHits(self.ks, self.t2i + other.t2i, self.i2t + other.i2t, self.caption_image)
+
     def recalls(self, weights: np.ndarray) -> dict[str, np.ndarray]:
         """Recall@K (percent) and rsum for each row of image ``weights`` [n_samples, n_images]
         (how many times each image was drawn)."""

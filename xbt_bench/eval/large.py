@@ -206,7 +206,14 @@ def build_sharded_index(
         ) from error
     if not index.is_trained:
         sample = np.linspace(0, gallery.n_rows - 1, min(train_rows, gallery.n_rows))
-        index.train(gallery.take(np.unique(sample.astype(np.int64))))
+        try:
+            index.train(gallery.take(np.unique(sample.astype(np.int64))))
+        except RuntimeError as error:  # e.g. more lists or PQ centroids than training rows
+            raise InputError(
+                f"FAISS cannot train index {index_factory!r} on {len(sample)} gallery rows "
+                f"({str(error).splitlines()[0].split('failed: ')[-1]}); use fewer lists "
+                "(nlist) or PQ bits (pq_nbits)"
+            ) from error
     for _, block in gallery.blocks(block_rows):
         index.add(block)
     if search_params:

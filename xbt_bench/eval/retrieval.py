@@ -43,9 +43,24 @@ class RetrievalResult:
     metrics: dict[str, float]
     t2i_hit1: np.ndarray  # [n_captions] bool
     i2t_hit1: np.ndarray  # [n_images] bool
-    search: str = EXACT_SEARCH  # "exact" or the FAISS factory string of an approximate index
+    search: str = EXACT_SEARCH  # "exact", or the FAISS indexes searched (SearchIndexes.label)
     t2i_ranks: np.ndarray | None = None  # [n_captions] int
     i2t_ranks: np.ndarray | None = None  # [n_images] int
+
+
+class SearchIndexes(NamedTuple):
+    """Prebuilt FAISS indexes over one gallery's images and captions (e.g. a production index
+    trained on them: :mod:`~xbt_bench.eval.indexes`), and how results name each search."""
+
+    images: faiss.Index
+    texts: faiss.Index
+    image_search: str
+    text_search: str
+
+    @property
+    def label(self) -> str:
+        """``images <search>; captions <search>``: what a result searched."""
+        return f"images {self.image_search}; captions {self.text_search}"
 
 
 def _as_matrix(name: str, x: np.ndarray) -> np.ndarray:
@@ -75,16 +90,11 @@ def validate_embeddings(name: str, x: np.ndarray) -> np.ndarray:
     return x / norms[:, None]
 
 
-def build_index(gallery: np.ndarray, factory: str | None = None) -> faiss.Index:
-    """An inner-product FAISS index over ``gallery``: exact (``IndexFlatIP``) unless ``factory``
-    names an approximate one (e.g. ``"HNSW32"``, ``"IVF256,Flat"``), trained on the gallery."""
+def build_index(gallery: np.ndarray) -> faiss.Index:
+    """An exact inner-product FAISS index (``IndexFlatIP``) over ``gallery``; approximate ones
+    are built by :func:`~xbt_bench.eval.large.build_sharded_index`."""
     gallery = _as_matrix("gallery", gallery)
-    if factory is None:
-        index = faiss.IndexFlatIP(gallery.shape[1])
-    else:
-        index = faiss.index_factory(gallery.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
-        if not index.is_trained:
-            index.train(gallery)
+    index = faiss.IndexFlatIP(gallery.shape[1])
     index.add(gallery)
     return index
 
@@ -138,15 +148,16 @@ def positive_ranks(
     gallery_labels: np.ndarray,
     k_max: int,
     *,
-    index_factory: str | None = None,
+    index: faiss.Index | None = None,
     chunk_size: int = 4096,
 ) -> np.ndarray:
     """Per query, the number of gallery items scoring strictly above its best positive, capped
     at ``k_max`` (a rank r is a hit at every K > r). Gallery item ``g`` is a positive of query
     ``q`` when ``gallery_labels[g] == query_labels[q]``; a query without one ranks ``k_max``.
 
-    Vectors are used as given (pass normalised ones); ``index_factory`` selects an approximate
-    FAISS index (see ``build_index``), exact search otherwise.
+    Vectors are used as given (pass normalised ones). Exact search unless ``index``, a prebuilt
+    FAISS index holding ``gallery`` (e.g. an approximate one), is given: then ranks are what
+    that index returns.
     """
     queries = _as_matrix("queries", queries)
     query_labels, gallery_labels = np.asarray(query_labels), np.asarray(gallery_labels)
@@ -155,7 +166,13 @@ def positive_ranks(
             f"need one label per query ({len(queries)}) and per gallery item ({len(gallery)}), "
             f"got shapes {query_labels.shape} and {gallery_labels.shape}"
         )
-    index = build_index(gallery, index_factory)
+    if index is None:
+        index = build_index(gallery)
+    elif index.ntotal != len(gallery):
+        raise InputError(
+            f"index holds {index.ntotal} vectors but the gallery has {len(gallery)}; build the "
+            "index from this gallery"
+        )
 
     def search(todo: np.ndarray, window: int) -> tuple[np.ndarray, np.ndarray]:
         subset = queries if todo.size == len(queries) else queries[todo]
@@ -277,13 +294,14 @@ def evaluate_retrieval(
     text_gallery: np.ndarray,
     caption_image: np.ndarray,
     ks: Sequence[int] = DEFAULT_KS,
-    index_factory: str | None = None,
+    indexes: SearchIndexes | None = None,
     chunk_size: int = 4096,
 ) -> RetrievalResult:
     """T2I (``text_queries`` [n_captions, d_q] against ``image_gallery`` [n_images, d_q]) and I2T
     (``image_queries`` [n_images, d_g] against ``text_gallery`` [n_captions, d_g]) recall@K in
     percent, plus rsum. ``caption_image[c]`` is the image index of caption ``c``. Embeddings are
-    validated and L2-normalised here; search is exact unless ``index_factory`` is given.
+    validated and L2-normalised here; search is exact unless ``indexes`` (prebuilt over the two
+    galleries) are given, and the result's ``search`` says which.
     """
     ks = _check_ks(ks)
     text_queries = validate_embeddings("text_queries", text_queries)
@@ -296,10 +314,12 @@ def evaluate_retrieval(
         text_queries, image_gallery, image_queries, text_gallery, caption_image
     )
     image_ids = np.arange(len(image_gallery))
-    options = {"index_factory": index_factory, "chunk_size": chunk_size}
-    t2i = positive_ranks(text_queries, image_gallery, caption_image, image_ids, ks[-1], **options)
-    i2t = positive_ranks(image_queries, text_gallery, image_ids, caption_image, ks[-1], **options)
-    return result_from_ranks(t2i, i2t, ks, index_factory or EXACT_SEARCH)
+    image_index, text_index = (None, None) if indexes is None else (indexes.images, indexes.texts)
+    t2i = positive_ranks(text_queries, image_gallery, caption_image, image_ids, ks[-1],
+                         index=image_index, chunk_size=chunk_size)  # fmt: skip
+    i2t = positive_ranks(image_queries, text_gallery, image_ids, caption_image, ks[-1],
+                         index=text_index, chunk_size=chunk_size)  # fmt: skip
+    return result_from_ranks(t2i, i2t, ks, EXACT_SEARCH if indexes is None else indexes.label)
 
 
 def retrieval_matrix(
@@ -308,7 +328,6 @@ def retrieval_matrix(
     caption_image: np.ndarray,
     *,
     ks: Sequence[int] = DEFAULT_KS,
-    index_factory: str | None = None,
 ) -> dict[tuple[int, int], RetrievalResult]:
     """Results of a chain v0 -> v1 -> ... for every (query model i, gallery model j), i >= j.
 
@@ -332,7 +351,6 @@ def retrieval_matrix(
             text_gallery=gallery_sets[j].texts,
             caption_image=caption_image,
             ks=ks,
-            index_factory=index_factory,
         )
         for i, j in sorted(expected)
     }

@@ -180,7 +180,7 @@ def _duration(hours: float) -> str:
 
 
 def _pair_results(results: Sequence[RunResult], pair: str) -> list[RunResult]:
-    mine = [r for r in results if r.pair == pair and r.approximate_index is None]
+    mine = [r for r in results if r.pair == pair]
     if not mine:
         pairs = sorted({r.pair for r in results})
         raise NotFoundError(

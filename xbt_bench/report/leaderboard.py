@@ -2,8 +2,9 @@
 
 Rows: one per (run result, split), plus the ``old->old`` and ``new->new`` reference rows of
 each (pair, dataset, split) group, taken from its newest result unless a result of a reference
-method (``setting`` old->old / new->new) already gives them. Exact and approximate-search rows
-go to separate tables and are never ranked together. The partial-backfill and diagnostics
+method (``setting`` old->old / new->new) already gives them. Only exact search is ranked; the
+recalls through production indexes (``run --index``) get a section per index, with each row's
+loss against exact search next to OLD's own loss. The partial-backfill and diagnostics
 tables come from their own result files, joined here by pair and dataset. Published numbers
 appear only in their own "reported, not re-run" table.
 """
@@ -22,10 +23,12 @@ from xbt_bench.data.reported import CITATIONS, PROTOCOLS, REPORTED_LABEL, load_r
 from xbt_bench.eval.compat import METHOD_OLD, NEW_NEW, OLD_OLD
 from xbt_bench.eval.retrieval import METRIC_KEYS
 from xbt_bench.methods import methods
+from xbt_bench.methods.base import Cost
 from xbt_bench.report.spreadsheet import spreadsheet_csv
 from xbt_bench.results import (
     BackfillResult,
     DiagnosticsResult,
+    IndexResult,
     Needs,
     ResultSet,
     RunResult,
@@ -77,7 +80,9 @@ def setting_label(setting: str) -> str:
     return setting.replace("->", "→")
 
 
-def _row(result: RunResult, split: str, setting: str, row: str, path: Path | None) -> dict:
+def _row(
+    result: RunResult, split: str, setting: str, row: str, path: Path | None, search: str = EXACT
+) -> dict:
     data = result.splits[split]
     shown = result.applicable or row == "reference"
     values = data.metrics.get(setting, {}) if shown else {}
@@ -94,7 +99,7 @@ def _row(result: RunResult, split: str, setting: str, row: str, path: Path | Non
         "pair": result.pair,
         "dataset": result.dataset,
         "split": split,
-        "search": result.approximate_index or EXACT,
+        "search": search,
         "row": row,
         "method": reference_method(setting) if row == "reference" else result.method,
         "setting": setting,
@@ -178,14 +183,15 @@ def _settings_label(result: RunResult) -> str:
 
 
 def leaderboard_frame(
-    results: Sequence[RunResult], paths: Sequence[Path] | None = None
+    results: Sequence[RunResult], paths: Sequence[Path] | None = None, search: str = EXACT
 ) -> pd.DataFrame:
     """The tidy leaderboard: one row per (result, split) plus each table's reference rows;
-    references first, then each deployment group (:data:`GROUPS`: OLD retired, OLD kept at
-    query time) ranked by rsum (``rank``, best first), not-applicable rows last."""
+    references first, then each deployment group (OLD retired, OLD kept at query time) ranked
+    by rsum (``rank``, best first), not-applicable rows last; ``search`` names how the results
+    searched (exact, or a production index)."""
     paths = list(paths) if paths is not None else [None] * len(results)
     rows = [
-        _row(result, split, result.setting, "method", path)
+        _row(result, split, result.setting, "method", path, search)
         for result, path in zip(results, paths, strict=True)
         for split in result.splits
     ]
@@ -195,9 +201,11 @@ def leaderboard_frame(
     references = []
     for key, group in frame.groupby(GROUP_KEYS, sort=False):
         present = set(group["setting"])
-        newest = max((r for r in results if _group_key(r, key[2]) == key), key=lambda r: r.date)
+        newest = max(
+            (r for r in results if _group_key(r, key[2], search) == key), key=lambda r: r.date
+        )
         references += [
-            _row(newest, key[2], setting, "reference", None)
+            _row(newest, key[2], setting, "reference", None, search)
             for setting in (OLD_OLD, NEW_NEW)
             if setting not in present
         ]
@@ -223,8 +231,8 @@ def leaderboard_frame(
     return frame.drop(columns=["_split", "_rank", "_setting"]).reset_index(drop=True)
 
 
-def _group_key(result: RunResult, split: str) -> tuple[str, str, str, str]:
-    return (result.pair, result.dataset, split, result.approximate_index or EXACT)
+def _group_key(result: RunResult, split: str, search: str) -> tuple[str, str, str, str]:
+    return (result.pair, result.dataset, split, search)
 
 
 def _number(value: object, digits: int = 2) -> str:
@@ -394,10 +402,10 @@ def tuning_note(results: Sequence[RunResult]) -> str:
 
 
 def group_title(key: tuple) -> str:
-    """``pair · dataset · split`` (plus the index when the search is approximate)."""
+    """``pair · dataset · split`` (plus the index when the search went through one)."""
     pair, dataset, split, search = key
     title = f"{pair} · {dataset} · split {split}"
-    return title if search == EXACT else f"{title} · approximate index {search}"
+    return title if search == EXACT else f"{title} · index {search}"
 
 
 def chain_frame(results: Sequence[RunResult]) -> pd.DataFrame:
@@ -412,7 +420,7 @@ def chain_frame(results: Sequence[RunResult]) -> pd.DataFrame:
                     "pair": result.pair,
                     "dataset": result.dataset,
                     "split": split,
-                    "search": result.approximate_index or EXACT,
+                    "search": EXACT,
                     "method": result.method,
                     "models": " → ".join(data.chain_matrix.models),
                     **{f"AC {k}": v for k, v in data.chain_matrix.average_compatibility.items()},
@@ -441,20 +449,33 @@ BACKFILL_LEGEND = (
     "R@1 text→image / image→text (percent) when a share of the gallery's items (an image with "
     "its captions) holds NEW's embeddings and the rest still OLD's. A query searches the OLD "
     "part with the method's query encoder (OLD's own for old) and the NEW part with NEW's, and "
-    "the two lists are merged by score; where it helped on the support split, NEW's scores are "
-    "first put on the OLD part's scale by an affine map fitted on support (calibration). 0% is "
-    "the method's own method→old, 100% is new→new. Orders: random; OLD's worst first (items "
-    "whose OLD embeddings match their own captions worst), reported only where it beat the "
-    "random order on support. Here the items' own captions are also the queries, so OLD's "
-    "worst first is an optimistic order (in a deployment, queries differ from the captions). "
-    "'passes old→old' is the first share whose R@1 beats old→old's."
+    "the two lists are merged by score, after each direction's scores are put on one scale by "
+    "the calibration that won on the support split (calibration): none, an affine map of NEW's "
+    "scores (Platt scaling), or an increasing map per space, quantile (how rare a distractor "
+    "scoring that high is in its space) or isotonic (the probability of a match in its space), "
+    "each fitted on support. 0% is the method's own method→old, 100% is new→new. Orders: "
+    "random; OLD's least certain first (a ridge regression learned on support predicts what "
+    "re-embedding an item buys from OLD's gallery embeddings alone: the item's image, its "
+    "captions, how crowded they are and how well they agree; no query is searched); OLD's "
+    "worst first (items whose OLD embeddings retrieve their own captions worst). An informed "
+    "order is reported only where it beat the random order on support (the learned one scored "
+    "on support items it was not fitted on). Here the items' own captions are also the "
+    "queries, so OLD's worst first is an optimistic order (in a deployment, queries differ "
+    "from the captions). 'passes old→old' is the first share whose R@1 beats old→old's."
 )
-ORDER_LABELS = {"random": "random", "old-margin": "OLD's worst first"}
+ORDER_LABELS = {
+    "random": "random",
+    "old-margin": "OLD's worst first",
+    "uncertainty": "OLD's least certain first",
+}
 
 
 def _calibration_label(choice: CalibrationChoice) -> str:
-    """``none``, or the affine map applied to NEW's scores (``1.58·s -0.598``)."""
-    return "none" if choice.kind == "none" else f"{choice.scale:.3g}·s {choice.shift:+.3g}"
+    """``none``, the affine map applied to NEW's scores (``1.58·s -0.598``), or the name of
+    the monotone maps (``isotonic``, ``quantile``)."""
+    if choice.kind == "affine":
+        return f"{choice.scale:.3g}·s {choice.shift:+.3g}"
+    return choice.kind
 
 
 def backfill_frame(backfills: Sequence[BackfillResult]) -> pd.DataFrame:
@@ -523,7 +544,141 @@ REPORTED_NOTE = (
     "Recalls (percent) as the papers print them, with their source and protocol. They were "
     "not produced by this suite and are not comparable with the leaderboards above."
 )
-APPROXIMATE_TITLE = "Approximate search (not comparable with the exact tables)"
+
+# --- production indexes (issue 22, item 3): a section per index, beside the exact tables ---
+INDEX_TITLE = "Production indexes: recall through FAISS indexes, and what they lose"
+INDEX_LEGEND = (
+    "From `xbt-bench run --index KIND`: the gallery sits in a FAISS index built as a serving "
+    "system builds it, trained on that gallery's own vectors. old→old and method→old search one "
+    "index of OLD's gallery (a mapped query searches an index trained on OLD's vectors, not its "
+    "own); new→new searches an index of the same kind and parameters trained on NEW's gallery, "
+    "the one a full backfill would rebuild, so every row of a section pays the same kind of "
+    "index. Recalls and the ✓ marks compare through the index (method→old against old→old "
+    "through the same index). loss = exact − through the index on the same queries (points; "
+    "the exact numbers are in the tables above and in leaderboard-indexes.csv, exact_*); "
+    "beyond OLD = method→old's loss − old→old's, with its paired 95% interval over the split's "
+    "images: above 0 when a mapped query loses more through OLD's index than OLD's own query. "
+    "Each section says the FAISS index each gallery had. Not ranked against exact search."
+)
+LOSS_DIRECTIONS = ("t2i_r1", "i2t_r1")
+
+
+def _indexed_run(result: IndexResult, exact: RunResult | None) -> RunResult:
+    """``result``'s recalls through its index as a run result (its exact run's cost and
+    declared fields kept when ``exact`` is given), for the tables that rank runs."""
+    base = exact or RunResult(
+        pair=result.pair, old=result.old, new=result.new, method=result.method,
+        dataset=result.dataset, split=result.split, setting=result.setting,
+        splits={s: v.indexed for s, v in result.splits.items()}, cost=Cost(), seed=result.seeds[0],
+    )  # fmt: skip
+    return base.model_copy(
+        update={
+            "splits": {s: v.indexed for s, v in result.splits.items()},
+            "split": result.split,
+            "seeds": result.seeds,
+            "seed": result.seeds[0],
+            "date": result.date,
+            "git_revision": result.git_revision,
+        }
+    )
+
+
+def _loss_columns(result: IndexResult, split: str, setting: str) -> dict:
+    data = result.splits[split]
+    loss, intervals = data.loss.get(setting, {}), data.loss_intervals.get(setting, {})
+    extra = (data.extra_loss or {}) if setting == METHOD_OLD else {}
+    extra_intervals = (data.extra_loss_intervals or {}) if setting == METHOD_OLD else {}
+    return {
+        **{f"exact_{k}": data.exact.get(setting, {}).get(k, math.nan) for k in METRIC_KEYS},
+        **{f"loss_{k}": loss.get(k, math.nan) for k in METRIC_KEYS},
+        **{f"loss_{k}_lo": intervals.get(k, [math.nan])[0] for k in METRIC_KEYS},
+        **{f"loss_{k}_hi": intervals.get(k, [math.nan, math.nan])[1] for k in METRIC_KEYS},
+        **{f"old_loss_{k}": data.loss[OLD_OLD][k] for k in METRIC_KEYS},
+        **{f"extra_loss_{k}": extra.get(k, math.nan) for k in METRIC_KEYS},
+        **{f"extra_loss_{k}_lo": extra_intervals.get(k, [math.nan])[0] for k in METRIC_KEYS},
+        **{
+            f"extra_loss_{k}_hi": extra_intervals.get(k, [math.nan, math.nan])[1]
+            for k in METRIC_KEYS
+        },
+        **{f"index {gallery}": search for gallery, search in data.searches.items()},
+    }
+
+
+def index_frame(found: ResultSet) -> pd.DataFrame:
+    """The production-index tables: :func:`leaderboard_frame` of each index's results (their
+    recalls through the index; ``search`` is the index's name), each row with its exact
+    recalls, its loss against exact search and interval, OLD's own loss, and for method rows
+    the loss beyond OLD's with its interval."""
+    exact = {(r.pair, r.dataset, r.method): r for r in found.runs}
+    frames = []
+    for name in dict.fromkeys(r.index for r in found.indexes):
+        mine = [
+            (r, path) for r, path in zip(found.indexes, found.index_files, strict=True)
+            if r.index == name
+        ]  # fmt: skip
+        views = [_indexed_run(r, exact.get((r.pair, r.dataset, r.method))) for r, _ in mine]
+        frame = leaderboard_frame(views, [path for _, path in mine], search=name)
+        by_row = {}
+        for result, _ in mine:
+            for split, data in result.splits.items():
+                for setting in data.exact:
+                    method = result.method if setting == result.setting else None
+                    by_row[(result.pair, result.dataset, split, setting, method)] = result
+        rows = []
+        for _, r in frame.iterrows():
+            method = r["method"] if r["row"] == "method" else None
+            key = (r["pair"], r["dataset"], r["split"], r["setting"], method)
+            result = by_row.get(key) or next(
+                v for k, v in by_row.items() if k[:4] == key[:4]
+            )  # a reference row: any result of its group has it
+            rows.append(_loss_columns(result, r["split"], r["setting"]))
+        frames.append(pd.concat([frame, pd.DataFrame(rows, index=frame.index)], axis=1))
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def _signed(value: float) -> str:
+    return "–" if pd.isna(value) else f"{value:+.2f}"
+
+
+def index_display(
+    group: pd.DataFrame,
+    mark: Callable[[str], str] = str,
+    escape: Callable[[str], str] = str,
+    tip: Callable[[str, str], str] = lambda text, _: text,
+) -> pd.DataFrame:
+    """One index section of :func:`index_frame` as a human table: :func:`display_frame`'s
+    columns (recalls through the index, marked against old→old through the same index) and
+    each row's loss against exact search (R@1 T2I/I2T, rsum with its interval), OLD's own
+    rsum loss and, for method rows, the rsum loss beyond OLD's with its interval."""
+    shown = display_frame(group, mark, escape, tip)
+    loss_r1, loss_rsum, beyond = [], [], []
+    for _, r in group.iterrows():
+        loss_r1.append("/".join(_signed(r[f"loss_{k}"]) for k in LOSS_DIRECTIONS))
+        loss_rsum.append(
+            tip(_signed(r["loss_rsum"]), f"95% interval {r['loss_rsum_lo']:+.2f} to "
+                f"{r['loss_rsum_hi']:+.2f} (paired, over the split's images); OLD's own loss "
+                f"{r['old_loss_rsum']:+.2f}")
+        )  # fmt: skip
+        if pd.isna(r["extra_loss_rsum"]):
+            beyond.append("")
+        else:
+            beyond.append(
+                f"{r['extra_loss_rsum']:+.2f} ({r['extra_loss_rsum_lo']:+.2f} to "
+                f"{r['extra_loss_rsum_hi']:+.2f})"
+            )
+    position = list(shown.columns).index("gain share")
+    for offset, (column, values) in enumerate(
+        (("loss R@1 T2I/I2T", loss_r1), ("loss rsum", loss_rsum), ("beyond OLD (rsum)", beyond))
+    ):
+        shown.insert(position + offset, column, values)
+    return shown
+
+
+def index_searches(group: pd.DataFrame) -> str:
+    """The FAISS index each gallery of an index section had, in one line."""
+    first = group.iloc[0]
+    columns = [c for c in group.columns if c.startswith("index ") and not pd.isna(first[c])]
+    return "; ".join(f"{c.removeprefix('index ')}: {first[c]}" for c in columns)
 
 
 def reported_display(reported: pd.DataFrame) -> pd.DataFrame:
@@ -549,7 +704,7 @@ class Leaderboards:
     written."""
 
     exact: pd.DataFrame
-    approximate: pd.DataFrame
+    indexes: pd.DataFrame  # production indexes (issue 22, item 3)
     chains: pd.DataFrame
     reported: pd.DataFrame
     found: ResultSet = field(repr=False)
@@ -616,8 +771,8 @@ def leaderboards(results_dir: str | Path) -> Leaderboards:
     found = load_result_set(results_dir)
     frame = leaderboard_frame(found.runs, found.run_files)
     return Leaderboards(
-        exact=frame[frame["search"] == EXACT].reset_index(drop=True),
-        approximate=frame[frame["search"] != EXACT].reset_index(drop=True),
+        exact=frame,
+        indexes=index_frame(found),
         chains=chain_frame(found.runs),
         reported=load_reported(),
         found=found,
@@ -638,20 +793,28 @@ def _markdown(boards: Leaderboards, results_dir: Path) -> str:
         tuning_note(boards.results),
         "",
     ]
-    for frame, level in ((boards.exact, "##"), (boards.approximate, "###")):
-        if frame is boards.approximate and not frame.empty:
-            lines += [f"## {APPROXIMATE_TITLE}", ""]
-        for key, group in boards.groups(frame):
+    for key, group in boards.groups(boards.exact):
+        first = group.iloc[0]
+        lines += [f"## {group_title(key)}", "", f"old `{first['old']}` → new `{first['new']}`", ""]
+        for title, members in deployment_groups(group):
+            lines += [
+                f"**{title}**",
+                "",
+                display_frame(members).to_markdown(index=False, disable_numparse=True),
+                "",
+            ]
+    if not boards.indexes.empty:
+        lines += [f"## {INDEX_TITLE}", "", INDEX_LEGEND, ""]
+        for key, group in boards.groups(boards.indexes):
             first = group.iloc[0]
-            models = f"old `{first['old']}` → new `{first['new']}`"
-            lines += [f"{level} {group_title(key)}", "", models, ""]
-            for title, members in deployment_groups(group):
-                lines += [
-                    f"**{title}**",
-                    "",
-                    display_frame(members).to_markdown(index=False, disable_numparse=True),
-                    "",
-                ]
+            lines += [
+                f"### {group_title(key)}",
+                "",
+                f"old `{first['old']}` → new `{first['new']}`; {index_searches(group)}",
+                "",
+                index_display(group).to_markdown(index=False, disable_numparse=True),
+                "",
+            ]
     if not boards.chains.empty:
         lines += [
             "## Chains: average compatibility",
@@ -694,7 +857,7 @@ def _markdown(boards: Leaderboards, results_dir: Path) -> str:
 # Every table a build writes, by file name (a table without rows is removed instead).
 TABLE_FILES = (
     "leaderboard.csv",
-    "leaderboard-approximate.csv",
+    "leaderboard-indexes.csv",
     "chains.csv",
     "backfill.csv",
     "diagnostics.csv",
@@ -704,11 +867,11 @@ TABLE_FILES = (
 
 def build_leaderboards(results_dir: str | Path, output_dir: str | Path) -> Leaderboards:
     """Build the leaderboards from ``results_dir`` and write ``leaderboard.csv``/``.md``,
-    ``leaderboard-approximate.csv``, ``chains.csv``, ``backfill.csv`` (when there are rows) and
+    ``leaderboard-indexes.csv``, ``chains.csv``, ``backfill.csv`` (when there are rows) and
     ``reported.csv`` to ``output_dir`` atomically."""
     results_dir, output_dir = Path(results_dir), Path(output_dir)
     boards = leaderboards(results_dir)
-    frames = (boards.exact, boards.approximate, boards.chains, boards.backfill,
+    frames = (boards.exact, boards.indexes, boards.chains, boards.backfill,
               boards.diagnostics, boards.reported)  # fmt: skip
     tables = dict(zip(TABLE_FILES, frames, strict=True))
     for name, frame in tables.items():

@@ -1,7 +1,7 @@
 """Plots from result files (matplotlib, PNG and SVG): recall bars, chain matrices, gain vs
 cost, recall vs number of image-text pairs, training curves.
 
-Only exact-search results are plotted (approximate ones stay in their own table). Figures are
+Only exact search is plotted (production-index results stay in their own tables). Figures are
 built with ``matplotlib.figure.Figure`` (no pyplot state, no GUI backend) and written atomically
 to ``<output_dir>/plots/``; files there from an earlier build that this build did not write
 are removed, so the folder always matches the results.
@@ -205,8 +205,9 @@ def gain_vs_cost(group: pd.DataFrame, title: str) -> Figure | None:
 
 def backfill_curves(group: pd.DataFrame, title: str) -> Figure:
     """R@1 against the share of the gallery re-embedded with NEW, per direction: a line per
-    method (random order solid, informed orders dashed) between the old→old and new→new
-    levels (``group``: one (pair, dataset, split) group of ``backfill_frame``)."""
+    method (random order solid, OLD's worst first dashed, OLD's least certain first dash-dotted)
+    between the old→old and new→new levels (``group``: one (pair, dataset, split) group of
+    ``backfill_frame``)."""
     figure = _figure(11.5, 4.6)
     cmap = matplotlib.colormaps["tab10"]
     colours = {m: cmap(i % 10) for i, m in enumerate(dict.fromkeys(group["method"]))}
@@ -222,7 +223,7 @@ def backfill_curves(group: pd.DataFrame, title: str) -> Figure:
                 marker="o",
                 markersize=4,
                 color=colours[method],
-                linestyle="-" if order == "random" else "--",
+                linestyle={"random": "-", "uncertainty": "-."}.get(order, "--"),
                 label=method if order == "random" else f"{method} ({ORDER_LABELS.get(order)})",
             )
         ax.axhline(first[f"old_old_{key}"], color="black", linewidth=1.5, label="old→old")
@@ -353,9 +354,8 @@ def plot_results(found: ResultSet, output_dir: str | Path) -> list[Plot]:
     """Draw the plots of the result files ``found`` (exact search only) into
     ``<output_dir>/plots/`` and remove plot files there that this build did not write."""
     folder = Path(output_dir) / "plots"
-    runs = [r for r in found.runs if r.approximate_index is None]
     with matplotlib.rc_context(STYLE):
-        plots = _draw_all(runs, found, folder)
+        plots = _draw_all(found.runs, found, folder)
     written = {path for plot in plots for path in plot.files}
     for stale in folder.glob("*"):
         if stale.suffix[1:] in FORMATS and stale not in written:

@@ -31,12 +31,13 @@ from xbt_bench.report.cost import (
     plans_frame,
 )
 from xbt_bench.report.leaderboard import (
-    APPROXIMATE_TITLE,
     BACKFILL_LEGEND,
     BACKFILL_TITLE,
     DIAGNOSTICS_LEGEND,
     DIAGNOSTICS_TITLE,
     EXACT,
+    INDEX_LEGEND,
+    INDEX_TITLE,
     LEGEND,
     NOT_HELD,
     REPORTED_NOTE,
@@ -48,6 +49,8 @@ from xbt_bench.report.leaderboard import (
     chain_metric,
     display_frame,
     group_title,
+    index_display,
+    index_searches,
     matrix_frame,
     reported_display,
     reported_notes,
@@ -242,18 +245,23 @@ class _Page:
     def leaderboards(self) -> str:
         parts = []
         boards = self.boards
-        for frame, level in ((boards.exact, "h3"), (boards.approximate, "h4")):
-            if frame is boards.approximate and not frame.empty:
-                parts.append(f"<h3>{html.escape(APPROXIMATE_TITLE)}</h3>")
+        for frame, level in ((boards.exact, "h3"), (boards.indexes, "h4")):
+            if frame is boards.indexes and not frame.empty:
+                parts += [
+                    f"<h3>{html.escape(INDEX_TITLE)}</h3>",
+                    f'<p class="note">{html.escape(INDEX_LEGEND)}</p>',
+                ]
+            show = display_frame if frame is boards.exact else index_display
             for key, group in boards.groups(frame):
                 gid = group_id(key)
                 first = group.iloc[0]
-                shown = display_frame(group, mark=_mark, escape=html.escape, tip=_tip)
+                shown = show(group, mark=_mark, escape=html.escape, tip=_tip)
+                searched = "" if frame is boards.exact else f"; {index_searches(group)}"
                 parts += [
                     f'<div class="group" data-group="{gid}">',
                     f'<{level} id="group-{gid}">{html.escape(group_title(key))}</{level}>',
                     f'<p class="note">old <code>{html.escape(first["old"])}</code> → new '
-                    f"<code>{html.escape(first['new'])}</code></p>",
+                    f"<code>{html.escape(first['new'])}</code>{html.escape(searched)}</p>",
                     _table(shown, "board leaderboard", f"table-{gid}", index=False, escape=False),
                     self.figures(key, ("recall", "gain"), f"table-{gid}"),
                     "</div>",
@@ -299,7 +307,7 @@ class _Page:
             for split, data in result.splits.items():
                 if data.chain_matrix is None:
                     continue
-                key = (result.pair, result.dataset, split, result.approximate_index or EXACT)
+                key = (result.pair, result.dataset, split, EXACT)
                 gid = group_id(key)
                 metric = chain_metric(data.chain_matrix)
                 ac = data.chain_matrix.average_compatibility[metric]
@@ -370,7 +378,7 @@ def _group_boxes() -> str:
 
 
 def _options(boards: Leaderboards) -> str:
-    keys = [key for frame in (boards.exact, boards.approximate) for key, _ in boards.groups(frame)]
+    keys = [key for frame in (boards.exact, boards.indexes) for key, _ in boards.groups(frame)]
     return "".join(
         f'<option value="{group_id(key)}">{html.escape(group_title(key))}</option>' for key in keys
     )

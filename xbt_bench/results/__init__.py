@@ -3,13 +3,15 @@
 ``run`` writes :class:`RunResult` (``<pair>/<dataset>/<method>.json``), ``sweep``
 :class:`SweepResult` (``<method>.sweep.json``), ``backfill`` :class:`BackfillResult`
 (``<method>.backfill.json``), ``pairs diagnose`` :class:`DiagnosticsResult`
-(``diagnostics/<split>.json``) and ``tune`` :class:`TuneResult` (``<pair>/tuned/<method>.json``);
-:func:`load_result_set` reads a whole folder for the reports.
+(``diagnostics/<split>.json``), ``tune`` :class:`TuneResult` (``<pair>/tuned/<method>.json``)
+and ``run --index`` :class:`IndexResult` (``<method>.index-<name>.json``); :func:`load_result_set`
+reads a whole folder for the reports.
 """
 
 from .backfill import BackfillResult
 from .base import SCHEMA_VERSION, ResultFile, collect_versions, git_revision, path_component
 from .diagnostics import DiagnosticsResult
+from .index import IndexResult
 from .run import EmbeddingThroughput, MethodResult, Needs, ReportValue, RunResult
 from .store import (
     ResultSet,
@@ -28,6 +30,7 @@ __all__ = [
     "Budget",
     "DiagnosticsResult",
     "EmbeddingThroughput",
+    "IndexResult",
     "MethodResult",
     "Needs",
     "ReportValue",

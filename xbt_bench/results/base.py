@@ -32,7 +32,10 @@ from xbt_bench.errors import ConfigError, NotFoundError, validation_message
 
 # Version 2: sweeps and partial-backfill curves live in their own files; every file says its
 # kind; diagnostics are typed.
-SCHEMA_VERSION = 2
+# Version 3: production indexes in their own files (kind "index"), not run results with an
+# approximate_index; partial-backfill curves record the monotone calibrations and the
+# uncertainty order chosen on support.
+SCHEMA_VERSION = 3
 PROVENANCE_KEYS = ("versions", "git_revision", "date")
 
 

@@ -1,9 +1,9 @@
 """What ``xbt-bench run`` writes: one :class:`RunResult` per (pair, dataset, method).
 
-Layout: ``<results_dir>/<pair>/<dataset>/<method>.json``; a run with an approximate FAISS index
-writes ``<method>.approx-<index>.json`` beside it, so it never replaces the exact one. The
-other commands write their own files beside it (``<method>.sweep.json``,
-``<method>.backfill.json``, ...; :mod:`xbt_bench.results.files`).
+Layout: ``<results_dir>/<pair>/<dataset>/<method>.json``, always exact search; a run with
+``--index KIND`` also writes ``<method>.index-<name>.json`` (:mod:`xbt_bench.results.index`).
+The other commands write their own files beside it (``<method>.sweep.json``,
+``<method>.backfill.json``, ...).
 
 A result holds every evaluated split in ``splits`` (metrics per setting, intervals, flips, an
 optional chain matrix); ``split`` names the primary split, whose ``metrics``,
@@ -117,9 +117,6 @@ class RunResult(MethodResult):
     seeds: list[int] = Field(
         default_factory=list, description="every training seed a trained method ran with"
     )
-    approximate_index: str | None = Field(
-        None, description="FAISS factory string of an approximate index; None for exact search"
-    )
     artifacts: dict[str, str] = Field(
         default_factory=dict,
         description="cached artifacts, by path relative to $XBT_BENCH_HOME",
@@ -205,11 +202,8 @@ class RunResult(MethodResult):
         return self.splits[self.split].chain_matrix
 
     def relative_path(self) -> Path:
-        """``<pair>/<dataset>/<method>.json`` (``.approx-<index>.json`` for approximate search)."""
-        name = path_component(self.method)
-        if self.approximate_index is not None:
-            name += f".approx-{path_component(self.approximate_index)}"
-        return self.folder() / f"{name}.json"
+        """``<pair>/<dataset>/<method>.json``."""
+        return self.folder() / f"{path_component(self.method)}.json"
 
     @classmethod
     def from_data(cls, data: dict[str, Any], path: Path) -> RunResult:

@@ -1,30 +1,35 @@
 """Reading a results folder: every result file, by kind, checked, for the reports to join.
 
 Each command writes its own kind of file (:mod:`xbt_bench.results.base`); :func:`load_result_set`
-reads them all into one :class:`ResultSet` (runs, sweeps, backfills, diagnostics, tunes), and the
+reads them all into one :class:`ResultSet` (runs, sweeps, backfills, diagnostics, tunes,
+production indexes), and the
 leaderboard, plots, page and cost join them there, by pair, dataset and method. Nothing here
 writes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from xbt_bench.errors import ConfigError, NotFoundError
 from xbt_bench.eval.compat import NEW_NEW, OLD_OLD
+from xbt_bench.scoring import SplitResult
 
 from .backfill import BackfillResult
 from .base import ResultFile, check_version, file_kind, read_object
 from .diagnostics import DiagnosticsResult
+from .index import IndexResult
 from .run import RunResult
 from .sweep import SweepResult
 from .tune import TuneResult
 
 RESULT_KINDS: dict[str, type[ResultFile]] = {
     kind.kind: kind
-    for kind in (RunResult, SweepResult, BackfillResult, DiagnosticsResult, TuneResult)
+    for kind in (
+        RunResult, SweepResult, BackfillResult, DiagnosticsResult, TuneResult, IndexResult
+    )
 }
 HINT = "run `xbt-bench run --pair NAME` first, or pass --results-dir"
 
@@ -64,6 +69,8 @@ class ResultSet:
     backfills: list[BackfillResult] = field(default_factory=list)
     diagnostics: list[DiagnosticsResult] = field(default_factory=list)
     tunes: list[TuneResult] = field(default_factory=list)
+    indexes: list[IndexResult] = field(default_factory=list)
+    index_files: list[Path] = field(default_factory=list)
 
     def add(self, result: ResultFile, path: Path) -> None:
         """File ``result`` (read from ``path``) under its kind."""
@@ -78,6 +85,9 @@ class ResultSet:
             self.diagnostics.append(result)
         elif isinstance(result, TuneResult):
             self.tunes.append(result)
+        elif isinstance(result, IndexResult):
+            self.indexes.append(result)
+            self.index_files.append(path)
 
 
 def load_result_set(results_dir: str | Path) -> ResultSet:
@@ -93,6 +103,7 @@ def load_result_set(results_dir: str | Path) -> ResultSet:
     if not found.runs:
         raise NotFoundError(f"no run results (<pair>/<dataset>/<method>.json) in {root}; {HINT}")
     check_results(found.runs, found.run_files)
+    check_index_results(found.indexes, found.index_files)
     return found
 
 
@@ -103,15 +114,32 @@ def load_results(results_dir: str | Path) -> list[RunResult]:
 
 def check_results(results: Sequence[RunResult], files: Sequence[Path]) -> None:
     """ConfigError naming both files when two results would share a leaderboard table without
-    belonging together: the same method twice on one (pair, dataset, split, search), or two
+    belonging together: the same method twice on one (pair, dataset, split), or two
     results of one table scored against different references (old→old or new→new numbers, or
     the models and data they were scored on). A table ranks only results of one run's world."""
-    seen: dict[tuple, tuple[RunResult, Path]] = {}
-    references: dict[tuple, tuple[RunResult, Path]] = {}
-    for result, path in zip(results, files, strict=True):
-        for split, data in result.splits.items():
-            table = (result.pair, result.dataset, split, result.approximate_index)
-            where = f"{result.pair} · {result.dataset} · split {split}"
+    _check_tables((r, path, r.splits, ()) for r, path in zip(results, files, strict=True))
+
+
+def check_index_results(results: Sequence[IndexResult], files: Sequence[Path]) -> None:
+    """:func:`check_results` for the recalls through production indexes: one table per
+    (pair, dataset, split, index), with the references through that index."""
+    _check_tables(
+        (r, path, {split: data.indexed for split, data in r.splits.items()}, (r.index,))
+        for r, path in zip(results, files, strict=True)
+    )
+
+
+def _check_tables(
+    entries: Iterable[tuple[RunResult | IndexResult, Path, Mapping[str, SplitResult], tuple]],
+) -> None:
+    """The checks of :func:`check_results` over (result, its file, its scored splits, what
+    else names its table) entries."""
+    seen: dict[tuple, tuple[RunResult | IndexResult, Path]] = {}
+    references: dict[tuple, tuple[Mapping[str, SplitResult], RunResult | IndexResult, Path]] = {}
+    for result, path, splits, extra in entries:
+        for split, data in splits.items():
+            table = (result.pair, result.dataset, split, *extra)
+            where = " · ".join([result.pair, result.dataset, f"split {split}", *extra])
             key = (*table, result.method)
             if key in seen:
                 raise ConfigError(
@@ -121,10 +149,10 @@ def check_results(results: Sequence[RunResult], files: Sequence[Path]) -> None:
                 )
             seen[key] = (result, path)
             if table not in references:
-                references[table] = (result, path)
+                references[table] = (splits, result, path)
                 continue
-            first, first_path = references[table]
-            theirs = first.splits[split]
+            first_splits, first, first_path = references[table]
+            theirs = first_splits[split]
             differs = [s for s in (OLD_OLD, NEW_NEW) if data.metrics[s] != theirs.metrics[s]]
             differs += [
                 f"{name} fingerprint"

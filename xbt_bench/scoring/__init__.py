@@ -10,7 +10,15 @@ partial backfill's curves (:func:`backfill_curves`) and a pair's diagnostics
 
 from .backfill import backfill_curves
 from .diagnostics import PairDiagnostics, pair_diagnostics
-from .splits import References, chain_split, mean_metrics, method_split, query_hits, score
+from .splits import (
+    References,
+    chain_split,
+    index_split,
+    mean_metrics,
+    method_split,
+    query_hits,
+    score,
+)
 from .types import (
     BackfillCurves,
     BackfillPoint,
@@ -18,6 +26,7 @@ from .types import (
     CalibrationChoice,
     ChainMatrix,
     Compatibility,
+    IndexSplit,
     OrderChoice,
     SplitResult,
     SweepPoint,
@@ -31,6 +40,7 @@ __all__ = [
     "CalibrationChoice",
     "ChainMatrix",
     "Compatibility",
+    "IndexSplit",
     "OrderChoice",
     "PairDiagnostics",
     "References",
@@ -39,6 +49,7 @@ __all__ = [
     "backfill_curves",
     "chain_split",
     "check_metrics",
+    "index_split",
     "mean_metrics",
     "pair_diagnostics",
     "method_split",

@@ -9,7 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-from ..eval.backfill import BackfillPlan, BackfillSet, plan_backfill
+from ..eval.backfill import (
+    BackfillPlan,
+    BackfillSet,
+    MonotoneCalibration,
+    ScoreCalibration,
+    plan_backfill,
+)
 from .splits import mean_metrics
 from .types import BackfillCurves, BackfillPoint, CalibrationChoice, OrderChoice
 
@@ -33,7 +39,8 @@ def backfill_curves(
         curves[split] = {}
         for order in kept:
             by_fit = [
-                one.curve(one.order(order, seed), fractions, plan.calibration) for one in sets
+                one.curve(plan.order(order, one, seed), fractions, plan.calibration)
+                for one in sets
             ]
             curves[split][order] = [
                 BackfillPoint(
@@ -55,14 +62,22 @@ def backfill_curves(
 
 
 def calibration_choices(plan: BackfillPlan) -> dict[str, CalibrationChoice]:
-    """What ``plan`` chose per direction, with the fitted map and the support scores."""
-    return {
-        direction: CalibrationChoice(
-            kind=plan.chosen[direction],
-            scale=plan.calibration[direction].scale,
-            shift=plan.calibration[direction].shift,
-            fitted=[plan.fitted[direction].scale, plan.fitted[direction].shift],
+    """What ``plan`` chose per direction, with the fitted affine map, the chosen monotone map's
+    knots and every candidate's support score."""
+    out = {}
+    for direction, kind in plan.chosen.items():
+        chosen = plan.calibration[direction]
+        affine = plan.fitted[direction]["affine"]
+        out[direction] = CalibrationChoice(
+            kind=kind,
+            scale=chosen.scale if isinstance(chosen, ScoreCalibration) else 1.0,
+            shift=chosen.shift if isinstance(chosen, ScoreCalibration) else 0.0,
+            fitted=[affine.scale, affine.shift],
+            knots=(
+                {"old": list(map(list, chosen.old_knots)), "new": list(map(list, chosen.new_knots))}
+                if isinstance(chosen, MonotoneCalibration)
+                else {}
+            ),
             support_r1=plan.calibration_r1[direction],
         )
-        for direction in plan.chosen
-    }
+    return out

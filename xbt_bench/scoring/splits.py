@@ -25,16 +25,28 @@ from ..eval.compat import (
     compatibility_matrix,
     retrieval_flip_rates,
 )
-from ..eval.retrieval import METRIC_KEYS, Embeddings, RetrievalResult, evaluate_retrieval
-from .types import BaselineMargin, ChainMatrix, SplitResult
+from ..eval.retrieval import (
+    METRIC_KEYS,
+    Embeddings,
+    RetrievalResult,
+    SearchIndexes,
+    evaluate_retrieval,
+)
+from .types import BaselineMargin, ChainMatrix, IndexSplit, SplitResult
 
 
 def score(
-    queries: Embeddings, gallery: Embeddings, caption_image: np.ndarray, label: str = "a split"
+    queries: Embeddings,
+    gallery: Embeddings,
+    caption_image: np.ndarray,
+    label: str = "a split",
+    indexes: SearchIndexes | None = None,
 ) -> RetrievalResult:
-    """Exact FAISS retrieval of ``queries`` (image and caption queries) against ``gallery``
-    (images and captions of the same split), ``caption_image[c]`` being caption c's image;
-    XbtError naming ``label`` and the problem when the arrays do not fit together."""
+    """FAISS retrieval of ``queries`` (image and caption queries) against ``gallery`` (images
+    and captions of the same split), ``caption_image[c]`` being caption c's image: exact search,
+    or through ``indexes``, production indexes built over ``gallery``
+    (:func:`~xbt_bench.eval.indexes.build_search_indexes`). XbtError naming ``label`` and the
+    problem when the arrays do not fit together."""
     try:
         return evaluate_retrieval(
             text_queries=np.asarray(queries.texts),
@@ -42,6 +54,7 @@ def score(
             image_queries=np.asarray(queries.images),
             text_gallery=np.asarray(gallery.texts),
             caption_image=caption_image,
+            indexes=indexes,
         )
     except ValueError as error:
         raise XbtError(f"cannot score {label}: {error}") from error
@@ -71,11 +84,19 @@ class References:
 
     @classmethod
     def score(
-        cls, old: Embeddings, new: Embeddings, caption_image: np.ndarray
+        cls,
+        old: Embeddings,
+        new: Embeddings,
+        caption_image: np.ndarray,
+        indexes: tuple[SearchIndexes, SearchIndexes] | None = None,
     ) -> References:
         """OLD's and NEW's own retrieval on the split (each model's queries against its own
-        gallery), with intervals."""
-        old_old, new_new = (score(own, own, caption_image) for own in (old, new))
+        gallery), with intervals: exact, or through ``indexes`` (OLD's gallery's, NEW's)."""
+        searched = (None, None) if indexes is None else indexes
+        old_old, new_new = (
+            score(own, own, caption_image, indexes=index)
+            for own, index in zip((old, new), searched, strict=True)
+        )
         intervals = {
             setting: recall_intervals(query_hits([scored], caption_image))
             for setting, scored in ((OLD_OLD, old_old), (NEW_NEW, new_new))
@@ -125,6 +146,40 @@ def method_split(
         seed_metrics=[s.metrics for s in scored] if len(scored) > 1 else [],
         flips=mean_metrics([retrieval_flip_rates(references.old_old, s) for s in scored]),
         baseline_margin=margin,
+    )
+
+
+def index_split(
+    indexed: SplitResult,
+    exact: Mapping[str, Sequence[RetrievalResult]],
+    through: Mapping[str, Sequence[RetrievalResult]],
+    searches: Mapping[str, str],
+    caption_image: np.ndarray,
+) -> IndexSplit:
+    """One split through production indexes: ``indexed`` (the split scored through the indexes,
+    by :func:`method_split` or :meth:`References.split`), and per setting of it the same queries'
+    results (one per seed) with exact search (``exact[setting]``) and through the index
+    (``through[setting]``): the exact metrics (seed means), the paired 95% interval of each
+    loss exact − indexed over the split's images, and for method→old the paired interval of its
+    loss beyond old→old's; ``searches`` says which index each gallery had."""
+    hits = {
+        setting: (query_hits(exact[setting], caption_image),
+                  query_hits(through[setting], caption_image))
+        for setting in indexed.metrics
+    }  # fmt: skip
+    extra = None
+    if METHOD_OLD in hits:
+        (method_exact, method_index), (old_exact, old_index) = hits[METHOD_OLD], hits[OLD_OLD]
+        # losses are linear in the hits: (e_m − i_m) − (e_o − i_o) = (e_m + i_o) − (i_m + e_o)
+        extra = paired_margin_intervals(
+            method_exact.plus(old_index), method_index.plus(old_exact)
+        )
+    return IndexSplit(
+        searches=dict(searches),
+        indexed=indexed,
+        exact={s: mean_metrics([r.metrics for r in exact[s]]) for s in indexed.metrics},
+        loss_intervals={s: paired_margin_intervals(*pair) for s, pair in hits.items()},
+        extra_loss_intervals=extra,
     )
 
 

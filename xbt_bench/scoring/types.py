@@ -257,6 +257,70 @@ class SplitResult(Record):
         }
 
 
+# --- production indexes (issue 22, item 3) ---
+
+
+class IndexSplit(Record):
+    """One split searched through production FAISS indexes (``xbt-bench run --index``):
+    ``indexed`` holds what the indexes return, scored as an exact split is (metrics per setting,
+    intervals, the margins over old→old through the same index, flips); ``exact`` the same
+    settings with exact search; ``searches`` the index each gallery had (``old images``,
+    ``old captions``, ``new images``, ``new captions``). old→old and method→old search the one
+    index of OLD's gallery, trained on OLD's vectors; new→new searches an index of the same kind
+    trained on NEW's gallery (the rebuild a full backfill needs). ``loss`` is exact − indexed,
+    ``extra_loss`` what method→old loses beyond old→old's own loss."""
+
+    searches: dict[str, str] = Field(min_length=1)
+    indexed: SplitResult
+    exact: dict[str, dict[str, float]] = Field(min_length=1)
+    loss_intervals: dict[str, dict[str, list[float]]] = Field(
+        default_factory=dict,
+        description="per setting and metric, the paired 95% interval of exact − indexed",
+    )
+    extra_loss_intervals: dict[str, list[float]] | None = Field(
+        None,
+        description="per metric, the paired 95% interval of method->old's loss − old->old's",
+    )
+
+    @field_validator("exact")
+    @classmethod
+    def _valid_exact(cls, value: dict[str, dict[str, float]]) -> dict[str, dict[str, float]]:
+        check_metrics(value)
+        return value
+
+    @model_validator(mode="after")
+    def _same_settings(self) -> IndexSplit:
+        if set(self.exact) != set(self.indexed.metrics):
+            raise ValueError(
+                f"exact metrics are for settings {sorted(self.exact)}, the indexed ones for "
+                f"{sorted(self.indexed.metrics)}"
+            )
+        return self
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def loss(self) -> dict[str, dict[str, float]]:
+        """Per setting and metric, the recall the index loses against exact search (points;
+        negative where the index happens to rank a positive higher)."""
+        return {
+            setting: {
+                key: round(value - self.indexed.metrics[setting][key], 4)
+                for key, value in metrics.items()
+            }
+            for setting, metrics in self.exact.items()
+        }
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def extra_loss(self) -> dict[str, float] | None:
+        """Per metric, method→old's loss minus old→old's (None without method→old): how much
+        more a query mapped into OLD's space loses through OLD's index than OLD's own query."""
+        if METHOD_OLD not in self.exact:
+            return None
+        loss = self.loss
+        return {k: round(v - loss[OLD_OLD][k], 4) for k, v in loss[METHOD_OLD].items()}
+
+
 class SweepPoint(BaseModel):
     """The method fitted on ``n_pairs`` image-text pairs: its method->old metrics."""
 
@@ -288,18 +352,23 @@ class BackfillPoint(BaseModel):
 
 
 class CalibrationChoice(BaseModel):
-    """How one direction's NEW-part scores were put on the OLD part's scale before the merge:
-    ``affine`` (``scale * s + shift``, fitted on support) or ``none``, whichever had the higher
-    R@1 on support (``support_r1``: mean over the backfill fractions strictly between 0 and 1,
-    random order), ties to ``none``."""
+    """How one direction's two parts' scores were put on one scale before the merge: the
+    candidate with the highest R@1 on support (``support_r1``: every candidate's mean over the
+    backfill fractions strictly between 0 and 1, random order; ties to the simpler one, in the
+    order none, affine, quantile, isotonic). ``affine``: NEW's scores become
+    ``scale * s + shift``; ``quantile`` and ``isotonic``: each part's scores go through its own
+    increasing map fitted on support (``knots[part]`` = [x, y], ``part`` old or new)."""
 
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["none", "affine"]
+    kind: Literal["none", "affine", "quantile", "isotonic"]
     scale: float = 1.0
     shift: float = 0.0
     fitted: list[float] = Field(
         default_factory=list, description="the affine map fitted on support: [scale, shift]"
+    )
+    knots: dict[str, list[list[float]]] = Field(
+        default_factory=dict, description="a monotone map's knots per part: {old, new: [x, y]}"
     )
     support_r1: dict[str, float] = Field(default_factory=dict)
 
