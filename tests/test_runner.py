@@ -233,11 +233,9 @@ from xbt_bench.methods.base import FittedMethod
 @register_method("echo-old", kind="closed form", trains="nothing", old_at_query=True,
                  notes="OLD's own queries under another name (a plugin test)")
 def fit_echo_old(ctx, settings):
-    def encoder(side):
-        return lambda data: ctx.embed("old", data, side, count=False)
-
-    return FittedMethod(name="echo-old", gallery="old", dim=ctx.old.get().embed_dim,
-                        image_encoder=encoder("image"), text_encoder=encoder("text"))
+    old = ctx.old.get()
+    return FittedMethod(name="echo-old", gallery="old", dim=old.embed_dim,
+                        query=ctx.query_path({"old": old}, lambda side, vectors: vectors["old"]))
 """
 
 

@@ -41,7 +41,7 @@ from ..models.loading import LoadedModel
 from ..models.lora import add_lora, count_parameters
 from ..models.projection import Projection
 from ..train import TrainConfig, train
-from .base import Cost, FitContext, FittedMethod, Side, check_pairs, seeded
+from .base import Cost, FitContext, FittedMethod, check_pairs, seeded
 from .settings import MethodConfig
 from .stage1 import (
     ProjectionConfig,
@@ -568,27 +568,17 @@ def _params_cost(
     )
 
 
-def mapped_queries(ctx: FitContext, psi: Projection) -> dict[Side, Callable]:
-    """Query encoders ψ(N(x)) on the frozen NEW's (cached) embeddings, per side."""
-
-    def encoder(side: Side) -> Callable[[ImageTextSet], np.ndarray]:
-        return lambda data: map_embeddings(
-            psi, ctx.embed("new", data, side, count=False), ctx.device
-        )
-
-    return {"image": encoder("image"), "text": encoder("text")}
-
-
 def fit_projection_only(ctx: FitContext, name: str, cfg: ProjectionConfig) -> FittedMethod:
     """Stage 1 only: ψ₀ on the frozen NEW's embeddings (no OLD at query time)."""
     stage1 = pretrain_projection(ctx, cfg)
-    queries = mapped_queries(ctx, stage1.psi)
     return FittedMethod(
         name=name,
         gallery="old",
         dim=stage1.psi.out_dim,
-        image_encoder=queries["image"],
-        text_encoder=queries["text"],
+        query=ctx.query_path(
+            {"new": ctx.new.get()},
+            lambda side, vectors: map_embeddings(stage1.psi, vectors["new"], ctx.device),
+        ),
         info={"stage1": stage1.info},
         cost=_params_cost(ctx, count_parameters(stage1.psi), stage1.info["wall_time_s"]),
     )
@@ -614,37 +604,22 @@ def fit_stage2(ctx: FitContext, name: str, cfg: Stage2Config) -> FittedMethod:
         find_unused_parameters=setup.info["new_weights"] == "all trained",
     )
     in_loop = cfg.steps * setup.batch
-    ctx.count_forward("new", "image", in_loop)
+    ctx.count_forward("new", "image", in_loop, in_loop=True)
     if not setup.fixed_text:
-        ctx.count_forward("new", "text", in_loop)
+        ctx.count_forward("new", "text", in_loop, in_loop=True)
     if setup.targets.old_forwards:
-        ctx.count_forward("old", "image", in_loop)
-        ctx.count_forward("old", "text", in_loop)
+        ctx.count_forward("old", "image", in_loop, in_loop=True)
+        ctx.count_forward("old", "text", in_loop, in_loop=True)
     trained = setup.info["trainable_in_stage2"]
     if cfg.psi_lr_scale == 0:
         trained += count_parameters(stage1.psi)  # ψ was trained in stage 1
     encoder = setup.encoder.finish()
-
-    def encode(side: Side) -> Callable[[ImageTextSet], np.ndarray]:
-        from ..embed.sharded import embed_split_sharded
-
-        return lambda data: np.asarray(
-            embed_split_sharded(
-                encoder,
-                data,
-                side,
-                cache=ctx.embeddings,
-                stats=ctx.embed_stats,
-                num_workers=ctx.num_workers,
-            )
-        )
-
     return FittedMethod(
         name=name,
         gallery="old",
         dim=encoder.psi.out_dim,
-        image_encoder=encode("image"),
-        text_encoder=encode("text"),
+        # NEW' + ψ costs what NEW costs at query time (its adapters are small)
+        query=ctx.query_path({"new": encoder}, lambda side, vectors: vectors["new"]),
         info={
             "stage1": stage1.info,
             "stage2": {**setup.info, **log_info(log, setup.checkpoint_dir)},

@@ -9,7 +9,13 @@
 from .backfill import BackfillResult
 from .base import SCHEMA_VERSION, ResultFile, collect_versions, git_revision, path_component
 from .diagnostics import DiagnosticsResult
-from .run import EmbeddingThroughput, MethodResult, ReportValue, RunResult
+from .run import (
+    EmbeddingThroughput,
+    GalleryShape,  # issue 22: the upgrade bill's gallery
+    MethodResult,
+    ReportValue,
+    RunResult,
+)
 from .store import (
     ResultSet,
     check_results,
@@ -25,6 +31,7 @@ __all__ = [
     "BackfillResult",
     "DiagnosticsResult",
     "EmbeddingThroughput",
+    "GalleryShape",
     "MethodResult",
     "ReportValue",
     "ResultFile",
