@@ -22,9 +22,10 @@ from ..record import Record
 from .base import FittedMethod, Side, Which
 
 LATENCY_BATCHES = (1, 256)
-WARMUP = 2
+WARMUP = 1
 # Repeats per batch size: single queries are quick and noisy, full batches slow and steady.
-REPEATS = {1: 15, 256: 3}
+# On a busy machine (threads waiting on each other) any timing is noise: measure on a quiet one.
+REPEATS = {1: 9, 256: 3}
 
 
 class LatencyPoint(Record):

@@ -4,8 +4,10 @@
 ``<output_dir>/index.html`` with inline CSS and a small inline script; images are referenced
 relatively (``plots/*.svg``), so the folder can be copied, served, or opened from ``file://``.
 The script makes every table sortable by any column (click its header), shows one
-(pair, dataset, split) at a time through a selector, and highlights the rows behind a plot
-when its "rows" link is followed. Without JavaScript the page shows everything, unsorted.
+(pair, dataset, split) at a time through a selector, highlights the rows behind a plot
+when its "rows" link is followed, and draws each pair's Pareto plot (recall against total cost)
+for the horizon the reader types. Without JavaScript the page shows everything, unsorted, and
+no Pareto plot. Every string from a result file is escaped.
 """
 
 from __future__ import annotations
@@ -90,7 +92,8 @@ figcaption { font-size: 0.88rem; color: #57606a; }
 
 # Sorting: a cell sorts by its leading number (k/M suffixes scaled), else by its text; empty,
 # "–" and "n/a" cells go last in either direction. Selecting: elements with data-group are
-# shown when the selector is on "all" or on their group.
+# shown when the selector is on "all" or on their group. Pareto plots: each div.pareto's points
+# (JSON in data-points) are drawn as SVG at the horizon its input holds, redrawn on change.
 SCRIPT = """
 (function () {
   "use strict";
@@ -412,10 +415,10 @@ class _Page:
                 "horizon (one-off work plus the queries served), log scale; filled points are "
                 "the Pareto front (no other way is cheaper and better). It needs JavaScript.</p>"
                 "</div>",
-                "<details><summary>The whole bill of each way</summary>",
+                f"<h4>{html.escape(pair)}: the whole bill of each way</h4>",
                 _table(bills_frame(bills, profile, inputs.scale), "board", f"bill-{gid}",
                        index=False),  # fmt: skip
-                f"<ul>{footer}</ul></details>",
+                f"<ul>{footer}</ul>",
                 "</div>",
             ]
         )
