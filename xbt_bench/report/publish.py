@@ -93,7 +93,8 @@ figcaption { font-size: 0.88rem; color: #57606a; }
 # Sorting: a cell sorts by its leading number (k/M suffixes scaled), else by its text; empty,
 # "–" and "n/a" cells go last in either direction. Selecting: elements with data-group are
 # shown when the selector is on "all" or on their group. Pareto plots: each div.pareto's points
-# (JSON in data-points) are drawn as SVG at the horizon its input holds, redrawn on change.
+# (JSON in data-points) are drawn as SVG at the horizon its input holds, redrawn on change; a
+# free way is drawn six decades below the dearest one on the log axis.
 SCRIPT = """
 (function () {
   "use strict";
@@ -169,9 +170,11 @@ SCRIPT = """
       while (svg.firstChild) svg.removeChild(svg.firstChild);
       var days = Math.max(0, parseFloat(input.value) || 0), key = pick.value;
       var pts = points.map(function (p) {
-        return {p: p, x: Math.max(p.one_off + days * p.per_day, 1e-9), y: p[key]};
+        return {p: p, x: p.one_off + days * p.per_day, y: p[key]};
       }).filter(function (q) { return q.y !== undefined; });
       if (!pts.length) return;
+      var top = Math.max.apply(null, pts.map(function (q) { return q.x; }));
+      pts.forEach(function (q) { q.x = Math.max(q.x, 1e-6 * top, 1e-12); });
       var lx = pts.map(function (q) { return Math.log10(q.x); });
       var ys = pts.map(function (q) { return q.y; });
       var x0 = Math.min.apply(null, lx) - 0.1, x1 = Math.max.apply(null, lx) + 0.1;
