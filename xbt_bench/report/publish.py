@@ -188,13 +188,18 @@ SCRIPT = """
       node(svg, "text", {x: 14, y: H / 2, "font-size": 12, "text-anchor": "middle",
                          transform: "rotate(-90 14 " + H / 2 + ")"},
            pick.options[pick.selectedIndex].text);
-      for (var e = Math.ceil(x0); e <= x1; e++) {
-        node(svg, "text", {x: X(Math.pow(10, e)), y: H - B + 14, "font-size": 10,
-                           "text-anchor": "middle"}, "1e" + e);
+      for (var e = Math.floor(x0); e <= x1; e++) {
+        [1, 2, 5].forEach(function (m) {
+          var v = m * Math.pow(10, e);
+          if (Math.log10(v) < x0 || Math.log10(v) > x1) return;
+          node(svg, "text", {x: X(v), y: H - B + 14, "font-size": 10, "text-anchor": "middle"},
+               v >= 1 ? v.toLocaleString("en") : v.toPrecision(1));
+        });
       }
-      [y0 + 1, y1 - 1].forEach(function (v) {
+      for (var i = 0; i <= 4; i++) {
+        var v = y0 + 1 + i * (y1 - y0 - 2) / 4;
         node(svg, "text", {x: L - 4, y: Y(v), "font-size": 10, "text-anchor": "end"}, v.toFixed(1));
-      });
+      }
       pts.sort(function (a, b) { return a.x - b.x || b.y - a.y; });
       var best = -Infinity, front = [];
       pts.forEach(function (q) {
