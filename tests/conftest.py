@@ -93,6 +93,50 @@ SYNTHETIC_METHODS = {
 }
 
 
+# --- issue 22: what the upgrade bill reads from a run, hand-made ---
+# Training embeddings: xbt's corpus with OLD and NEW, its captions' anchors, its pairs' images
+# (38,400 of those inside training steps); slerp's corpus with OLD and NEW.
+XBT_PASSES = {"old_text": 20_000, "new_text": 60_000, "new_image": 46_400, "old_image": 0}
+SLERP_PASSES = {"old_text": 20_000, "new_text": 20_000}
+# Query latency (ms per query at batch 1, text / image) of each method's path and of OLD's own;
+# at batch 256 each query takes the same time (a linear device, for hand arithmetic).
+SYNTHETIC_LATENCY_MS = {
+    "new": (["new"], 2.0, 4.0),
+    "xbt": (["new"], 2.0, 4.0),
+    "procrustes": (["new"], 2.0, 4.0),
+    "identity": (["new"], 2.0, 4.0),
+    "slerp": (["old", "new"], 3.0, 6.0),
+}
+SYNTHETIC_OLD_MS = (1.0, 2.0)
+
+
+def bill_fields(method: str) -> dict:
+    """The gallery shape, FAISS rates (1e-10 s per multiply-add; HNSW 1 ms per vector at
+    d = 64) and query latency of a synthetic toy-s-to-m result."""
+    from xbt_bench.eval.index_cost import IndexBuildRates
+    from xbt_bench.methods.latency import LatencyPoint, QueryLatency
+    from xbt_bench.results import GalleryShape
+
+    encoders, text_ms, image_ms = SYNTHETIC_LATENCY_MS[method]
+    points = [
+        LatencyPoint(side=side, batch=batch, seconds=ms * batch / 1000,
+                     old_seconds=old_ms * batch / 1000, repeats=3)
+        for side, ms, old_ms in (("text", text_ms, SYNTHETIC_OLD_MS[0]),
+                                 ("image", image_ms, SYNTHETIC_OLD_MS[1]))
+        for batch in (1, 256)
+    ]  # fmt: skip
+    return {
+        "gallery": GalleryShape(split="test", images=1000, captions=5000, old_dim=64, new_dim=96),
+        "index_build": IndexBuildRates(
+            device="cpu, 1 thread (faiss)", dim=64, search_block=1000, search_s=0.0064,
+            hnsw_vectors=1000, hnsw_add_s=1.0,
+        ),  # fmt: skip
+        "query_latency": QueryLatency(
+            device="cpu", threads=1, encoders=encoders, warmup=1, points=points
+        ),
+    }
+
+
 @pytest.fixture(scope="session")
 def synthetic_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A results folder of hand-made RunResults: toy-s-to-m (exact, xbt through an IVF index,
@@ -202,9 +246,10 @@ def synthetic_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
             trainable_params=41_000,
             new_params=1_952_381,
             peak_memory_mb=900.0,
-            forward_passes={"new": 3000},
+            forward_passes=XBT_PASSES,
+            in_loop_passes={"new_image": 38_400},
         ),
-        "slerp": Cost(wall_time_s=4.1, fit_time_s=0.9, forward_passes={"old": 500, "new": 500}),
+        "slerp": Cost(wall_time_s=4.1, fit_time_s=0.9, forward_passes=SLERP_PASSES),
         "procrustes": Cost(wall_time_s=3.0, fit_time_s=0.05),
     }
     identity = {key: common[key] for key in ("pair", "old", "new", "dataset")}
@@ -273,6 +318,7 @@ def synthetic_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
             cost=costs[method],
             config={"lr": 1e-3},
             **extra,
+            **bill_fields(method),
         ).save(root)
     RunResult(
         **common,
@@ -281,10 +327,12 @@ def synthetic_results(tmp_path_factory: pytest.TempPathFactory) -> Path:
         applicable=False,
         not_applicable_reason="embedding dims differ (64 vs 96)",
         cost=Cost(wall_time_s=0.1),
+        **bill_fields("identity"),
     ).save(root)
     RunResult(
-        **common, method="new", setting="new->new", splits=splits(None), cost=Cost(wall_time_s=1.0)
-    ).save(root)
+        **common, method="new", setting="new->new", splits=splits(None), cost=Cost(wall_time_s=1.0),
+        **bill_fields("new"),
+    ).save(root)  # fmt: skip
     # xbt through an IVF index: old->old loses 1 point of T2I R@1, new->new 0.5, xbt 3 (and 2
     # of I2T R@1), so xbt loses 4 rsum points beyond OLD's own loss
     drops = {"old->old": {"t2i_r1": 1.0}, "new->new": {"t2i_r1": 0.5},

@@ -129,6 +129,14 @@ def test_every_method_gives_unit_queries_in_the_gallery_space(refs, toy, tmp_pat
     if method in ("xbt", "distill", "finetune"):
         assert [p["step"] for p in fitted.info["stage2"]["curve"]][-1] == 6
         assert fitted.info["stage1"]["curve"][-1]["step"] == 20
+    # The query path that is timed is the one that is scored: raw images and captions through
+    # the encoders' forward passes give the rows the cached embeddings gave.
+    rows = [0, 3, 5]
+    raw_images = fitted.encode_inputs("image", [test.load_image(i) for i in rows])
+    raw_texts = fitted.encode_inputs("text", [test.captions[i] for i in rows])
+    np.testing.assert_allclose(raw_images, images[rows], atol=1e-4)
+    np.testing.assert_allclose(raw_texts, texts[rows], atol=1e-4)
+    assert ("old" in fitted.query.encoders) == methods.get(method).old_at_query
 
 
 def test_reference_methods_return_the_models_own_embeddings(refs, toy, tmp_path) -> None:
@@ -708,3 +716,30 @@ def test_methods_list_cli_shows_the_table(capsys) -> None:
         label = f"{name} (variant)" if methods.get(name).variant else name
         cells = [cell.strip() for cell in rows[label].split("│")]
         assert cells[3] == ("yes" if name in ("old", "slerp", "xbt-hybrid") else "no"), cells
+
+
+def test_query_latency_times_each_side_and_batch_next_to_old(refs, toy, tmp_path) -> None:
+    from xbt_bench.methods.latency import measure_query_latency
+
+    _, slerp_fit = fit(refs, toy, tmp_path, "slerp", alpha=0.5)
+    _, old = fit(refs, toy, tmp_path, "old")
+    test = toy["test"]
+    images = [test.load_image(i) for i in range(test.n_images)]
+    latency = measure_query_latency(
+        slerp_fit, old, images, test.captions, "cpu", batches=(1, 16), warmup=1,
+        repeats={1: 3, 16: 2},
+    )  # fmt: skip
+    assert latency.encoders == ["old", "new"] and latency.device == "cpu"
+    assert [(p.side, p.batch, p.repeats) for p in latency.points] == [
+        ("text", 1, 3), ("text", 16, 2), ("image", 1, 3), ("image", 16, 2)
+    ]  # fmt: skip
+    batch = latency.point("image", 16)
+    assert batch.seconds > 0 and batch.old_seconds > 0
+    assert batch.ms_per_query == pytest.approx(1000 * batch.seconds / 16)
+    assert batch.queries_per_s == pytest.approx(16 / batch.seconds)
+    assert batch.added_ms_per_query == pytest.approx(
+        1000 * (batch.seconds - batch.old_seconds) / 16
+    )
+    own = measure_query_latency(old, old, images, test.captions, "cpu", batches=(1,), warmup=0)
+    assert own.encoders == ["old"]
+    assert all(p.added_ms_per_query == 0 for p in own.points)  # OLD against itself: one timing

@@ -96,7 +96,7 @@ def test_page_is_static_and_self_contained(page: Path):
     assert page.name == "index.html"
     found = _parse(html)
     assert len(found.scripts) == 1 and "src" not in found.scripts[0]  # one small inline script
-    assert len(re.search(r"<script>(.*)</script>", html, re.S).group(1)) < 6000
+    assert len(re.search(r"<script>(.*)</script>", html, re.S).group(1)) < 8000  # with Pareto
     assert not re.search(r'(src|href)="(https?:)?//', html)  # no network assets
     assert len(found.images) == N_PLOTS
     for img in found.images:
@@ -109,8 +109,11 @@ def test_page_is_static_and_self_contained(page: Path):
     for link in rows:
         assert link["href"][1:] in found.ids, link["href"]
         assert link["data-methods"].strip()
-    assert "Partial backfill" in html and "Cost of the upgrade (estimate)" in html
-    assert "55.6" in html  # the cost estimate of 1e8 images at the measured 500 images/s
+    assert "Partial backfill" in html and "one decision per pair (estimate)" in html
+    # the decision card: 1e8 items re-embedded at the measured 500 images/s and 2000 texts/s
+    assert "Recommended: full backfill" in html and "Ranking rule: first the ways" in html
+    assert "toy-s-to-m: the whole bill of each way" in html and ">125<" in html
+    assert 'class="pareto" data-points="[{&quot;way&quot;: &quot;full backfill&quot;' in html
     assert "AC = 0.67" in html  # the chain's heatmap section names its average compatibility
 
 
@@ -268,3 +271,53 @@ def test_every_result_string_is_text_in_chromium(tmp_path: Path):
     assert f"pair{MARKUP}: no estimate (" in text  # the cost section's message, as text
     for shown in (f"data{MARKUP}", f"old{MARKUP}", f"cpu{MARKUP}", f"reason{MARKUP}", split):
         assert shown in text, shown
+
+
+# After load: the Pareto plot of toy-s-to-m at the page's horizon (365 days), then at 0 days;
+# record the ways on its front (filled points) each time.
+PARETO = """<script>
+window.addEventListener("load", () => {
+  const out = document.body.dataset;
+  const box = document.querySelector("div.pareto");
+  const front = () => [...box.querySelectorAll("circle")]
+    .filter(c => c.getAttribute("fill") !== "#ffffff")
+    .map(c => c.textContent.split(":")[0]).join();
+  out.points = box.querySelectorAll("circle").length;
+  out.front365 = front();
+  const input = box.querySelector("input");
+  input.value = "0";
+  input.dispatchEvent(new Event("input"));
+  out.front0 = front();
+});
+</script>"""
+
+
+def test_chromium_draws_the_pareto_plot_for_the_horizon_picked(page: Path, tmp_path: Path):
+    body = _render(page, tmp_path, PARETO).body
+    # 12 ways (full backfill, xbt, slerp, procrustes, 8 partial backfills) priced on the
+    # measured profile: over 365 days the queries dominate (procrustes and xbt serve NEW's
+    # encoder plus a map, the full backfill NEW's); over 0 days only the one-off work counts
+    assert body["data-points"] == "12"
+    assert body["data-front365"] == "procrustes,xbt,full backfill"
+    assert body["data-front0"] == (
+        "procrustes,slerp,partial backfill 10% (slerp queries),partial backfill 25% (slerp "
+        "queries),partial backfill 50% (slerp queries),partial backfill 75% (slerp queries),"
+        "full backfill"
+    )
+
+
+def test_every_string_on_the_page_is_escaped(synthetic_results: Path, tmp_path: Path):
+    """A method whose name is markup (from a result file) shows as text in every section."""
+    from xbt_bench.results import RunResult
+
+    root = tmp_path / "results"
+    shutil.copytree(synthetic_results, root)
+    folder = root / "toy-s-to-m" / "toy-shapes"
+    hostile = RunResult.from_json(folder / "procrustes.json").model_copy(
+        update={"method": "<script>alert(1)</script>"}
+    )
+    hostile.to_json(folder / "hostile.json")
+    html = publish(root, tmp_path / "site").read_text(encoding="utf-8")
+    assert "<script>alert(1)" not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # in the leaderboard and the card
+    assert html.count("<script>") == 1  # the page's own

@@ -45,6 +45,23 @@ def test_every_registered_method_runs_and_is_scored(
         assert set(results[name].metrics["method->old"]) == set(KEYS)
         assert results[name].compatibility.cells_total == 6
     assert not results["identity"].applicable  # toy-s and toy-m differ in dimension
+    # every result records its query encoder's latency (text and image queries, batch 1 and
+    # 256, OLD's own timed alongside), FAISS's build rates and the gallery's shape
+    for name, result in results.items():
+        latency = result.query_latency
+        assert latency is not None and latency.device == "cpu", name
+        assert {(p.side, p.batch) for p in latency.points} == {
+            (side, batch) for side in ("text", "image") for batch in (1, 256)
+        }
+        assert all(p.seconds > 0 and p.old_seconds > 0 for p in latency.points)
+        assert ("old" in latency.encoders) == methods.get(name).old_at_query, name
+        assert result.index_build is not None and result.index_build.s_per_mac > 0
+        assert (result.gallery.images, result.gallery.captions) == (80, 400)
+    assert all(p.added_ms_per_query == 0 for p in results["old"].query_latency.points)
+    assert results["slerp"].query_latency.encoders == ["old", "new"]
+    # the bill does not count twice the passes whose time is the training time
+    assert results["xbt"].cost.in_loop_passes == {"new_image": 4 * 16}  # steps x batch
+    assert results["xbt"].cost.forward_passes["new_image"] > 4 * 16
     # OLD embeds the text corpus once for stage 1; stage 2 adds no OLD forward pass...
     stage1_old = results["xbt-proj"].cost.forward_passes["old_text"]
     assert stage1_old > 0
@@ -249,11 +266,9 @@ from xbt_bench.methods.base import FittedMethod
 @register_method("echo-old", kind="closed form", trains="nothing", old_at_query=True,
                  notes="OLD's own queries under another name (a plugin test)")
 def fit_echo_old(ctx, settings):
-    def encoder(side):
-        return lambda data: ctx.embed("old", data, side, count=False)
-
-    return FittedMethod(name="echo-old", gallery="old", dim=ctx.old.get().embed_dim,
-                        image_encoder=encoder("image"), text_encoder=encoder("text"))
+    old = ctx.old.get()
+    return FittedMethod(name="echo-old", gallery="old", dim=old.embed_dim,
+                        query=ctx.query_path({"old": old}, lambda side, vectors: vectors["old"]))
 """
 
 

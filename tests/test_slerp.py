@@ -46,11 +46,14 @@ class SyntheticContext(FitContext):
 
     def __init__(self, sets: dict[str, dict[str, np.ndarray]], corpus: dict, **kwargs) -> None:
         self.sets, self.corpus = sets, corpus
-        handle = SimpleNamespace(get=lambda: SimpleNamespace(embed_dim=D_OLD))
-        super().__init__(old=handle, new=handle, **kwargs)
+        old, new = (
+            SimpleNamespace(get=lambda which=which: SimpleNamespace(embed_dim=D_OLD, which=which))
+            for which in ("old", "new")
+        )
+        super().__init__(old=old, new=new, **kwargs)
 
-    def embed(self, which, data, side, *, count=True):  # noqa: ANN001, ANN201
-        return self.sets[data.split][f"{which}_{side}"].astype(np.float32)
+    def query_embeddings(self, encoder, data, side):  # noqa: ANN001, ANN201
+        return self.sets[data.split][f"{encoder.which}_{side}"].astype(np.float32)
 
     def embed_corpus(self, which):  # noqa: ANN001, ANN201
         return self.corpus[f"{which}_text"].astype(np.float32)

@@ -39,16 +39,13 @@ def noisy_old() -> Iterator[str]:
     noise, so support rsum is highest at noise 0 (registered for the test only)."""
 
     def fit(ctx: FitContext, settings: NoisyOldConfig) -> FittedMethod:
-        def encoder(side):  # noqa: ANN001, ANN202
-            def encode(data):  # noqa: ANN001, ANN202
-                clean = ctx.embed("old", data, side, count=False)
-                noise = np.random.default_rng(ctx.seed).standard_normal(clean.shape)
-                return clean + settings.noise * noise.astype(np.float32) / np.sqrt(clean.shape[1])
+        def combine(side, vectors):  # noqa: ANN001, ANN202
+            clean = vectors["old"]
+            noise = np.random.default_rng(ctx.seed).standard_normal(clean.shape)
+            return clean + settings.noise * noise.astype(np.float32) / np.sqrt(clean.shape[1])
 
-            return encode
-
-        dim = ctx.old.get().embed_dim
-        return FittedMethod(KNOWN, "old", dim, encoder("image"), encoder("text"))
+        query = ctx.query_path({"old": ctx.old.get()}, combine)
+        return FittedMethod(KNOWN, "old", ctx.old.get().embed_dim, query)
 
     register_method(
         KNOWN,

@@ -282,6 +282,24 @@ def methods_show(name: Annotated[str, typer.Argument(help="method name, e.g. xbt
         console.print(search_table(name))
 
 
+# --- issue 22: the options `cost` and `decide` share ---
+HardwareOption = Annotated[
+    Path | None,
+    typer.Option(help="TOML file of one device's rates (and price); default: the rates "
+                 "measured on the run's device (README: Cost and decision)"),
+]
+DirectionOption = Annotated[
+    str, typer.Option(help="directions served: both, t2i (image gallery), i2t (caption gallery)")
+]
+CaptionsOption = Annotated[
+    float | None,
+    typer.Option(min=0, help="captions per gallery item (default: the evaluated dataset's)"),
+]
+QueriesOption = Annotated[float, typer.Option(min=0, help="queries served per day")]
+ImageShareOption = Annotated[
+    float, typer.Option(min=0, max=1, help="share of the queries that are image queries (both)")
+]
+IndexOption = Annotated[str, typer.Option(help="index rebuilt after a backfill: ivf or hnsw")]
 ResultsDirOption = Annotated[
     Path, typer.Option(help="folder of result files (<pair>/<dataset>/<method>.json)")
 ]
@@ -489,50 +507,83 @@ def cost_command(
     gallery_size: Annotated[
         int, typer.Option(min=1, help="items in the deployed gallery (e.g. 100000000)")
     ],
-    hardware: Annotated[
-        Path | None,
-        typer.Option(help="TOML of your throughputs (device, devices, new_image_per_s, "
-                     "new_text_per_s, old_text_per_s, xbt_training_hours); replaces measured ones"),
-    ] = None,
-    gallery_side: Annotated[
-        str, typer.Option(help="what the gallery's items are: image or text")
-    ] = "image",
+    hardware: HardwareOption = None,
+    direction: DirectionOption = "both",
+    captions_per_item: CaptionsOption = None,
+    queries_per_day: QueriesOption = 0.0,
+    image_query_share: ImageShareOption = 0.5,
+    rebuild_index: IndexOption = "ivf",
     fractions: Annotated[
         str, typer.Option("--fractions", help="percentages for the partial-backfill rows")
     ] = "10,25,50,75",
     results_dir: ResultsDirOption = Path("results"),
 ) -> None:
-    """Estimate the device-hours and wall time of a full backfill, of XBT and of partial
-    backfills of a gallery of N items, from throughputs the suite measured (or yours)."""
-    from .errors import ConfigError
-    from .report.cost import (
-        ESTIMATE_NOTE,
-        Hardware,
-        cost_inputs,
-        estimate,
-        plan_recalls,
-        plans_frame,
-    )
+    """The whole bill of each way of upgrading a gallery of N items: what it re-embeds (gallery
+    images and captions, training texts and pairs), trains, rebuilds (FAISS index), stores, and
+    costs per query, from one device profile (measured on the run's device, or --hardware)."""
+    from .report.cost import bill, bill_inputs, bill_parts, bills_frame, upgrade_ways
     from .report.tables import frame_table
     from .results import load_result_set
 
-    if gallery_side not in ("image", "text"):
-        raise ConfigError(f"--gallery-side {gallery_side!r} is not one of image, text")
-    shares = _percentages(fractions, "--fractions")
     found = load_result_set(results_dir)
-    entered = Hardware.from_toml(hardware) if hardware is not None else None
-    inputs = cost_inputs(found.runs, pair, gallery_side, entered, str(hardware))
-    frame = plans_frame(
-        estimate(inputs, gallery_size, shares, plan_recalls(found, pair, shares)), inputs
-    )
-    title = (
-        f"Estimated cost of upgrading {pair}: a gallery of {gallery_size:,} {gallery_side}s "
-        "(ESTIMATE)"
-    )
-    console.print(frame_table(frame, title))
-    console.print(ESTIMATE_NOTE, highlight=False, soft_wrap=True)
-    for key, source in inputs.sources.items():
-        console.print(f"  {key}: {source}", markup=False, highlight=False, soft_wrap=True)
+    inputs = bill_inputs(
+        found, pair, gallery_size, hardware, direction, captions_per_item, queries_per_day,
+        image_query_share, index=rebuild_index,
+    )  # fmt: skip
+    shares = _percentages(fractions, "--fractions")
+    ways = upgrade_ways(found, pair, shares)
+    bills = [bill(way, inputs.scale, inputs.profile, inputs.gallery) for way in ways]
+    title = f"The upgrade bill of {pair} on {inputs.profile.label} (ESTIMATE)"
+    for part, frame in bill_parts(bills_frame(bills, inputs.profile, inputs.scale)):
+        console.print(frame_table(frame, f"{title}: {part}"))
+    for line in inputs.footer(f for item in bills for f in item.figures()):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+@app.command("decide")
+def decide_command(
+    pair: Annotated[str, typer.Option(help="registered pair, e.g. toy-s-to-m")],
+    gallery_size: Annotated[
+        int, typer.Option(min=1, help="items in the deployed gallery (e.g. 100000000)")
+    ],
+    queries_per_day: QueriesOption = 0.0,
+    hardware: HardwareOption = None,
+    horizon_days: Annotated[
+        float, typer.Option(min=0, help="days the total cost covers (one-off work + queries)")
+    ] = 365.0,
+    direction: DirectionOption = "both",
+    captions_per_item: CaptionsOption = None,
+    image_query_share: ImageShareOption = 0.5,
+    rebuild_index: IndexOption = "ivf",
+    top: Annotated[int, typer.Option(min=0, help="ways shown (0: all)")] = 8,
+    results_dir: ResultsDirOption = Path("results"),
+) -> None:
+    """A ranked recommendation for upgrading PAIR: every way (full backfill, each method,
+    partial backfills) with its recall per direction (95% interval), one-off cost, added query
+    latency and cost per day, storage, whether OLD keeps running, and why it ranks there."""
+    from .report.cost import bill_inputs
+    from .report.decide import RANK_RULE, card_lines, decide, recommendation, today_line
+    from .results import load_result_set
+
+    found = load_result_set(results_dir)
+    inputs = bill_inputs(
+        found, pair, gallery_size, hardware, direction, captions_per_item, queries_per_day,
+        image_query_share, horizon_days, rebuild_index,
+    )  # fmt: skip
+    options = decide(found, pair, inputs.scale, inputs.profile)
+    console.print(
+        f"Decision card: {pair} on {inputs.profile.label} (ESTIMATE), horizon "
+        f"{horizon_days:g} days", markup=False, highlight=False, soft_wrap=True, style="bold",
+    )  # fmt: skip
+    lines = [
+        today_line(found, pair, inputs.scale),
+        *card_lines(options, inputs.scale, inputs.profile, top),
+        recommendation(options),
+        RANK_RULE,
+        *inputs.footer(f for o in options for f in (*o.bill.figures(), o.total)),
+    ]
+    for line in lines:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command("sweep")

@@ -27,10 +27,13 @@ from .embed.throughput import measured_throughputs
 from .eval import Embeddings
 from .eval.backfill import BackfillSet
 from .eval.compat import METHOD_OLD, NEW_NEW, OLD_OLD
+from .eval.index_cost import IndexBuildRates, measure_index_build
 from .eval.indexes import IndexSpec, build_search_indexes
 from .eval.retrieval import RetrievalResult, SearchIndexes
 from .methods import methods
 from .methods.base import FitContext, FittedMethod, ModelHandle
+from .methods.latency import LATENCY_BATCHES, QueryLatency, measure_query_latency
+from .models.stored import StoredModel
 from .options import (
     MethodSettings,
     PairData,
@@ -46,7 +49,7 @@ from .options import (
 )
 from .pairs import load_pair, pair_registry, shadowed_pairs
 from .paths import cache_dir, relative_to_home
-from .results import IndexResult, Needs, ReportValue, RunResult
+from .results import GalleryShape, IndexResult, Needs, ReportValue, RunResult
 from .scoring import References, SplitResult, chain_split, index_split, method_split, score
 from .toy.build import ensure_zoo_models
 
@@ -88,6 +91,9 @@ class Runner:
         self._fits: dict[tuple[str, int], list[FittedMethod]] = {}
         self._indexes: dict[tuple[str, str, IndexSpec], SearchIndexes] = {}
         self._scores: dict[tuple[str, str, IndexSpec | None], list[RetrievalResult]] = {}
+
+        self._latency_inputs: tuple[list[Any], list[str]] | None = None
+        self._index_build: IndexBuildRates | None = None
 
     @property
     def training(self) -> TrainingData:
@@ -447,6 +453,49 @@ class Runner:
             ),
             settings_source={key: configured.source_of(key) for key in fitted.config},
             tuned=configured.tuned.provenance() if configured.tuned is not None else None,
+            query_latency=self.query_latency(method, fitted),
+            index_build=self.index_build(),
+            gallery=self.gallery_shape(),
+        )
+
+    # --- issue 22: what the upgrade bill reads from a run, measured on the run's machine ---
+    def query_latency(self, method: str, fitted: FittedMethod) -> QueryLatency | None:
+        """``fitted``'s query encoder timed on raw support images and captions, next to OLD's
+        own (:func:`~xbt_bench.methods.latency.measure_query_latency`); None off rank 0, and on a
+        pair of stored embeddings (no network to time)."""
+        stored = any(isinstance(handle.get(), StoredModel) for handle in self.handles.values())
+        if not distributed.is_main() or stored:
+            return None
+        old = fitted if methods.get(method).deploys == OLD_OLD else self.fits("old")[0]
+        if self._latency_inputs is None:
+            support = self.training.support
+            count = min(support.n_images, max(LATENCY_BATCHES))
+            images = [support.load_image(i) for i in range(count)]
+            self._latency_inputs = (images, list(support.captions[: max(LATENCY_BATCHES)]))
+        images, captions = self._latency_inputs
+        self.console.print(f"  timing {method}'s query encoder", highlight=False)
+        return measure_query_latency(fitted, old, images, captions, str(self.options.device))
+
+    def index_build(self) -> IndexBuildRates | None:
+        """FAISS's index build rates on OLD's gallery of the primary split (measured once per
+        run; :func:`~xbt_bench.eval.index_cost.measure_index_build`); None off rank 0."""
+        if not distributed.is_main():
+            return None
+        if self._index_build is None:
+            split, eval_set = next(iter(self.data.eval_sets.items()))
+            gallery = self.gallery(self.spec.old, split, eval_set)
+            self._index_build = measure_index_build(np.asarray(gallery.images))
+        return self._index_build
+
+    def gallery_shape(self) -> GalleryShape:
+        """The primary split's images and captions, and OLD's and NEW's dimensions."""
+        split, eval_set = next(iter(self.data.eval_sets.items()))
+        return GalleryShape(
+            split=split,
+            images=eval_set.n_images,
+            captions=len(eval_set.captions),
+            old_dim=self.handles[self.spec.old].get().embed_dim,
+            new_dim=self.handles[self.spec.new].get().embed_dim,
         )
 
     def model_roles(self) -> dict[str, Any]:

@@ -276,6 +276,22 @@ def iter_text_embeddings(
             start = stop
 
 
+def encode_inputs(
+    model: Any, side: str, inputs: Sequence[Image.Image] | Sequence[str], amp: bool = True
+) -> np.ndarray:
+    """Raw queries embedded in one batch, as a serving system would: ``inputs`` (decoded images
+    for ``side == "image"``, strings for ``"text"``) preprocessed or tokenised, then one forward
+    pass (eval and inference mode, bf16 autocast on CUDA); [len(inputs), dim] float32 unit rows.
+    """
+    encoder = as_encoder(model)
+    if side == "image":
+        batch = torch.stack([encoder.preprocess(image) for image in inputs])
+        return _encode(encoder, encoder.encode_image, batch, amp)
+    if side == "text":
+        return _encode(encoder, encoder.encode_text, encoder.tokenizer(list(inputs)), amp)
+    raise XbtError(f"embedding side {side!r} is not one of {', '.join(SIDES)}")
+
+
 def sort_block(batch_size: int) -> int:
     """Rows tokenised and sorted by length together: 4 batches (enough for batches of even
     lengths, small enough to share the rows evenly among ranks)."""

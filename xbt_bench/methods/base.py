@@ -6,6 +6,12 @@ settings into query encoders whose vectors live in the gallery's space (OLD's, o
 ``new``), and says what that cost. A method never evaluates itself: the runner embeds the
 queries with ``encode_images``/``encode_texts`` and searches the gallery named by ``gallery``.
 
+A fitted method's queries are one :class:`QueryPath`: the encoders a query runs through at
+query time (OLD, NEW, or a trained NEW' + ψ) and what the method does with their vectors (a
+map, ψ, an interpolation). The same path embeds a dataset from the embedding cache (scoring)
+and raw images and captions in one forward pass (:meth:`FittedMethod.encode_inputs`, which
+:mod:`xbt_bench.methods.latency` times), so the encoder that is timed is the one that is scored.
+
 Costs are counted by the context: every embedding a method asks for through
 :meth:`FitContext.embed` / :meth:`FitContext.embed_corpus` counts as that model's forward
 passes (whether or not the embedding cache already held it, so costs do not depend on the
@@ -19,7 +25,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +39,8 @@ from ..errors import XbtError
 from ..record import Record
 
 if TYPE_CHECKING:
+    from PIL import Image
+
     from ..embed import EmbeddingCache, EmbedStats
     from ..models.loading import LoadedModel
 
@@ -102,6 +110,12 @@ class Cost(Record):
     peak_memory_mb: float | None = Field(None, ge=0)
     device: str = "cpu"
 
+    # --- issue 22: the upgrade bill separates the passes its training time already holds ---
+    in_loop_passes: dict[str, int] = Field(
+        default_factory=dict,
+        description="the part of forward_passes run inside training steps (per model and "
+        "side): their time is in training_time_s, so the bill does not count them again",
+    )
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -111,17 +125,49 @@ class Cost(Record):
 
 
 Encode = Callable[[ImageTextSet], np.ndarray]
+# What a method does with the vectors of its encoders: (side, {"old"|"new": vectors}) -> queries.
+Combine = Callable[[Side, Mapping[Which, np.ndarray]], np.ndarray]
+# An encoder's vectors of a dataset's images or captions (read through the embedding cache).
+Read = Callable[[Any, ImageTextSet, Side], np.ndarray]
+
+
+@dataclass(frozen=True)
+class QueryPath:
+    """What a method runs on each query at query time: ``encoders`` (an open_clip model or a
+    trained encoder, keyed by whose compute it costs: ``old``, or ``new`` for NEW and NEW
+    with adapters or fine-tuned weights) and ``combine``, what the method does with their unit
+    vectors. :meth:`dataset` embeds a dataset through the embedding cache (``read``),
+    :meth:`inputs` raw images or captions in one forward pass of each encoder; both apply the
+    same ``combine``."""
+
+    encoders: Mapping[Which, Any]
+    combine: Combine = field(repr=False)
+    read: Read = field(repr=False)
+
+    def dataset(self, data: ImageTextSet, side: Side) -> np.ndarray:
+        """The queries of ``data``'s images or captions (encoders' vectors from the cache)."""
+        vectors = {which: self.read(model, data, side) for which, model in self.encoders.items()}
+        return self.combine(side, vectors)
+
+    def inputs(self, side: Side, inputs: Sequence[Image.Image] | Sequence[str]) -> np.ndarray:
+        """The queries of raw ``inputs`` (decoded images or strings): each encoder's forward
+        pass on the batch (:func:`~xbt_bench.embed.extract.encode_inputs`), then ``combine``."""
+        from ..embed.extract import encode_inputs
+
+        vectors = {which: encode_inputs(m, side, inputs) for which, m in self.encoders.items()}
+        return self.combine(side, vectors)
 
 
 @dataclass
 class FittedMethod:
-    """A fitted method: query encoders into the ``gallery`` space, plus what it cost.
+    """A fitted method: its query path into the ``gallery`` space, plus what it cost.
 
     ``encode_images(data)`` -> [n_images, dim] and ``encode_texts(data)`` -> [n_captions, dim]:
-    L2-normalised float32 queries to search the ``gallery`` model's embeddings of ``data``.
-    ``applicable`` is False when the method does not apply to the pair (``reason`` says why);
-    its encoders still work so the runner may show the numbers, labelled. ``report`` holds the
-    values the method declared for the leaderboard (``register_method(report=...)``), e.g.
+    L2-normalised float32 queries to search the ``gallery`` model's embeddings of ``data``;
+    ``encode_inputs(side, inputs)`` the same for raw images or captions (``query``, one path for
+    both). ``applicable`` is False when the method does not apply to the pair (``reason`` says
+    why); its encoders still work so the runner may show the numbers, labelled. ``report`` holds
+    the values the method declared for the leaderboard (``register_method(report=...)``), e.g.
     slerp's α per direction. ``export`` describes the query encoder for a serving system
     (:class:`QueryEncoderSpec`; None for the references, which are the models themselves).
     """
@@ -129,8 +175,7 @@ class FittedMethod:
     name: str
     gallery: Which
     dim: int
-    image_encoder: Encode = field(repr=False)
-    text_encoder: Encode = field(repr=False)
+    query: QueryPath = field(repr=False)
     config: dict[str, Any] = field(default_factory=dict)
     cost: Cost = field(default_factory=Cost)
     info: dict[str, Any] = field(default_factory=dict)
@@ -143,11 +188,19 @@ class FittedMethod:
 
     def encode_images(self, data: ImageTextSet) -> np.ndarray:
         """Image queries of ``data``: [n_images, dim] float32, unit rows."""
-        return self._checked(self.image_encoder(data), data.n_images, f"{data.key} images")
+        return self._checked(self.query.dataset(data, "image"), data.n_images, f"{data.key} images")
 
     def encode_texts(self, data: ImageTextSet) -> np.ndarray:
         """Caption queries of ``data``: [n_captions, dim] float32, unit rows."""
-        return self._checked(self.text_encoder(data), len(data.captions), f"{data.key} captions")
+        return self._checked(
+            self.query.dataset(data, "text"), len(data.captions), f"{data.key} captions"
+        )
+
+    def encode_inputs(
+        self, side: Side, inputs: Sequence[Image.Image] | Sequence[str]
+    ) -> np.ndarray:
+        """Queries of raw images or captions as served: [len(inputs), dim] float32, unit rows."""
+        return self._checked(self.query.inputs(side, inputs), len(inputs), f"raw {side} queries")
 
     def _checked(self, x: np.ndarray, rows: int, what: str) -> np.ndarray:
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -245,19 +298,10 @@ class FitContext:
         """``data``'s images or captions embedded by OLD or NEW (cached), float32 unit rows.
 
         Counted as that model's forward passes unless ``count`` is False (query time)."""
-        from ..embed.sharded import embed_split_sharded
-
-        array = embed_split_sharded(
-            self.handle(which).get(),
-            data,
-            side,
-            cache=self.embeddings,
-            stats=self.embed_stats,
-            num_workers=self.num_workers,
-        )
+        array = self.query_embeddings(self.handle(which).get(), data, side)
         if count:
             self.count_forward(which, side, len(array))
-        return np.array(array, dtype=np.float32)  # a writable copy of the read-only cache
+        return array
 
     def embed_corpus(self, which: Which) -> np.ndarray:
         """The text corpus embedded by OLD's or NEW's text tower (cached), counted."""
@@ -280,9 +324,32 @@ class FitContext:
         self.usage["old_gallery_reused"] += len(array)
         return array
 
-    def count_forward(self, which: Which, side: Side, items: int) -> None:
-        """Record ``items`` images or texts run through OLD or NEW at training time."""
+    def count_forward(self, which: Which, side: Side, items: int, *, in_loop: bool = False) -> None:
+        """Record ``items`` images or texts run through OLD or NEW at training time;
+        ``in_loop``: inside training steps (their time is the training time's)."""
         self.usage[f"{which}_{side}"] += int(items)
+        if in_loop:
+            self.usage[f"in_loop_{which}_{side}"] += int(items)
+
+    def query_path(self, encoders: Mapping[Which, Any], combine: Combine) -> QueryPath:
+        """A query path whose dataset vectors come from this context's embedding cache (query
+        time: not counted as training cost)."""
+        return QueryPath(encoders, combine, self.query_embeddings)
+
+    def query_embeddings(self, encoder: Any, data: ImageTextSet, side: Side) -> np.ndarray:
+        """``data``'s images or captions embedded by ``encoder`` (a loaded model or a trained
+        encoder; cached), float32 unit rows, not counted."""
+        from ..embed.sharded import embed_split_sharded
+
+        array = embed_split_sharded(
+            encoder,
+            data,
+            side,
+            cache=self.embeddings,
+            stats=self.embed_stats,
+            num_workers=self.num_workers,
+        )
+        return np.array(array, dtype=np.float32)  # a writable copy of the read-only cache
 
 
 def check_corpus(corpus: TextCorpus) -> None:
@@ -372,6 +439,11 @@ def measured(ctx: FitContext, fit: Callable[[], FittedMethod]) -> FittedMethod:
             "peak_memory_mb": round(memory.peak_mb, 1),
             "device": ctx.device,
             "forward_passes": {key: int(used.get(key, 0)) for key in FORWARD_KEYS},
+            "in_loop_passes": {
+                key: int(used.get(f"in_loop_{key}", 0))
+                for key in FORWARD_KEYS
+                if used.get(f"in_loop_{key}")
+            },
         }
     )
     return fitted

@@ -19,19 +19,19 @@ github.com/miccunifi/SLERP_backward_compatibility, ``main.py`` and ``slerp_bc/me
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from typing import Literal
 
 import numpy as np
 from pydantic import Field
 
-from ..data.base import ImageTextSet
 from ..linalg import procrustes_map
 from . import register_method
-from .base import Cost, FitContext, FittedMethod, Side, matrix_spec
+from .base import SIDES, Cost, FitContext, FittedMethod, Side, Which, matrix_spec
 from .settings import MethodConfig
 
 DIRECTIONS = {"i2t": "image", "t2i": "text"}  # retrieval direction -> the side of its queries
+SIDE_DIRECTION = {side: direction for direction, side in DIRECTIONS.items()}
 # What slerp and xbt-hybrid show on the leaderboard: the interpolation weight of each direction.
 ALPHA_REPORT = {"alpha_i2t": "α I2T", "alpha_t2i": "α T2I"}
 
@@ -71,15 +71,13 @@ def fit_procrustes(ctx: FitContext, settings: MethodConfig) -> FittedMethod:
     weight = fit_text_procrustes(ctx)
     d_new, d_old = weight.shape
 
-    def encoder(side: Side) -> Callable[[ImageTextSet], np.ndarray]:
-        return lambda data: _normalize(ctx.embed("new", data, side, count=False) @ weight)
-
     return FittedMethod(
         name="procrustes",
         gallery="old",
         dim=d_old,
-        image_encoder=encoder("image"),
-        text_encoder=encoder("text"),
+        query=ctx.query_path(
+            {"new": ctx.new.get()}, lambda side, vectors: _normalize(vectors["new"] @ weight)
+        ),
         info={"old_dim": d_old, "new_dim": d_new, "corpus_texts": len(ctx.text_corpus.texts)},
         export=matrix_spec(weight),
     )
@@ -197,13 +195,16 @@ def fit_slerp(ctx: FitContext, settings: SlerpConfig) -> FittedMethod:
     d_old = ctx.old.get().embed_dim
     width = weight.shape[1]
 
-    def old_and_mapped(data: ImageTextSet, side: Side, count: bool) -> tuple[np.ndarray, ...]:
-        old = _padded(ctx.embed("old", data, side, count=count), width)
-        return old, ctx.embed("new", data, side, count=count) @ weight
+    def old_and_mapped(old: np.ndarray, new: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return _padded(old, width), new @ weight
 
     scores: dict[str, dict[str, float]] = {}
     if settings.alpha is None:
-        support = {side: old_and_mapped(ctx.support, side, True) for side in ("image", "text")}
+        support = {
+            side: old_and_mapped(ctx.embed("old", ctx.support, side),
+                                 ctx.embed("new", ctx.support, side))
+            for side in SIDES
+        }  # fmt: skip
         alphas, scores = choose_alphas(
             {side: pair[0] for side, pair in support.items()},
             {side: pair[1] for side, pair in support.items()},
@@ -214,16 +215,15 @@ def fit_slerp(ctx: FitContext, settings: SlerpConfig) -> FittedMethod:
     else:
         alphas = {direction: float(settings.alpha) for direction in DIRECTIONS}
 
-    def encoder(direction: str) -> Callable[[ImageTextSet], np.ndarray]:
-        side = DIRECTIONS[direction]
-        return lambda data: slerp(*old_and_mapped(data, side, False), alphas[direction])[:, :d_old]
+    def combine(side: Side, vectors: Mapping[Which, np.ndarray]) -> np.ndarray:
+        alpha = alphas[SIDE_DIRECTION[side]]
+        return slerp(*old_and_mapped(vectors["old"], vectors["new"]), alpha)[:, :d_old]
 
     return FittedMethod(
         name="slerp",
         gallery="old",
         dim=d_old,
-        image_encoder=encoder("i2t"),
-        text_encoder=encoder("t2i"),
+        query=ctx.query_path({"old": ctx.old.get(), "new": ctx.new.get()}, combine),
         report=alpha_report(alphas),
         cost=Cost(image_text_pairs=ctx.train_pairs.n_images if uses_pairs else 0),
         info={

@@ -10,17 +10,17 @@ name), so a run that has trained ``xbt`` reuses its checkpoints and its query em
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import replace
 
 import numpy as np
 
-from ..data.base import ImageTextSet
 from . import register_method
-from .base import SIDES, FitContext, FittedMethod, Side
+from .base import SIDES, FitContext, FittedMethod, Side, Which
 from .closed_form import (
     ALPHA_REPORT,
     DIRECTIONS,
+    SIDE_DIRECTION,
     AlphaSettings,
     alpha_report,
     choose_alphas,
@@ -63,18 +63,15 @@ def fit_xbt_hybrid(ctx: FitContext, settings: HybridConfig) -> FittedMethod:
     else:
         alphas = {direction: float(settings.alpha) for direction in DIRECTIONS}
 
-    def encoder(direction: str) -> Callable[[ImageTextSet], np.ndarray]:
-        side: Side = DIRECTIONS[direction]
-        return lambda data: slerp(
-            ctx.embed("old", data, side, count=False), encoders[side](data), alphas[direction]
-        )
+    def combine(side: Side, vectors: Mapping[Which, np.ndarray]) -> np.ndarray:
+        ours = xbt.query.combine(side, {which: vectors[which] for which in xbt.query.encoders})
+        return slerp(vectors["old"], ours, alphas[SIDE_DIRECTION[side]])
 
     return FittedMethod(
         name="xbt-hybrid",
         gallery="old",
         dim=xbt.dim,
-        image_encoder=encoder("i2t"),
-        text_encoder=encoder("t2i"),
+        query=ctx.query_path({"old": ctx.old.get(), **xbt.query.encoders}, combine),
         cost=xbt.cost,
         report=alpha_report(alphas),
         info={

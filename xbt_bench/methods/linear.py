@@ -5,14 +5,11 @@ stretch it: it shows how much of the gap between two spaces a rotation leaves (s
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import numpy as np
 from pydantic import Field
 
-from ..data.base import ImageTextSet
 from . import register_method
-from .base import FitContext, FittedMethod, Side, matrix_spec
+from .base import FitContext, FittedMethod, matrix_spec
 from .settings import MethodConfig
 
 
@@ -41,16 +38,11 @@ def ridge_map(source: np.ndarray, target: np.ndarray, ridge: float) -> np.ndarra
 def fit_linear(ctx: FitContext, settings: LinearConfig) -> FittedMethod:
     """NEW queries mapped by the text-fitted linear map into OLD's space (no OLD at query)."""
     weight = ridge_map(ctx.embed_corpus("new"), ctx.embed_corpus("old"), settings.ridge)
-
-    def encoder(side: Side) -> Callable[[ImageTextSet], np.ndarray]:
-        return lambda data: ctx.embed("new", data, side, count=False) @ weight
-
     return FittedMethod(
         name="linear",
         gallery="old",
         dim=weight.shape[1],
-        image_encoder=encoder("image"),
-        text_encoder=encoder("text"),
+        query=ctx.query_path({"new": ctx.new.get()}, lambda side, vectors: vectors["new"] @ weight),
         info={"map": f"ridge least squares [{weight.shape[0]} x {weight.shape[1]}]"},
         export=matrix_spec(weight),
     )

@@ -7,13 +7,13 @@ import numpy as np
 
 from ..eval.compat import NEW_NEW, OLD_OLD
 from . import register_method
-from .base import Encode, FitContext, FittedMethod, Side, Which
+from .base import FitContext, FittedMethod, QueryPath, Which
 from .settings import MethodConfig
 
 
-def _embedder(ctx: FitContext, which: Which, side: Side) -> Encode:
-    """Query-time embeddings of ``data`` by OLD or NEW (cached, not counted as training cost)."""
-    return lambda data: ctx.embed(which, data, side, count=False)
+def _own_queries(ctx: FitContext, which: Which) -> QueryPath:
+    """OLD's or NEW's own query encoder, unchanged."""
+    return ctx.query_path({which: ctx.handle(which).get()}, lambda side, vectors: vectors[which])
 
 
 @register_method(
@@ -30,8 +30,7 @@ def fit_old(ctx: FitContext, settings: MethodConfig) -> FittedMethod:
         name="old",
         gallery="old",
         dim=ctx.old.get().embed_dim,
-        image_encoder=_embedder(ctx, "old", "image"),
-        text_encoder=_embedder(ctx, "old", "text"),
+        query=_own_queries(ctx, "old"),
     )
 
 
@@ -48,8 +47,7 @@ def fit_new(ctx: FitContext, settings: MethodConfig) -> FittedMethod:
         name="new",
         gallery="new",
         dim=ctx.new.get().embed_dim,
-        image_encoder=_embedder(ctx, "new", "image"),
-        text_encoder=_embedder(ctx, "new", "text"),
+        query=_own_queries(ctx, "new"),
     )
 
 
@@ -78,15 +76,13 @@ def fit_identity(ctx: FitContext, settings: MethodConfig) -> FittedMethod:
         f"the OLD gallery (shown zero-padded/truncated to {d_old} to illustrate)"
     )
 
-    def encoder(side: Side) -> Encode:
-        return lambda data: _fit_dimension(ctx.embed("new", data, side, count=False), d_old)
-
     return FittedMethod(
         name="identity",
         gallery="old",
         dim=d_old,
-        image_encoder=encoder("image"),
-        text_encoder=encoder("text"),
+        query=ctx.query_path(
+            {"new": ctx.new.get()}, lambda side, vectors: _fit_dimension(vectors["new"], d_old)
+        ),
         applicable=applicable,
         reason=reason,
         info={"old_dim": d_old, "new_dim": d_new},

@@ -654,29 +654,26 @@ def _params_cost(
     )
 
 
-def mapped_queries(ctx: FitContext, psi: Projection) -> dict[Side, Callable]:
-    """Query encoders ψ(N(x)) on the frozen NEW's (cached) embeddings, per side."""
-
-    def encoder(side: Side) -> Callable[[ImageTextSet], np.ndarray]:
-        return lambda data: map_embeddings(
-            psi, ctx.embed("new", data, side, count=False), ctx.device
-        )
-
-    return {"image": encoder("image"), "text": encoder("text")}
-
-
 def numpy_state(prefix: str, tensors: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
     """``tensors`` as float arrays named ``prefix.NAME`` (a query encoder's exported state)."""
     return {f"{prefix}.{name}": t.detach().cpu().numpy() for name, t in tensors.items()}
 
 
 def mapped_spec(
-    psi: Projection, clip: nn.Module | None = None, lora: dict[str, Any] | None = None
+    psi: Projection,
+    clip: nn.Module | None = None,
+    lora: dict[str, Any] | None = None,
+    image_map: np.ndarray | None = None,
 ) -> QueryEncoderSpec:
-    """Both sides through ψ (tensors ``psi.*``), after NEW with ``clip``'s LoRA adapters
-    (``lora``: towers, rank, alpha) or, without ``lora``, all of ``clip``'s trained weights;
-    NEW as it is without ``clip``."""
+    """Both sides through ψ (tensors ``psi.*``), or images through the fixed matrix
+    ``image_map`` (stage 1's text-fitted map P, tensor ``image_map``), after NEW with ``clip``'s
+    LoRA adapters (``lora``: towers, rank, alpha) or, without ``lora``, all of ``clip``'s trained
+    weights; NEW as it is without ``clip``."""
     tensors = numpy_state("psi", psi.state_dict())
+    maps: dict[Side, tuple[Any, str]] = {side: ("psi", "psi") for side in SIDES}
+    if image_map is not None:
+        maps["image"] = ("matrix", "image_map")
+        tensors["image_map"] = np.asarray(image_map, dtype=np.float32)
     adapters = None
     if clip is not None and lora is not None:
         adapters = {"kind": "lora", **lora}
@@ -685,10 +682,7 @@ def mapped_spec(
         adapters = {"kind": "weights"}
         tensors |= numpy_state("new", clip.state_dict())
     return QueryEncoderSpec(
-        maps={side: ("psi", "psi") for side in SIDES},
-        tensors=tensors,
-        psi={"psi": psi.architecture()},
-        adapters=adapters,
+        maps=maps, tensors=tensors, psi={"psi": psi.architecture()}, adapters=adapters
     )
 
 
@@ -700,13 +694,14 @@ def fit_projection_only(ctx: FitContext, name: str, cfg: ProjectionConfig) -> Fi
 def projection_method(ctx: FitContext, name: str, stage1: Stage1) -> FittedMethod:
     """Method ``name`` whose queries are ψ₀(N(x)) of a trained ``stage1`` on the frozen NEW's
     embeddings; its cost is stage 1's (ψ's parameters and training time)."""
-    queries = mapped_queries(ctx, stage1.psi)
     return FittedMethod(
         name=name,
         gallery="old",
         dim=stage1.psi.out_dim,
-        image_encoder=queries["image"],
-        text_encoder=queries["text"],
+        query=ctx.query_path(
+            {"new": ctx.new.get()},
+            lambda side, vectors: map_embeddings(stage1.psi, vectors["new"], ctx.device),
+        ),
         info={"stage1": stage1.info},
         cost=_params_cost(ctx, count_parameters(stage1.psi), stage1.info["wall_time_s"]),
         export=mapped_spec(stage1.psi),
@@ -733,37 +728,22 @@ def fit_stage2(ctx: FitContext, name: str, cfg: Stage2Config) -> FittedMethod:
         find_unused_parameters=setup.info["new_weights"] == "all trained",
     )
     in_loop = cfg.steps * setup.batch
-    ctx.count_forward("new", "image", in_loop)
+    ctx.count_forward("new", "image", in_loop, in_loop=True)
     if not setup.fixed_text:
-        ctx.count_forward("new", "text", in_loop)
+        ctx.count_forward("new", "text", in_loop, in_loop=True)
     if setup.targets.old_forwards:
-        ctx.count_forward("old", "image", in_loop)
-        ctx.count_forward("old", "text", in_loop)
+        ctx.count_forward("old", "image", in_loop, in_loop=True)
+        ctx.count_forward("old", "text", in_loop, in_loop=True)
     trained = setup.info["trainable_in_stage2"]
     if cfg.psi_lr_scale == 0:
         trained += count_parameters(stage1.psi)  # ψ was trained in stage 1
     encoder = setup.encoder.finish()
-
-    def encode(side: Side) -> Callable[[ImageTextSet], np.ndarray]:
-        from ..embed.sharded import embed_split_sharded
-
-        return lambda data: np.asarray(
-            embed_split_sharded(
-                encoder,
-                data,
-                side,
-                cache=ctx.embeddings,
-                stats=ctx.embed_stats,
-                num_workers=ctx.num_workers,
-            )
-        )
-
     return FittedMethod(
         name=name,
         gallery="old",
         dim=encoder.psi.out_dim,
-        image_encoder=encode("image"),
-        text_encoder=encode("text"),
+        # NEW' + ψ costs what NEW costs at query time (its adapters are small)
+        query=ctx.query_path({"new": encoder}, lambda side, vectors: vectors["new"]),
         info={
             "stage1": stage1.info,
             "stage2": {**setup.info, **log_info(log, setup.checkpoint_dir)},
@@ -772,5 +752,10 @@ def fit_stage2(ctx: FitContext, name: str, cfg: Stage2Config) -> FittedMethod:
         cost=_params_cost(
             ctx, trained, stage1.info["wall_time_s"] + log.wall_time_s, setup.pairs.n_images
         ),
-        export=mapped_spec(encoder.psi, encoder.clip, setup.info.get("lora")),
+        export=mapped_spec(
+            encoder.psi,
+            encoder.clip,
+            setup.info.get("lora"),
+            None if encoder.image_map is None else encoder.image_map.cpu().numpy(),
+        ),
     )

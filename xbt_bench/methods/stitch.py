@@ -1,4 +1,4 @@
-"""``stitch``: the ablation that shows what XBT's stage 2 adds (SPEC §3).
+"""``stitch``: the ablation that shows what XBT's stage 2 adds (docs/methods.md).
 
 Caption queries are stage 1's ψ₀(N_txt(t)); image queries are normalize(N_img(x)·P), with P the
 orthogonal NEW→OLD map fitted on the corpus's text pairs that stage 1 initialises ψ's skip with.
@@ -14,11 +14,10 @@ import dataclasses
 
 import numpy as np
 
-from ..data.base import ImageTextSet
 from . import register_method
-from .base import FitContext, FittedMethod
-from .stage1 import ProjectionConfig, pretrain_projection
-from .stage2 import projection_method
+from .base import FitContext, FittedMethod, Side
+from .stage1 import ProjectionConfig, map_embeddings, pretrain_projection
+from .stage2 import mapped_spec, projection_method
 
 
 class StitchConfig(ProjectionConfig):
@@ -41,13 +40,16 @@ def fit_stitch(ctx: FitContext, settings: StitchConfig) -> FittedMethod:
     ψ₀(N_txt(t)) and image queries normalize(N_img(x)·P); no OLD at query time."""
     stage1 = pretrain_projection(ctx, settings)
 
-    def images(data: ImageTextSet) -> np.ndarray:
-        return stage1.procrustes_mapped(ctx.embed("new", data, "image", count=False))
+    def combine(side: Side, vectors: dict[str, np.ndarray]) -> np.ndarray:
+        if side == "image":
+            return stage1.procrustes_mapped(vectors["new"])
+        return map_embeddings(stage1.psi, vectors["new"], ctx.device)
 
     stage1_only = projection_method(ctx, "stitch", stage1)
     return dataclasses.replace(
         stage1_only,
-        image_encoder=images,
+        query=ctx.query_path({"new": ctx.new.get()}, combine),
+        export=mapped_spec(stage1.psi, image_map=stage1.text_procrustes),
         info={
             **stage1_only.info,
             "image_queries": "normalize(N_img · P), P the text-fitted orthogonal map (ψ's "

@@ -1,4 +1,5 @@
-"""Reports: leaderboards, plots, the static page, the cost estimate and the terminal tables.
+"""Reports: leaderboards, plots, the static page, the upgrade bill, the decision card and the
+terminal tables.
 
 Data flows one way: the result files under ``results/`` (:mod:`xbt_bench.results`) are the only
 input of everything here.

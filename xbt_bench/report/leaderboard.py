@@ -67,6 +67,10 @@ LEGEND = (
     "stitch: what stage 2 adds) with the paired 95% interval, ✓* when it lies above 0. "
     "'training needs' says what of OLD a method needs while it trains; 'pairs' the image–text "
     "pairs it trained on."
+    # issue 22: query-time cost
+    " added ms text / image: milliseconds one query (batch 1, from raw input) takes over OLD's "
+    "own query encoder, timed alternately with it on the run's device (OLD's forward pass "
+    "included for a method that needs OLD at query time)."
 )
 
 
@@ -152,6 +156,7 @@ def _row(
             "device": cost.device,
             "file": str(path) if path else None,
         }
+        record |= latency_columns(result)
     return record
 
 
@@ -180,6 +185,33 @@ def _settings_label(result: RunResult) -> str:
             f" + {', '.join(sorted(sources - {'tuned'}))}" if sources - {"tuned"} else ""
         )
     return ", ".join(sorted(sources)) or "defaults"
+
+
+# --- issue 22: query-time cost, measured on the run's device ---
+LATENCY_SIDES = ("text", "image")
+
+
+def latency_columns(result: RunResult) -> dict[str, float | str | None]:
+    """A result's query latency at batch 1 per side (ms per query), its added latency over
+    OLD's own query encoder, and its throughput at batch 256 (queries per second); NaN when the
+    result recorded none."""
+    latency = result.query_latency
+    out: dict[str, float | str | None] = {"latency_device": latency.device if latency else None}
+    for side in LATENCY_SIDES:
+        single = latency.point(side, 1) if latency else None
+        batch = latency.point(side, 256) if latency else None
+        out[f"{side}_query_ms"] = single.ms_per_query if single else math.nan
+        out[f"{side}_added_ms"] = single.added_ms_per_query if single else math.nan
+        out[f"{side}_queries_per_s"] = batch.queries_per_s if batch else math.nan
+    return out
+
+
+def added_latency_text(row: pd.Series) -> str:
+    """``+0.12 / +1.30``: added ms per text and per image query over OLD's, at batch 1."""
+    values = [row.get(f"{side}_added_ms", math.nan) for side in LATENCY_SIDES]
+    if any(pd.isna(v) for v in values):
+        return "–"
+    return " / ".join(f"{v:+.2f}" for v in values)
 
 
 def leaderboard_frame(
@@ -350,6 +382,7 @@ def display_frame(
         row["trainable"] = _params(r["trainable_params"], r["trainable_share"]) if is_method else ""
         row["fit time"] = f"{r['fit_time_s']:.1f} s" if is_method else ""
         row["device"] = escape(str(r["device"])) if is_method else ""
+        row["added ms text / image"] = added_latency_text(r) if is_method else ""
         notes = [r["report"]] if r["applicable"] else []
         if not r["applicable"]:
             notes.append(f"not applicable: {r['not_applicable_reason']}")

@@ -6,13 +6,16 @@ relatively (``plots/*.svg``), so the folder can be copied, served, or opened fro
 The whole set (tables, plots, page) is built in a new folder that replaces ``<output_dir>`` at
 once, and every string from a result is escaped: result files may come from anyone.
 The script makes every table sortable by any column (click its header), shows one
-(pair, dataset, split) at a time through a selector, and highlights the rows behind a plot
-when its "rows" link is followed. Without JavaScript the page shows everything, unsorted.
+(pair, dataset, split) at a time through a selector, highlights the rows behind a plot
+when its "rows" link is followed, and draws each pair's Pareto plot (recall against total cost)
+for the horizon the reader types. Without JavaScript the page shows everything, unsorted, and
+no Pareto plot. Every string from a result file is escaped.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,13 +25,14 @@ import pandas as pd
 from xbt_bench.atomic import replaced_folder, write_text
 from xbt_bench.errors import XbtError
 from xbt_bench.methods import GROUPS
-from xbt_bench.report.cost import (
-    DEFAULT_FRACTIONS,
-    ESTIMATE_NOTE,
-    cost_inputs,
-    estimate,
-    plan_recalls,
-    plans_frame,
+from xbt_bench.report.cost import ESTIMATE_NOTE, bill, bill_inputs, bills_frame, upgrade_ways
+from xbt_bench.report.decide import (
+    RANK_RULE,
+    card_frame,
+    decide,
+    pareto_points,
+    recommendation,
+    today_line,
 )
 from xbt_bench.report.leaderboard import (
     BACKFILL_LEGEND,
@@ -58,8 +62,11 @@ from xbt_bench.report.leaderboard import (
 )
 from xbt_bench.report.plots import Plot, plot_results
 
-# The gallery size of the page's cost estimates (`xbt-bench cost --gallery-size N` for yours).
+# The deployment the page prices (`xbt-bench decide --pair P --gallery-size N
+# --queries-per-day Q --horizon-days D` for yours).
 PAGE_GALLERY_SIZE = 100_000_000
+PAGE_QUERIES_PER_DAY = 10_000_000
+PAGE_HORIZON_DAYS = 365
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto;
@@ -93,7 +100,9 @@ figcaption { font-size: 0.88rem; color: #57606a; }
 
 # Sorting: a cell sorts by its leading number (k/M suffixes scaled), else by its text; empty,
 # "–" and "n/a" cells go last in either direction. Selecting: elements with data-group are
-# shown when the selector is on "all" or on their group.
+# shown when the selector is on "all" or on their group. Pareto plots: each div.pareto's points
+# (JSON in data-points) are drawn as SVG at the horizon its input holds, redrawn on change; a
+# free way is drawn six decades below the dearest one on the log axis.
 SCRIPT = """
 (function () {
   "use strict";
@@ -174,6 +183,74 @@ SCRIPT = """
     });
   }
   deploy.forEach(function (box) { box.addEventListener("change", showGroups); });
+  var NS = "http://www.w3.org/2000/svg";
+  function node(svg, tag, attrs, text) {
+    var el = document.createElementNS(NS, tag);
+    for (var k in attrs) el.setAttribute(k, attrs[k]);
+    if (text !== undefined) el.textContent = text;
+    svg.appendChild(el);
+    return el;
+  }
+  function pareto(box) {
+    var points = JSON.parse(box.getAttribute("data-points"));
+    var unit = box.getAttribute("data-unit");
+    var input = box.querySelector("input"), pick = box.querySelector("select");
+    var svg = box.querySelector("svg"), W = 640, H = 360, L = 60, B = 40;
+    function draw() {
+      while (svg.firstChild) svg.removeChild(svg.firstChild);
+      var days = Math.max(0, parseFloat(input.value) || 0), key = pick.value;
+      var pts = points.map(function (p) {
+        return {p: p, x: p.one_off + days * p.per_day, y: p[key]};
+      }).filter(function (q) { return q.y !== undefined; });
+      if (!pts.length) return;
+      var top = Math.max.apply(null, pts.map(function (q) { return q.x; }));
+      pts.forEach(function (q) { q.x = Math.max(q.x, 1e-6 * top, 1e-12); });
+      var lx = pts.map(function (q) { return Math.log10(q.x); });
+      var ys = pts.map(function (q) { return q.y; });
+      var x0 = Math.min.apply(null, lx) - 0.1, x1 = Math.max.apply(null, lx) + 0.1;
+      var y0 = Math.min.apply(null, ys) - 1, y1 = Math.max.apply(null, ys) + 1;
+      function X(v) { return L + (Math.log10(v) - x0) / (x1 - x0) * (W - L - 10); }
+      function Y(v) { return H - B - (v - y0) / (y1 - y0) * (H - B - 10); }
+      node(svg, "line", {x1: L, y1: H - B, x2: W - 10, y2: H - B, stroke: "#57606a"});
+      node(svg, "line", {x1: L, y1: 10, x2: L, y2: H - B, stroke: "#57606a"});
+      node(svg, "text", {x: W / 2, y: H - 8, "text-anchor": "middle", "font-size": 12},
+           "total cost over " + days + " days (" + unit + ", log scale)");
+      node(svg, "text", {x: 14, y: H / 2, "font-size": 12, "text-anchor": "middle",
+                         transform: "rotate(-90 14 " + H / 2 + ")"},
+           pick.options[pick.selectedIndex].text);
+      for (var e = Math.floor(x0); e <= x1; e++) {
+        [1, 2, 5].forEach(function (m) {
+          var v = m * Math.pow(10, e);
+          if (Math.log10(v) < x0 || Math.log10(v) > x1) return;
+          node(svg, "text", {x: X(v), y: H - B + 14, "font-size": 10, "text-anchor": "middle"},
+               v >= 1 ? v.toLocaleString("en") : v.toPrecision(1));
+        });
+      }
+      for (var i = 0; i <= 4; i++) {
+        var v = y0 + 1 + i * (y1 - y0 - 2) / 4;
+        node(svg, "text", {x: L - 4, y: Y(v), "font-size": 10, "text-anchor": "end"}, v.toFixed(1));
+      }
+      pts.sort(function (a, b) { return a.x - b.x || b.y - a.y; });
+      var best = -Infinity, front = [];
+      pts.forEach(function (q) {
+        q.front = q.y > best;
+        if (q.front) { best = q.y; front.push(q); }
+      });
+      node(svg, "polyline", {fill: "none", stroke: "#0969da", points: front.map(function (q) {
+        return X(q.x) + "," + Y(q.y); }).join(" ")});
+      pts.forEach(function (q) {
+        var c = node(svg, "circle", {cx: X(q.x), cy: Y(q.y), r: 5, stroke: "#0969da",
+                                     fill: q.front ? "#0969da" : "#ffffff"});
+        var tip = q.p.way + ": " + q.y.toFixed(1) + ", " + q.x.toPrecision(3) + " " + unit;
+        node(c, "title", {}, tip);
+        if (q.front) node(svg, "text", {x: X(q.x) + 7, y: Y(q.y) - 6, "font-size": 10}, q.p.way);
+      });
+    }
+    input.addEventListener("input", draw);
+    pick.addEventListener("change", draw);
+    draw();
+  }
+  document.querySelectorAll("div.pareto").forEach(pareto);
 })();
 """
 
@@ -325,37 +402,69 @@ class _Page:
     def cost(self) -> str:
         parts = [
             f'<p class="note">{html.escape(ESTIMATE_NOTE)} A gallery of '
-            f"{PAGE_GALLERY_SIZE:,} images; <code>xbt-bench cost --pair NAME --gallery-size N "
-            "[--hardware FILE.toml]</code> for yours.</p>"
+            f"{PAGE_GALLERY_SIZE:,} items and {PAGE_QUERIES_PER_DAY:,} queries a day, priced "
+            "with the rates measured on the run's device; <code>xbt-bench decide --pair NAME "
+            "--gallery-size N --queries-per-day Q [--hardware FILE.toml]</code> for yours.</p>",
+            f'<p class="note">{html.escape(RANK_RULE)}</p>',
         ]
         for pair in dict.fromkeys(r.pair for r in self.boards.results):
-            pair_results = [r for r in self.boards.results if r.pair == pair]
             try:
-                inputs = cost_inputs(pair_results, pair)
+                parts.append(self.decision(pair))
             except XbtError as error:
-                parts.append(
-                    f'<p class="note">{html.escape(pair)}: no estimate ({html.escape(str(error))}).'
-                    "</p>"
-                )
-                continue
-            recalls = plan_recalls(self.boards.found, pair, DEFAULT_FRACTIONS)
-            frame = plans_frame(estimate(inputs, PAGE_GALLERY_SIZE, recalls=recalls), inputs)
-            split = next(r.split for r in pair_results)
-            groups = " ".join(
-                group_id((pair, r.dataset, s, EXACT)) for r in pair_results for s in r.splits
-            )
-            sources = "".join(
-                f"<li>{html.escape(key)}: {html.escape(source)}</li>"
-                for key, source in inputs.sources.items()
-            )
-            parts += [
-                f'<div data-group="{" ".join(dict.fromkeys(groups.split()))}">',
-                f"<h3>{html.escape(pair)} (estimate; recalls on split {html.escape(split)})</h3>",
-                _table(frame, "board", f"cost-{group_id((pair,))}", index=False),
-                f"<ul>{sources}</ul>",
+                reason = html.escape(f"{pair}: no estimate ({error}).")
+                parts.append(f'<p class="note">{reason}</p>')
+        return "\n".join(parts)
+
+    def decision(self, pair: str) -> str:
+        """``pair``'s decision card, its Pareto plot (drawn by the page's script for the
+        horizon the reader picks) and its whole bill."""
+        found = self.boards.found
+        inputs = bill_inputs(
+            found, pair, PAGE_GALLERY_SIZE, queries_per_day=PAGE_QUERIES_PER_DAY,
+            horizon_days=PAGE_HORIZON_DAYS,
+        )  # fmt: skip
+        options = decide(found, pair, inputs.scale, inputs.profile)
+        bills = [
+            bill(way, inputs.scale, inputs.profile, inputs.gallery)
+            for way in upgrade_ways(found, pair)
+        ]
+        pair_results = [r for r in self.boards.results if r.pair == pair]
+        groups = dict.fromkeys(
+            group_id((pair, r.dataset, s, EXACT)) for r in pair_results for s in r.splits
+        )
+        gid = group_id((pair,))
+        profile = inputs.profile
+        unit = profile.currency if profile.price is not None else "device-hours"
+        points = html.escape(json.dumps(pareto_points(options, profile)), quote=True)
+        footer = "".join(
+            f"<li>{html.escape(line)}</li>"
+            for line in inputs.footer(f for o in options for f in (*o.bill.figures(), o.total))
+        )
+        return "\n".join(
+            [
+                f'<div data-group="{" ".join(groups)}">',
+                f"<h3>{html.escape(pair)}: decision card (estimate, {html.escape(profile.label)})"
+                "</h3>",
+                f'<p class="note">{html.escape(today_line(found, pair, inputs.scale))}</p>',
+                f"<p><strong>{html.escape(recommendation(options))}</strong></p>",
+                _table(card_frame(options, inputs.scale, profile), "board", f"decision-{gid}",
+                       index=False),  # fmt: skip
+                f'<div class="pareto" data-points="{points}" data-unit="{html.escape(unit)}" '
+                f'data-days="{PAGE_HORIZON_DAYS}"><label>Total cost over <input type="number" '
+                f'min="0" step="30" value="{PAGE_HORIZON_DAYS}"> days, recall: <select>'
+                '<option value="t2i_r1">T2I R@1</option><option value="i2t_r1">I2T R@1</option>'
+                '</select></label><svg width="640" height="360" role="img"></svg>'
+                '<p class="note">Pareto plot: each way\'s R@1 against its total cost over the '
+                "horizon (one-off work plus the queries served), log scale; filled points are "
+                "the Pareto front (no other way is cheaper and better). It needs JavaScript.</p>"
+                "</div>",
+                f"<h4>{html.escape(pair)}: the whole bill of each way</h4>",
+                _table(bills_frame(bills, profile, inputs.scale), "board", f"bill-{gid}",
+                       index=False),  # fmt: skip
+                f"<ul>{footer}</ul>",
                 "</div>",
             ]
-        return "\n".join(parts)
+        )
 
     def other_plots(self) -> str:
         out = []
@@ -432,7 +541,7 @@ Markdown.</p>
 {backfill}
 </section>
 <section id="cost">
-<h2>Cost of the upgrade (estimate)</h2>
+<h2>Cost of the upgrade and one decision per pair (estimate)</h2>
 {cost}
 </section>
 <section id="chains">

@@ -12,7 +12,14 @@ from .backfill import BackfillResult
 from .base import SCHEMA_VERSION, ResultFile, collect_versions, git_revision, path_component
 from .diagnostics import DiagnosticsResult
 from .index import IndexResult
-from .run import EmbeddingThroughput, MethodResult, Needs, ReportValue, RunResult
+from .run import (
+    EmbeddingThroughput,
+    GalleryShape,  # issue 22: the upgrade bill's gallery
+    MethodResult,
+    Needs,
+    ReportValue,
+    RunResult,
+)
 from .store import (
     ResultSet,
     check_results,
@@ -30,6 +37,7 @@ __all__ = [
     "Budget",
     "DiagnosticsResult",
     "EmbeddingThroughput",
+    "GalleryShape",
     "IndexResult",
     "MethodResult",
     "Needs",

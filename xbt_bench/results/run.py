@@ -23,7 +23,10 @@ from pydantic import BaseModel, ConfigDict, Field, computed_field, field_validat
 from xbt_bench.embed.throughput import EmbeddingThroughput
 from xbt_bench.errors import ConfigError
 from xbt_bench.eval.compat import METHOD_OLD, NEW_NEW, OLD_OLD
+from xbt_bench.eval.index_cost import IndexBuildRates
 from xbt_bench.methods.base import Cost
+from xbt_bench.methods.latency import QueryLatency
+from xbt_bench.record import Record
 from xbt_bench.scoring import ChainMatrix, Compatibility, SplitResult
 
 from .base import ResultFile, jsonable, path_component
@@ -85,6 +88,24 @@ class Needs(BaseModel):
     image_text_pairs: int = Field(ge=0)
 
 
+class GalleryShape(Record):
+    """What the evaluated gallery holds (the primary split): its images, its captions, and the
+    dimension of a vector in OLD's and in NEW's space; the upgrade bill's captions per item and
+    bytes per item come from it."""
+
+    split: str
+    images: int = Field(gt=0)
+    captions: int = Field(gt=0)
+    old_dim: int = Field(gt=0)
+    new_dim: int = Field(gt=0)
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def captions_per_image(self) -> float:
+        """Captions per gallery item (an image with its captions)."""
+        return self.captions / self.images
+
+
 class RunResult(MethodResult):
     """One (pair, dataset, method) run: metrics of every split and setting, compatibility,
     flips, cost, config, the method's declared report, provenance."""
@@ -129,6 +150,18 @@ class RunResult(MethodResult):
     )
     tuned: dict[str, Any] | None = Field(
         None, description="the tune result its tuned settings came from (study, budget, score)"
+    )
+    # --- issue 22 (the upgrade bill): query-time cost, index build rates, the gallery's shape ---
+    query_latency: QueryLatency | None = Field(
+        None,
+        description="the method's query encoder timed on the run's device, per side at batch 1 "
+        "and 256, next to OLD's own (None: a result written before latencies were recorded)",
+    )
+    index_build: IndexBuildRates | None = Field(
+        None, description="FAISS index build rates measured on OLD's gallery on the run's machine"
+    )
+    gallery: GalleryShape | None = Field(
+        None, description="images, captions and OLD's and NEW's dimensions of the gallery"
     )
 
     @model_validator(mode="before")
