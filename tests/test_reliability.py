@@ -745,8 +745,9 @@ def test_a_code_edit_to_stage_2_trains_again(small_pair: str, tmp_path: Path) ->
     (code / "model_zoo").symlink_to(model_zoo())
     stage2 = code / "xbt_bench" / "methods" / "stage2.py"
     source = stage2.read_text()
-    assert source.count("cfg.stage2_cos_weight * cos") == 1
-    stage2.write_text(source.replace("cfg.stage2_cos_weight * cos", "0.0 * cos"))
+    term = "cfg.stage2_cos_weight * (text_cos + image_cos)"  # xbt's cosine term
+    assert source.count(term) == 1
+    stage2.write_text(source.replace(term, "0.0 * (text_cos + image_cos)"))
 
     # One process of the edited code runs `run` over the warm cache, then with no checkpoint.
     script = f"""
