@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 
 from .errors import XbtError, validation_message
+from .paths import RESULTS_DIR, default_report_dir
 
 if TYPE_CHECKING:
     from .options import RunOptions
@@ -87,7 +88,9 @@ def pairs_add(
     old: Annotated[str, typer.Option(help="OLD model reference, e.g. ViT-B-32:openai")],
     new: Annotated[str, typer.Option(help="NEW model reference, e.g. ViT-L-14:openai")],
     description: Annotated[str, typer.Option(help="one line saying what the upgrade is")],
-    dataset: Annotated[str, typer.Option(help="default evaluation dataset")] = "toy-shapes",
+    dataset: Annotated[
+        str, typer.Option(help="default evaluation dataset, e.g. folder:/data/photos")
+    ] = "toy-shapes",
     split: SplitOption = None,
     via: Annotated[list[str] | None, typer.Option(help="intermediate model of a chain")] = None,
     text: Annotated[str, typer.Option(help="stage-1 text corpus")] = "toy-shapes:text",
@@ -99,9 +102,15 @@ def pairs_add(
     ] = None,
     force: Annotated[bool, typer.Option(help="overwrite an existing file")] = False,
 ) -> None:
-    """Write a validated pair file from flags."""
+    """Write a validated pair file from flags (toy models named with zoo:NAME must exist; real
+    models on the toy data are said so in one line)."""
+    from rich.markup import escape
+
+    from .data.registry import dataset_info
+    from .models.refs import parse_model_ref
     from .pairs import DataRefs, PairSpec, write_pair
     from .paths import home
+    from .toy.zoo import zoo_entry
 
     spec = PairSpec(
         name=name,
@@ -110,11 +119,25 @@ def pairs_add(
         new=new,
         via=via or [],
         dataset=dataset,
-        splits=split or ["test"],
+        splits=split or dataset_info(dataset).evaluation_splits,
         data=DataRefs(text=text, pairs=pairs, support=support),
     )
+    refs = [parse_model_ref(ref) for ref in spec.chain]
+    for ref in refs:
+        if ref.kind == "zoo":
+            zoo_entry(ref.name)  # NotFoundError with the closest toy model's name
     path = write_pair(spec, directory or home() / "pairs", overwrite=force)
-    console.print(f"wrote {path}")
+    console.print(f"wrote {path}", highlight=False)
+    toy_data = [ref for ref in (dataset, text, pairs, support) if ref.startswith("toy-shapes")]
+    real = [ref.text for ref in refs if ref.kind != "zoo"]
+    if real and toy_data:
+        err_console.print(
+            f"[yellow]warning: {escape(', '.join(real))} will be trained and scored on the toy "
+            f"world's synthetic shapes ({escape(', '.join(toy_data))}); give --dataset, --text, "
+            "--pairs and --support your data (README: Your own models and data)[/yellow]",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @pairs_app.command("diagnose")
@@ -125,9 +148,7 @@ def pairs_diagnose(
     ] = None,
     dataset: Annotated[str | None, typer.Option(help="evaluation dataset")] = None,
     data_root: DataRootOption = None,
-    results_dir: Annotated[
-        Path, typer.Option(help="results folder the JSON is written beside")
-    ] = Path("results"),
+    results_dir: ResultsDirOption = RESULTS_DIR,
 ) -> None:
     """How alike the pair's OLD and NEW are on a split, before any method runs: modality gaps,
     CKA, how well a text-fitted rotation maps NEW onto OLD (texts, and transferred to images),
@@ -218,9 +239,19 @@ def methods_show(name: Annotated[str, typer.Argument(help="method name, e.g. xbt
 
 
 ResultsDirOption = Annotated[
-    Path, typer.Option(help="folder of result files (<pair>/<dataset>/<method>.json)")
+    Path,
+    typer.Option(
+        "--results-dir", help="folder of result files (<pair>/<dataset>/<method>.json); "
+        "default out/results (--quick runs: out/quick/results)"
+    ),
 ]
-ReportDirOption = Annotated[Path, typer.Option(help="folder for tables, plots and the page")]
+ReportDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--report-dir", "--output-dir", help="folder for tables, plots and the page (default: "
+        "out/leaderboards, or out/quick/leaderboards for out/quick/results)"
+    ),
+]
 
 
 def _parse_overrides(values: list[str] | None) -> dict[str, object]:
@@ -243,7 +274,13 @@ def _parse_overrides(values: list[str] | None) -> dict[str, object]:
 
 SplitOption = Annotated[list[str] | None, typer.Option(help="evaluation split (repeatable)")]
 DataRootOption = Annotated[Path | None, typer.Option(help="root folder of on-disk datasets")]
-ResultsOption = Annotated[Path, typer.Option(help="where result JSONs go")]
+ResultsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--results-dir", "--output-dir", help="where result files go (default: out/results, "
+        "--quick runs out/quick/results; never the committed results/ unless named)"
+    ),
+]
 SeedOption = Annotated[int, typer.Option(help="seed of every random choice (the first seed)")]
 SeedsOption = Annotated[
     int,
@@ -306,7 +343,7 @@ def run_command(
     dataset: Annotated[str | None, typer.Option(help="evaluation dataset")] = None,
     split: SplitOption = None,
     data_root: DataRootOption = None,
-    output_dir: ResultsOption = Path("results"),
+    output_dir: ResultsOption = None,
     seed: SeedOption = 0,
     seeds: SeedsOption = 1,
     device: DeviceOption = "cpu",
@@ -334,6 +371,16 @@ def run_command(
         runner = run(options, console)
         if backfill:
             run_backfill(options, DEFAULT_FRACTIONS, console, runner)
+    _say_where(options)
+
+
+def _say_where(options: RunOptions) -> None:
+    """Where a command's results went and how to publish them (quick runs: marked as such)."""
+    where = options.output_dir
+    publish = "xbt-bench publish" + (f" --results-dir {where}" if where != RESULTS_DIR else "")
+    kind = "quick-run results (a smoke run, kept apart)" if options.quick else "results"
+    console.print(f"{kind} in {where}/; tables, plots and the page: {publish}", highlight=False,
+                  soft_wrap=True)  # fmt: skip
 
 
 def _percentages(text: str, option: str) -> list[float]:
@@ -364,7 +411,7 @@ def backfill_command(
     ] = "0,10,25,50,75,100",
     split: SplitOption = None,
     data_root: DataRootOption = None,
-    output_dir: ResultsOption = Path("results"),
+    output_dir: ResultsOption = None,
     seed: SeedOption = 0,
     seeds: SeedsOption = 1,
     device: DeviceOption = "cpu",
@@ -385,6 +432,7 @@ def backfill_command(
     with _torchrun_job(device) as device:
         options = _run_options(locals())
         run_backfill(options, shares, console)
+    _say_where(options)
 
 
 @app.command("cost")
@@ -404,18 +452,29 @@ def cost_command(
     fractions: Annotated[
         str, typer.Option("--fractions", help="percentages for the partial-backfill rows")
     ] = "10,25,50,75",
-    results_dir: ResultsDirOption = Path("results"),
+    results_dir: ResultsDirOption = RESULTS_DIR,
+    allow_quick: Annotated[
+        bool,
+        typer.Option(
+            "--allow-quick", help="estimate from --quick results too (a smoke run's training "
+            "time and throughputs; refused by default)"
+        ),
+    ] = False,
 ) -> None:
     """Estimate the device-hours and wall time of a full backfill, of XBT and of partial
     backfills of a gallery of N items, from throughputs the suite measured (or yours)."""
+    from rich.markup import escape
+
     from .errors import ConfigError
     from .report.cost import (
         ESTIMATE_NOTE,
         Hardware,
         cost_inputs,
         estimate,
+        full_result_set,
         plan_recalls,
         plans_frame,
+        throughput_doubts,
     )
     from .report.tables import frame_table
     from .results import load_result_set
@@ -423,7 +482,7 @@ def cost_command(
     if gallery_side not in ("image", "text"):
         raise ConfigError(f"--gallery-side {gallery_side!r} is not one of image, text")
     shares = _percentages(fractions, "--fractions")
-    found = load_result_set(results_dir)
+    found = full_result_set(load_result_set(results_dir), pair, allow_quick)
     entered = Hardware.from_toml(hardware) if hardware is not None else None
     inputs = cost_inputs(found.runs, pair, gallery_side, entered, str(hardware))
     frame = plans_frame(
@@ -437,6 +496,10 @@ def cost_command(
     console.print(ESTIMATE_NOTE, highlight=False, soft_wrap=True)
     for key, source in inputs.sources.items():
         console.print(f"  {key}: {source}", highlight=False, soft_wrap=True)
+    for key, doubt in throughput_doubts(found.runs, pair).items():
+        if key in inputs.sources and inputs.sources[key].startswith("measured"):
+            console.print(f"  [yellow]{key}: {escape(doubt)}[/yellow]", highlight=False,
+                          soft_wrap=True)  # fmt: skip
 
 
 @app.command("sweep")
@@ -452,7 +515,7 @@ def sweep_command(
     ] = "0,500,2000,8000",
     split: SplitOption = None,
     data_root: DataRootOption = None,
-    output_dir: ResultsOption = Path("results"),
+    output_dir: ResultsOption = None,
     seed: SeedOption = 0,
     device: DeviceOption = "cpu",
     quick: Annotated[bool, typer.Option(help="fewer steps: a smoke run")] = False,
@@ -472,41 +535,57 @@ def sweep_command(
     with _torchrun_job(device) as device:
         options = _run_options(locals())
         run_sweep(options, counts, console)
+    _say_where(options)
+
+
+RankQuickOption = Annotated[
+    bool,
+    typer.Option(
+        "--rank-quick", help="rank --quick results together with full ones (still marked); by "
+        "default they get tables of their own"
+    ),
+]
 
 
 @app.command("leaderboard")
 def leaderboard(
-    results_dir: ResultsDirOption = Path("results"),
-    output_dir: ReportDirOption = Path("leaderboards"),
+    results_dir: ResultsDirOption = RESULTS_DIR,
+    output_dir: ReportDirOption = None,
+    rank_quick: RankQuickOption = False,
 ) -> None:
     """Build leaderboard tables (CSV and Markdown) from the result files."""
     from .report.leaderboard import build_leaderboards
 
-    boards = build_leaderboards(results_dir, output_dir)
+    output_dir = output_dir or default_report_dir(results_dir)
+    boards = build_leaderboards(results_dir, output_dir, rank_quick)
     console.print(f"{len(boards.results)} results -> " + ", ".join(map(str, boards.files)))
 
 
 @app.command("plot")
 def plot(
-    results_dir: ResultsDirOption = Path("results"),
-    output_dir: ReportDirOption = Path("leaderboards"),
+    results_dir: ResultsDirOption = RESULTS_DIR,
+    output_dir: ReportDirOption = None,
+    rank_quick: RankQuickOption = False,
 ) -> None:
     """Draw recall, compatibility-matrix, gain-vs-cost, sweep and training-curve plots."""
     from .report.plots import make_plots
 
-    files = make_plots(results_dir, output_dir)
+    output_dir = output_dir or default_report_dir(results_dir)
+    files = make_plots(results_dir, output_dir, rank_quick)
     console.print(f"wrote {len(files)} plot files to {output_dir / 'plots'}")
 
 
 @app.command("publish")
 def publish(
-    results_dir: ResultsDirOption = Path("results"),
-    output_dir: ReportDirOption = Path("leaderboards"),
+    results_dir: ResultsDirOption = RESULTS_DIR,
+    output_dir: ReportDirOption = None,
+    rank_quick: RankQuickOption = False,
 ) -> None:
     """Write a static HTML page with the leaderboards and plots (no server needed)."""
     from .report.publish import publish as publish_page
 
-    console.print(f"wrote {publish_page(results_dir, output_dir)}")
+    path = publish_page(results_dir, output_dir or default_report_dir(results_dir), rank_quick)
+    console.print(f"wrote {path}; open file://{path.resolve()} in a browser", soft_wrap=True)
 
 
 QuickOption = Annotated[

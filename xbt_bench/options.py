@@ -19,10 +19,14 @@ from .errors import ConfigError, did_you_mean
 from .eval.backfill import interior
 from .methods import MethodSpec, methods
 from .pairs import PairSpec
+from .paths import default_results_dir
 
 # --quick: fewer training steps and pairs for smoke runs (keys a method's settings lack are
 # left out for that method).
 QUICK_OVERRIDES: dict[str, Any] = {"proj_steps": 300, "steps": 60, "pairs": 1000}
+# --quick also embeds and fits on the first texts of the corpus only (a real caption corpus
+# can hold 100k texts: minutes per model on a CPU).
+QUICK_CORPUS_TEXTS = 5000
 
 
 @dataclass
@@ -34,7 +38,7 @@ class RunOptions:
     dataset: str | None = None
     splits: Sequence[str] = ()
     data_root: Path | None = None
-    output_dir: Path = Path("results")
+    output_dir: Path | None = None  # default: paths.default_results_dir(quick)
     seed: int = 0
     n_seeds: int = 1  # trained methods run with seeds seed, seed + 1, ...
     device: str = "cpu"
@@ -43,10 +47,11 @@ class RunOptions:
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.output_dir = Path(self.output_dir)
+        given = self.output_dir
+        self.output_dir = Path(given) if given is not None else default_results_dir(self.quick)
         if self.output_dir.exists() and not self.output_dir.is_dir():
             raise ConfigError(
-                f"--output-dir {self.output_dir} is a file; give a folder for the results"
+                f"--results-dir {self.output_dir} is a file; give a folder for the results"
             )
 
 
@@ -83,6 +88,8 @@ def load_pair_data(spec: PairSpec, options: RunOptions, console: Console) -> Pai
         splits = [dataset_info(dataset).default_split]
     eval_sets = {split: load_dataset(dataset, split, root) for split in splits}
     text_corpus = load_text_corpus(spec.data.text, root)
+    if options.quick:
+        text_corpus = text_corpus.head(QUICK_CORPUS_TEXTS)
     train_pairs = load_dataset(*split_data_ref(spec.data.pairs), root)
     support = load_dataset(*split_data_ref(spec.data.support), root)
     overlap = {s.fingerprint for s in eval_sets.values()} & {

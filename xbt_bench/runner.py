@@ -170,6 +170,11 @@ class Runner:
             start = time.perf_counter()
             result = self.score_chain(method) if self.spec.is_chain else self.score_pair(method)
             result.cost.wall_time_s = round(time.perf_counter() - start, 3)
+            fill = result.cost.cache_fill_s
+            filled = f" (and {fill:.1f} s filling the embedding cache, not fit time)"
+            self.console.print(
+                f"  fit {result.cost.fit_time_s:.1f} s{filled if fill else ''}", highlight=False
+            )
             if distributed.is_main():  # under torchrun, one rank writes
                 self.console.print(f"  wrote {result.save(self.options.output_dir)}")
             results.append(result)
@@ -284,6 +289,7 @@ class Runner:
             not_applicable_reason=fitted.reason or None,
             cost=cost,
             config={**fitted.config, "quick": self.options.quick},
+            quick=self.options.quick,
             report={
                 key: ReportValue(label=labels[key], value=value)
                 for key, value in fitted.report.items()
@@ -333,13 +339,14 @@ def run(options: RunOptions, console: Console) -> Runner:
     runner = Runner(options, console)
     started = time.perf_counter()
     results = runner.run()
-    report_embeddings(runner, time.perf_counter() - started)
+    report_embeddings(runner, time.perf_counter() - started, results)
     print_summary(results, console)
     return runner
 
 
-def report_embeddings(runner: Runner, seconds: float) -> None:
-    """Print how many embeddings ``runner`` computed and reused, and the time taken."""
+def report_embeddings(runner: Runner, seconds: float, results: list[RunResult]) -> None:
+    """Print how many embeddings ``runner`` computed and reused, and the time taken; and, one
+    line each, the throughputs measured while other processes kept the machine busy."""
     reused = sum(runner.stats.reused.values())
     # under torchrun each rank encodes its share of the rows and reads back all of them
     encoded = sum(distributed.all_gather_object(sum(runner.stats.encoded.values())))
@@ -347,3 +354,15 @@ def report_embeddings(runner: Runner, seconds: float) -> None:
         f"embeddings: {encoded} computed, {reused} reused from the cache "
         f"({runner.cache.root}); total {seconds:.1f} s"
     )
+    busy = {
+        (t.model, t.side): t for result in results[-1:] for t in result.throughputs if t.busy
+    }
+    for t in busy.values():
+        runner.console.print(
+            f"[yellow]{t.model.upper()} {t.side} throughput ({t.rows_per_s:,.0f} rows/s) was "
+            f"measured while other processes used {100 * (t.other_cpu_share or 0):.0f}% of the "
+            "CPUs: `xbt-bench cost` flags it; rerun on a quiet machine for a cost "
+            "estimate[/yellow]",
+            highlight=False,
+            soft_wrap=True,
+        )

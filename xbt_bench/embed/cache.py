@@ -77,6 +77,14 @@ class EmbeddingKey:
         """``model on split (side)``, for messages."""
         return f"{self.model} on {self.split} ({self.side}s)"
 
+    def label(self) -> str:
+        """:meth:`describe` kept short for a progress log: the model's hash cut to 8 digits, a
+        long split name (a folder dataset's path) to its last 40 characters."""
+        name, _, digest = self.model.partition("@")
+        model = f"{name}@{digest[:8]}" if digest else name
+        split = self.split if len(self.split) <= 40 else f"…{self.split[-39:]}"
+        return f"{model} on {split} ({self.side}s)"
+
 
 @dataclass(frozen=True)
 class Shard:
@@ -447,7 +455,7 @@ class EmbeddingCache:
         cached = self.load(key, mmap=mmap)
         if cached is not None:
             self.console.print(
-                f"reused embeddings: {key.describe()}, {cached.shape[0]}x{cached.shape[1]}",
+                f"reused embeddings: {key.label()}, {cached.shape[0]}x{cached.shape[1]}",
                 highlight=False,
                 soft_wrap=True,
             )
@@ -470,7 +478,7 @@ class EmbeddingCache:
                 "written; is another process clearing the cache?"
             )
         self.console.print(
-            f"computed embeddings: {key.describe()}, {n_rows}x{loaded.shape[1]} in "
+            f"computed embeddings: {key.label()}, {n_rows}x{loaded.shape[1]} in "
             f"{time.perf_counter() - started:.1f} s (cached)",
             highlight=False,
             soft_wrap=True,

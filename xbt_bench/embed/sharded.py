@@ -87,7 +87,7 @@ def _sharded(
     if distributed.is_main():
         verb = f"computed on {world} ranks (cached)" if computed else "reused"
         cache.console.print(
-            f"{verb} embeddings: {key.describe()}, {array.shape[0]}x{array.shape[1]} in "
+            f"{verb} embeddings: {key.label()}, {array.shape[0]}x{array.shape[1]} in "
             f"{time.perf_counter() - started:.1f} s",
             highlight=False,
             soft_wrap=True,

@@ -31,7 +31,22 @@ from xbt_bench.results import (
 )
 from xbt_bench.scoring import CalibrationChoice, ChainMatrix
 
-GROUP_KEYS = ["pair", "dataset", "split", "search"]
+# A table ranks the results of one (pair, dataset, split, search, runs): ``runs`` keeps --quick
+# results apart from full ones ("quick" / "full"; "full+quick" when asked to rank them together).
+GROUP_KEYS = ["pair", "dataset", "split", "search", "runs"]
+FULL, QUICK, MIXED = "full", "quick", "full+quick"
+# MTEB's convention: each task names one main_score, the number its leaderboard ranks by. Ours,
+# for every pair, is rsum (R@1+R@5+R@10 of both directions, as in VSE++ and SCAN): it covers both
+# directions and every K, so it moves less on a small split than R@1 alone.
+MAIN_SCORE = "rsum"
+# CSV floats are rounded to 5 decimals, as MTEB rounds the scores in its result files.
+CSV_DECIMALS = 5
+QUICK_MARK = "(quick)"  # after the method's name, wherever a --quick result is shown
+QUICK_NOTE = (
+    "quick: a --quick run (fewer training steps, image–text pairs and corpus texts; a smoke run "
+    "that checks the path, not a result), never ranked with full runs unless asked "
+    "(--rank-quick)"
+)
 FLIP_KEYS = ("t2i_nfr", "t2i_pfr", "i2t_nfr", "i2t_pfr")
 EXACT = "exact"
 HELD, NOT_HELD = "✓", "✗"
@@ -46,14 +61,19 @@ METRIC_LABELS = {
     "rsum": "rsum",
 }
 LEGEND = (
-    "Recall@K in percent; a setting reads query encoder → gallery encoder. A trained method's "
+    "Recall@K in percent, as CLIP_benchmark defines it: T2I R@K is its "
+    "image_retrieval_recall@K (a caption finds its image), I2T R@K its text_retrieval_recall@K "
+    "(an image finds any of its captions). A setting reads query encoder → gallery encoder. "
+    "A trained method's "
     "recall is the mean over its seeds, ± their standard deviation. "
     f"{HELD} / {NOT_HELD}: method→old beats / does not beat old→old on that metric on the mean "
     f"(the compatibility criterion); {HELD}{CONFIDENT}: it also holds with 95% confidence (the "
     "paired bootstrap interval of method→old − old→old over the split's images lies above 0). "
-    "held counts the recall cells that hold, on the mean and at 95%. On a 1,000-image split a "
-    "margin of a point is usually inside the interval: an unstarred ✓ is not a win. The "
-    "intervals themselves are in leaderboard.csv (*_lo, *_hi; margin_*_lo, margin_*_hi). "
+    "held counts the recall cells that hold, on the mean and at 95%. On a split of 1,000 images "
+    "a margin of a point is usually inside the interval, and smaller splits (each table gives "
+    "its size) need larger margins: an unstarred ✓ is not a win. The intervals themselves are "
+    "in leaderboard.csv (*_lo, *_hi; margin_*_lo, margin_*_hi). "
+    "Main score (main_score in the CSV, what the tables rank by, as MTEB's main_score): rsum. "
     "Gain share = (method→old − old→old) / (new→new − old→old) on rsum. NFR: negative flip rate "
     "at R@1 (percent of queries right under old→old, wrong under method→old)."
 )
@@ -74,7 +94,7 @@ def _row(result: RunResult, split: str, setting: str, row: str, path: Path | Non
     shown = result.applicable or row == "reference"
     values = data.metrics.get(setting, {}) if shown else {}
     intervals = (data.intervals or {}).get(setting, {}) if shown else {}
-    compat = data.compatibility if setting == METHOD_OLD and row == "method" else None
+    compat = data.compatibility if setting == METHOD_OLD and row == "method" and shown else None
     flips = (data.flips or {}) if compat else {}
     std = (data.seed_std or {}) if setting == METHOD_OLD and row == "method" else {}
     margins = (compat.margin_interval or {}) if compat else {}
@@ -85,6 +105,8 @@ def _row(result: RunResult, split: str, setting: str, row: str, path: Path | Non
         "dataset": result.dataset,
         "split": split,
         "search": result.approximate_index or EXACT,
+        "runs": QUICK if result.quick else FULL,
+        "quick": result.quick,
         "row": row,
         "method": reference_method(setting) if row == "reference" else result.method,
         "setting": setting,
@@ -105,7 +127,9 @@ def _row(result: RunResult, split: str, setting: str, row: str, path: Path | Non
         "cells_held_95": compat.cells_held_95 if compat else None,
         "cells_total": compat.cells_total if compat else None,
         "seeds": len(result.seeds) if row == "method" and result.seeds else 1,
+        "images": data.images,
         "gain_share": compat.gain_share.get("rsum") if compat else None,
+        "main_score": values.get(MAIN_SCORE, math.nan),
         **{key: value.value for key, value in report.items()},
         "report": " · ".join(f"{v.label} {_value(v.value)}" for v in report.values()),
         **{k: flips.get(k, math.nan) for k in FLIP_KEYS},
@@ -121,6 +145,7 @@ def _row(result: RunResult, split: str, setting: str, row: str, path: Path | Non
             "trainable_share": cost.trainable_share,
             # A fit resumed from finished checkpoints took seconds; its training did not.
             "fit_time_s": max(cost.fit_time_s, cost.training_time_s),
+            "cache_fill_s": cost.cache_fill_s,
             "wall_time_s": cost.wall_time_s,
             "peak_memory_mb": cost.peak_memory_mb,
             "device": cost.device,
@@ -130,47 +155,49 @@ def _row(result: RunResult, split: str, setting: str, row: str, path: Path | Non
 
 
 def leaderboard_frame(
-    results: Sequence[RunResult], paths: Sequence[Path] | None = None
+    results: Sequence[RunResult], paths: Sequence[Path] | None = None, rank_quick: bool = False
 ) -> pd.DataFrame:
     """The tidy leaderboard: one row per (result, split) plus each group's reference rows,
-    references first, then methods by rsum (best first), not-applicable rows last."""
+    references first, then methods by rsum (best first), not-applicable rows last. --quick
+    results form groups of their own (``runs``) unless ``rank_quick``."""
     paths = list(paths) if paths is not None else [None] * len(results)
     rows = [
-        _row(result, split, result.setting, "method", path)
-        for result, path in zip(results, paths, strict=True)
+        _row(result, split, result.setting, "method", path) | {"_result": i}
+        for i, (result, path) in enumerate(zip(results, paths, strict=True))
         for split in result.splits
     ]
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
+    if rank_quick:
+        tables = frame.groupby(GROUP_KEYS[:-1], sort=False)["runs"].transform("nunique")
+        frame.loc[tables > 1, "runs"] = MIXED
     references = []
     for key, group in frame.groupby(GROUP_KEYS, sort=False):
         present = set(group["setting"])
-        newest = max((r for r in results if _group_key(r, key[2]) == key), key=lambda r: r.date)
+        newest = max((results[i] for i in group["_result"]), key=lambda r: r.date)
         references += [
-            _row(newest, key[2], setting, "reference", None)
+            _row(newest, key[2], setting, "reference", None) | {"runs": key[4], "quick": False}
             for setting in (OLD_OLD, NEW_NEW)
             if setting not in present
         ]
-    frame = pd.concat([pd.DataFrame(references), frame], ignore_index=True)
+    frame = pd.concat([pd.DataFrame(references), frame.drop(columns="_result")], ignore_index=True)
     split_order = {s: i for i, s in enumerate(dict.fromkeys(frame["split"]))}
     frame["_split"] = frame["split"].map(split_order)
+    frame["_runs"] = frame["runs"].map({FULL: 0, MIXED: 1, QUICK: 2})
     frame["_rank"] = [
         (0 if row == "reference" else 1 if ok else 2)
         for row, ok in zip(frame["row"], frame["applicable"], strict=True)
     ]
     frame["_setting"] = frame["setting"].map({OLD_OLD: 0, NEW_NEW: 1}).fillna(2)
     frame = frame.sort_values(
-        ["pair", "dataset", "_split", "search", "_rank", "_setting", "rsum", "method"],
-        ascending=[True, True, True, True, True, True, False, True],
+        ["pair", "dataset", "_split", "search", "_runs", "_rank", "_setting", "main_score",
+         "method"],  # fmt: skip
+        ascending=[True, True, True, True, True, True, True, False, True],
         na_position="last",
         kind="stable",
     )
-    return frame.drop(columns=["_split", "_rank", "_setting"]).reset_index(drop=True)
-
-
-def _group_key(result: RunResult, split: str) -> tuple[str, str, str, str]:
-    return (result.pair, result.dataset, split, result.approximate_index or EXACT)
+    return frame.drop(columns=["_split", "_runs", "_rank", "_setting"]).reset_index(drop=True)
 
 
 def _number(value: object, digits: int = 2) -> str:
@@ -235,7 +262,8 @@ def display_frame(
     ``tip(text, tooltip)`` attaches a cell's intervals (:func:`interval_tip`) to its text."""
     out = []
     for _, r in group.iterrows():
-        row = {"method": escape(str(r["method"])), "setting": escape(setting_label(r["setting"]))}
+        label = str(r["method"]) + (f" {QUICK_MARK}" if r["quick"] else "")
+        row = {"method": escape(label), "setting": escape(setting_label(r["setting"]))}
         if not r["applicable"]:
             row |= {METRIC_LABELS[k]: "n/a" for k in METRIC_KEYS}
             row["held"] = "n/a"
@@ -260,6 +288,8 @@ def display_frame(
         row["NFR T2I/I2T"] = (
             "–" if pd.isna(r["t2i_nfr"]) else f"{r['t2i_nfr']:.1f}/{r['i2t_nfr']:.1f}"
         )
+        if not r["applicable"]:  # no numbers of a method that does not apply
+            row["gain share"] = row["NFR T2I/I2T"] = "n/a"
         is_method = r["row"] == "method"
         row["trainable"] = _params(r["trainable_params"], r["trainable_share"]) if is_method else ""
         row["fit time"] = f"{r['fit_time_s']:.1f} s" if is_method else ""
@@ -273,10 +303,28 @@ def display_frame(
 
 
 def group_title(key: tuple) -> str:
-    """``pair · dataset · split`` (plus the index when the search is approximate)."""
-    pair, dataset, split, search = key
+    """``pair · dataset · split`` (plus the index when the search is approximate, and which
+    runs: "quick runs" for --quick ones)."""
+    pair, dataset, split, search, *runs = key
     title = f"{pair} · {dataset} · split {split}"
-    return title if search == EXACT else f"{title} · approximate index {search}"
+    if search != EXACT:
+        title += f" · approximate index {search}"
+    if runs and runs[0] == QUICK:
+        title += " · QUICK runs (not ranked with full runs)"
+    elif runs and runs[0] == MIXED:
+        title += " · full and QUICK runs ranked together"
+    return title
+
+
+def split_size(group: pd.DataFrame) -> str:
+    """`` · 1,000 images`` for a group whose results recorded the split's size, else ""."""
+    sizes = group["images"].dropna() if "images" in group else pd.Series(dtype=float)
+    return f" · {int(sizes.iloc[0]):,} images" if not sizes.empty else ""
+
+
+def runs_of(result: RunResult) -> str:
+    """The ``runs`` group of ``result`` when quick results are kept apart: quick or full."""
+    return QUICK if result.quick else FULL
 
 
 def chain_frame(results: Sequence[RunResult]) -> pd.DataFrame:
@@ -292,6 +340,7 @@ def chain_frame(results: Sequence[RunResult]) -> pd.DataFrame:
                     "dataset": result.dataset,
                     "split": split,
                     "search": result.approximate_index or EXACT,
+                    "runs": runs_of(result),
                     "method": result.method,
                     "models": " → ".join(data.chain_matrix.models),
                     **{f"AC {k}": v for k, v in data.chain_matrix.average_compatibility.items()},
@@ -353,6 +402,7 @@ def backfill_frame(backfills: Sequence[BackfillResult]) -> pd.DataFrame:
                             "dataset": result.dataset,
                             "split": split,
                             "search": EXACT,
+                            "runs": QUICK if result.quick else FULL,
                             "method": result.method,
                             "order": order,
                             "fraction": point.fraction,
@@ -441,6 +491,11 @@ class Leaderboards:
         """The run results behind the tables."""
         return self.found.runs
 
+    @property
+    def has_quick(self) -> bool:
+        """Whether any result behind the tables is a --quick run."""
+        return any(r.quick for r in (*self.found.runs, *self.found.backfills, *self.found.sweeps))
+
     @staticmethod
     def groups(frame: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
         """``frame`` split into (pair, dataset, split, search) groups in table order."""
@@ -490,10 +545,11 @@ def diagnostics_frame(diagnostics: Sequence[DiagnosticsResult]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def leaderboards(results_dir: str | Path) -> Leaderboards:
-    """Read every result file under ``results_dir`` and build the leaderboard tables."""
+def leaderboards(results_dir: str | Path, rank_quick: bool = False) -> Leaderboards:
+    """Read every result file under ``results_dir`` and build the leaderboard tables (--quick
+    results in tables of their own unless ``rank_quick``)."""
     found = load_result_set(results_dir)
-    frame = leaderboard_frame(found.runs, found.run_files)
+    frame = leaderboard_frame(found.runs, found.run_files, rank_quick)
     return Leaderboards(
         exact=frame[frame["search"] == EXACT].reset_index(drop=True),
         approximate=frame[frame["search"] != EXACT].reset_index(drop=True),
@@ -515,6 +571,8 @@ def _markdown(boards: Leaderboards, results_dir: Path) -> str:
         LEGEND,
         "",
     ]
+    if boards.has_quick:
+        lines += [f"**{QUICK_MARK} {QUICK_NOTE}.**", ""]
     for frame, level in ((boards.exact, "##"), (boards.approximate, "###")):
         if frame is boards.approximate and not frame.empty:
             lines += [f"## {APPROXIMATE_TITLE}", ""]
@@ -523,7 +581,7 @@ def _markdown(boards: Leaderboards, results_dir: Path) -> str:
             lines += [
                 f"{level} {group_title(key)}",
                 "",
-                f"old `{first['old']}` → new `{first['new']}`",
+                f"old `{first['old']}` → new `{first['new']}`{split_size(group)}",
                 "",
                 display_frame(group).to_markdown(index=False, disable_numparse=True),
                 "",
@@ -567,12 +625,14 @@ def _markdown(boards: Leaderboards, results_dir: Path) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def build_leaderboards(results_dir: str | Path, output_dir: str | Path) -> Leaderboards:
+def build_leaderboards(
+    results_dir: str | Path, output_dir: str | Path, rank_quick: bool = False
+) -> Leaderboards:
     """Build the leaderboards from ``results_dir`` and write ``leaderboard.csv``/``.md``,
     ``leaderboard-approximate.csv``, ``chains.csv``, ``backfill.csv`` (when there are rows) and
-    ``reported.csv`` to ``output_dir`` atomically."""
+    ``reported.csv`` to ``output_dir`` atomically (``rank_quick``: as :func:`leaderboards`)."""
     results_dir, output_dir = Path(results_dir), Path(output_dir)
-    boards = leaderboards(results_dir)
+    boards = leaderboards(results_dir, rank_quick)
     tables = {
         "leaderboard.csv": boards.exact,
         "leaderboard-approximate.csv": boards.approximate,
@@ -586,7 +646,7 @@ def build_leaderboards(results_dir: str | Path, output_dir: str | Path) -> Leade
         if frame.empty:
             path.unlink(missing_ok=True)  # a stale table from an earlier build would mislead
             continue
-        write_text(path, frame.to_csv(index=False))
+        write_text(path, frame.round(CSV_DECIMALS).to_csv(index=False))
         boards.files.append(path)
     path = output_dir / "leaderboard.md"
     write_text(path, _markdown(boards, results_dir))

@@ -24,8 +24,10 @@ from xbt_bench.report.cost import (
     ESTIMATE_NOTE,
     cost_inputs,
     estimate,
+    full_result_set,
     plan_recalls,
     plans_frame,
+    throughput_doubts,
 )
 from xbt_bench.report.leaderboard import (
     APPROXIMATE_TITLE,
@@ -34,8 +36,11 @@ from xbt_bench.report.leaderboard import (
     DIAGNOSTICS_LEGEND,
     DIAGNOSTICS_TITLE,
     EXACT,
+    FULL,
     LEGEND,
     NOT_HELD,
+    QUICK_MARK,
+    QUICK_NOTE,
     REPORTED_NOTE,
     REPORTED_TITLE,
     Leaderboards,
@@ -47,11 +52,15 @@ from xbt_bench.report.leaderboard import (
     matrix_frame,
     reported_display,
     reported_notes,
+    runs_of,
+    split_size,
 )
 from xbt_bench.report.plots import Plot, plot_results
 
 # The gallery size of the page's cost estimates (`xbt-bench cost --gallery-size N` for yours).
 PAGE_GALLERY_SIZE = 100_000_000
+# The pair `make demo` runs: the page opens on its table when the results have it.
+DEMO_PAIR = "toy-s-to-m"
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto;
@@ -63,9 +72,14 @@ nav a { margin-right: 1rem; }
 div.controls { position: sticky; top: 0; background: #ffffffee; padding: 0.5rem 0;
                border-bottom: 1px solid #d0d7de; z-index: 1; }
 div.scroll { overflow-x: auto; }
-table.board { border-collapse: collapse; font-size: 0.86rem; margin: 0.4rem 0 1rem; }
-table.board th, table.board td { border: 1px solid #d0d7de; padding: 0.25rem 0.5rem;
-                                 white-space: nowrap; text-align: left; }
+table.board { border-collapse: collapse; font-size: 0.8rem; margin: 0.4rem 0 1rem;
+              max-width: 100%; }
+table.board th, table.board td { border: 1px solid #d0d7de; padding: 0.2rem 0.35rem;
+                                 text-align: left; vertical-align: top; }
+table.board td:first-child { white-space: nowrap; }
+span.quick { background: #fff1e5; color: #953800; border: 1px solid #ffb77c;
+             border-radius: 0.3rem; padding: 0 0.25rem; font-weight: 600; }
+p.quick { background: #fff1e5; border: 1px solid #ffb77c; padding: 0.4rem 0.6rem; }
 table.board th { background: #f6f8fa; }
 table.sortable th { cursor: pointer; user-select: none; }
 table.sortable th[aria-sort="ascending"]::after { content: " ▲"; font-size: 0.7em; }
@@ -83,18 +97,19 @@ figcaption { font-size: 0.88rem; color: #57606a; }
 .hidden { display: none !important; }
 """
 
-# Sorting: a cell sorts by its leading number (k/M suffixes scaled), else by its text; empty,
-# "–" and "n/a" cells go last in either direction. Selecting: elements with data-group are
-# shown when the selector is on "all" or on their group.
+# Sorting: a cell sorts by its leading number (k/M/G suffixes scaled, durations in s, min, h, d
+# as seconds), else by its text; empty, "–" and "n/a" cells go last in either direction.
+# Selecting: elements with data-group are shown when the selector is on "all" or on their group
+# (the page opens on the demo pair's group).
 SCRIPT = """
 (function () {
   "use strict";
   function sortKey(cell) {
     var text = cell.textContent.trim();
     if (text === "" || text === "–" || text === "n/a") return null;
-    var m = text.match(/^([-+−]?\\d[\\d,]*\\.?\\d*(?:e[-+]?\\d+)?)\\s*([kMG])?/);
+    var m = text.match(/^([-+−]?\\d[\\d,]*\\.?\\d*(?:e[-+]?\\d+)?)\\s*(min|[kMGshd])?(?![A-Za-z])/);
     if (!m) return text.toLowerCase();
-    var scale = {k: 1e3, M: 1e6, G: 1e9}[m[2]] || 1;
+    var scale = {k: 1e3, M: 1e6, G: 1e9, s: 1, min: 60, h: 3600, d: 86400}[m[2]] || 1;
     return parseFloat(m[1].replace(/,/g, "").replace("−", "-")) * scale;
   }
   function compare(a, b) {
@@ -132,7 +147,7 @@ SCRIPT = """
       el.classList.toggle("hidden", !!select.value && groups.indexOf(select.value) < 0);
     });
   }
-  if (select) select.addEventListener("change", show);
+  if (select) { select.addEventListener("change", show); show(); }
   document.querySelectorAll("a.rows").forEach(function (link) {
     link.addEventListener("click", function () {
       var methods = link.getAttribute("data-methods").split(" ");
@@ -140,7 +155,8 @@ SCRIPT = """
       document.querySelectorAll("tr.hl").forEach(function (r) { r.classList.remove("hl"); });
       if (!table) return;
       table.querySelectorAll("tbody tr").forEach(function (row) {
-        if (methods.indexOf(row.cells[0].textContent.trim()) >= 0) row.classList.add("hl");
+        var method = row.cells[0].textContent.trim().split(" ")[0];  // "xbt (quick)" -> xbt
+        if (methods.indexOf(method) >= 0) row.classList.add("hl");
       });
     });
   });
@@ -149,8 +165,13 @@ SCRIPT = """
 
 
 def group_id(key: Sequence[str]) -> str:
-    """A safe id for a (pair, dataset, split, search) group, used by the selector and links."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "--".join(key))
+    """A safe id for a (pair, dataset, split, search, runs) group, used by the selector and
+    links (full runs' groups keep the id of their first four parts)."""
+    parts = list(key[:4]) + [part for part in key[4:] if part != FULL]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "--".join(parts))
+
+
+QUICK_BADGE = ' <span class="quick" title="a --quick run: a smoke run, not a result">quick</span>'
 
 
 def _mark(mark: str) -> str:
@@ -222,11 +243,18 @@ class _Page:
                 gid = group_id(key)
                 first = group.iloc[0]
                 shown = display_frame(group, mark=_mark, escape=html.escape, tip=_tip)
+                shown["method"] = shown["method"].str.replace(f" {QUICK_MARK}", QUICK_BADGE)
+                quick = (
+                    f'<p class="quick">{QUICK_BADGE} {html.escape(QUICK_NOTE)}.</p>'
+                    if group["quick"].any()
+                    else ""
+                )
                 parts += [
                     f'<div class="group" data-group="{gid}">',
                     f'<{level} id="group-{gid}">{html.escape(group_title(key))}</{level}>',
+                    quick,
                     f'<p class="note">old <code>{html.escape(first["old"])}</code> → new '
-                    f"<code>{html.escape(first['new'])}</code></p>",
+                    f"<code>{html.escape(first['new'])}</code>{split_size(group)}</p>",
                     _table(shown, "board leaderboard", f"table-{gid}", index=False, escape=False),
                     self.figures(key, ("recall", "gain"), f"table-{gid}"),
                     "</div>",
@@ -260,7 +288,7 @@ class _Page:
                 "toy-s-m-l</code> for the toy chain's compatibility matrix.</p>"
             )
         groups = " ".join(
-            group_id((r["pair"], r["dataset"], r["split"], r["search"]))
+            group_id((r["pair"], r["dataset"], r["split"], r["search"], r["runs"]))
             for _, r in boards.chains.iterrows()
         )
         parts = [
@@ -272,7 +300,10 @@ class _Page:
             for split, data in result.splits.items():
                 if data.chain_matrix is None:
                     continue
-                key = (result.pair, result.dataset, split, result.approximate_index or EXACT)
+                key = (
+                    result.pair, result.dataset, split, result.approximate_index or EXACT,
+                    runs_of(result),
+                )  # fmt: skip
                 gid = group_id(key)
                 metric = chain_metric(data.chain_matrix)
                 ac = data.chain_matrix.average_compatibility[metric]
@@ -294,17 +325,24 @@ class _Page:
             "[--hardware FILE.toml]</code> for yours.</p>"
         ]
         for pair in dict.fromkeys(r.pair for r in self.boards.results):
-            pair_results = [r for r in self.boards.results if r.pair == pair]
             try:
+                found = full_result_set(self.boards.found, pair)
+                pair_results = [r for r in found.runs if r.pair == pair]
                 inputs = cost_inputs(pair_results, pair)
             except XbtError as error:
                 parts.append(f'<p class="note">{html.escape(pair)}: no estimate ({error}).</p>')
                 continue
-            recalls = plan_recalls(self.boards.found, pair, DEFAULT_FRACTIONS)
+            doubts = throughput_doubts(pair_results, pair)
+            inputs.sources.update(
+                {k: f"{v} ({doubts[k]})" for k, v in inputs.sources.items() if k in doubts}
+            )
+            recalls = plan_recalls(found, pair, DEFAULT_FRACTIONS)
             frame = plans_frame(estimate(inputs, PAGE_GALLERY_SIZE, recalls=recalls), inputs)
             split = next(r.split for r in pair_results)
             groups = " ".join(
-                group_id((pair, r.dataset, s, EXACT)) for r in pair_results for s in r.splits
+                group_id((pair, r.dataset, s, EXACT, runs_of(r)))
+                for r in pair_results
+                for s in r.splits
             )
             sources = "".join(
                 f"<li>{html.escape(key)}: {html.escape(source)}</li>"
@@ -330,10 +368,22 @@ class _Page:
         return "\n".join(out) or '<p class="note">No other plots.</p>'
 
 
+def opening_group(keys: Sequence[tuple]) -> tuple | None:
+    """The group the page opens on: the demo pair's (``make demo``: :data:`DEMO_PAIR`) first
+    split of full runs with exact search when the results have it, else the first group."""
+    for key in keys:
+        if key[0] == DEMO_PAIR and key[3] == EXACT and key[4] == FULL:
+            return key
+    return keys[0] if keys else None
+
+
 def _options(boards: Leaderboards) -> str:
     keys = [key for frame in (boards.exact, boards.approximate) for key, _ in boards.groups(frame)]
-    return "".join(
-        f'<option value="{group_id(key)}">{html.escape(group_title(key))}</option>' for key in keys
+    opening = opening_group(keys)
+    return '<option value="">all</option>' + "".join(
+        f'<option value="{group_id(key)}"{" selected" if key == opening else ""}>'
+        f"{html.escape(group_title(key))}</option>"
+        for key in keys
     )
 
 
@@ -351,6 +401,9 @@ def page(boards: Leaderboards, plots: list[Plot], output_dir: Path, results_dir:
         else '<p class="note">No diagnostics: run <code>xbt-bench pairs diagnose PAIR</code>.</p>'
     )
     newest = max(r.date for r in boards.results).strftime("%Y-%m-%d %H:%M UTC")
+    quick_note = (
+        f'<p class="quick">{QUICK_BADGE} {html.escape(QUICK_NOTE)}.</p>' if boards.has_quick else ""
+    )
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -370,12 +423,13 @@ Markdown.</p>
 <a href="#plots">More plots</a>
 <a href="#reported">{html.escape(REPORTED_TITLE)}</a></nav>
 <div class="controls"><label>Pair · dataset · split:
-<select id="group-select"><option value="">all</option>{_options(boards)}</select></label>
+<select id="group-select">{_options(boards)}</select></label>
 <span class="note">Click a column header to sort; hover a recall for its 95% intervals.</span>
 </div>
 <section id="leaderboards">
 <h2>Leaderboards</h2>
 <p class="note">{html.escape(LEGEND)}</p>
+{quick_note}
 {leaderboards}
 </section>
 <section id="backfill">
@@ -411,11 +465,12 @@ Markdown.</p>
 """
 
 
-def publish(results_dir: str | Path, output_dir: str | Path) -> Path:
-    """Rebuild leaderboards and plots from ``results_dir`` and write ``<output_dir>/index.html``."""
+def publish(results_dir: str | Path, output_dir: str | Path, rank_quick: bool = False) -> Path:
+    """Rebuild leaderboards and plots from ``results_dir`` and write ``<output_dir>/index.html``
+    (--quick results in tables and plots of their own unless ``rank_quick``)."""
     results_dir, output_dir = Path(results_dir), Path(output_dir)
-    boards = build_leaderboards(results_dir, output_dir)
-    plots = plot_results(boards.found, output_dir)
+    boards = build_leaderboards(results_dir, output_dir, rank_quick)
+    plots = plot_results(boards.found, output_dir, rank_quick)
     path = output_dir / "index.html"
     write_text(path, page(boards, plots, output_dir, results_dir))
     return path

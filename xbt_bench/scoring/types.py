@@ -170,6 +170,9 @@ class SplitResult(Record):
     )
     flips: dict[str, float] | None = None
     chain_matrix: ChainMatrix | None = None
+    images: int | None = Field(
+        None, ge=1, description="images in the split (how wide its intervals are depends on it)"
+    )
 
 
     @field_validator("metrics")
