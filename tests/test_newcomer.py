@@ -139,7 +139,8 @@ def test_training_logged_to_a_file_prints_periodic_progress(small_pair: str, tmp
     assert steps == sorted(steps) and steps[-1] < 400
     assert "stage 1: ψ on text: 400/400 steps (100%), done in" in text
     assert "\x1b[" not in text and "━" not in text  # no bar, no terminal codes in a log
-    cache_lines = [line for line in text.splitlines() if "embeddings: " in line]
+    lines = text.splitlines()
+    cache_lines = [line for line in lines if re.match(r"(reused|computed) embeddings: ", line)]
     assert cache_lines and all(len(line) < 120 for line in cache_lines), cache_lines
     assert "/embeddings/" not in text  # no hashed cache paths
 
@@ -308,3 +309,76 @@ def test_quick_caps_the_text_corpus(small_pair: str) -> None:
     assert list(big.texts) == list(full.texts[:10]) and big.fingerprint != full.fingerprint
     assert RunOptions(pair=small_pair, quick=True).output_dir == Path("out/quick/results")
     assert RunOptions(pair=small_pair).output_dir == Path("out/results")
+
+
+def test_the_leaderboard_says_n_a_for_a_method_that_does_not_apply_and_ranks_by_rsum(
+    synthetic_results: Path, tmp_path: Path
+) -> None:
+    from xbt_bench.report.leaderboard import display_frame
+
+    boards = build_leaderboards(synthetic_results, tmp_path)
+    group = boards.exact[(boards.exact["pair"] == "toy-s-to-m") & (boards.exact["split"] == "test")]
+    identity = display_frame(group).set_index("method").loc["identity"]
+    assert {identity["T2I R@1"], identity["held"], identity["gain share"]} == {"n/a"}
+    assert identity["NFR T2I/I2T"] == "n/a"
+    table = pd.read_csv(tmp_path / "leaderboard.csv")
+    shown = table[table["applicable"]]
+    assert (shown["main_score"] == shown["rsum"]).all()  # one main score: rsum, as MTEB's
+    text = (tmp_path / "leaderboard.csv").read_text()
+    decimals = [len(x) for x in re.findall(r"\d\.(\d+)(?=[,\n])", text)]
+    assert decimals and max(decimals) <= 5  # rounded to 5 decimals, as MTEB's result files
+
+
+def test_the_run_footnote_explains_what_the_terminal_shows(synthetic_results: Path) -> None:
+    from rich.console import Console
+
+    from xbt_bench.report.summary import print_summary, summary_legend
+    from xbt_bench.scoring import SplitResult
+
+    results = [r for r in load_result_set(synthetic_results).runs if r.pair == "toy-s-to-m"]
+    small = [
+        r.model_copy(update={"splits": {
+            name: SplitResult(**split.model_dump(exclude={"compatibility", "seed_std"}) | {
+                "images": 36})
+            for name, split in r.splits.items()
+        }})
+        for r in results
+        if r.approximate_index is None
+    ]  # fmt: skip
+    console = Console(record=True, width=200)
+    print_summary(small, console)
+    text = console.export_text()
+    assert "split test · 36 images" in text
+    legend = summary_legend(pd.DataFrame())
+    for absent in ("NFR", "leaderboard.csv", "1,000"):
+        assert absent not in text and absent not in legend, absent
+    assert "R@1 margin is ±" in text  # the width of the intervals on these splits
+
+
+def test_every_plot_gives_a_method_the_same_colour(synthetic_results: Path) -> None:
+    from matplotlib.colors import to_rgba
+    from matplotlib.container import BarContainer
+
+    from xbt_bench.report.leaderboard import backfill_frame, leaderboard_frame
+    from xbt_bench.report.plots import backfill_curves, method_colour, recall_bars
+
+    found = load_result_set(synthetic_results)
+    frame = leaderboard_frame([r for r in found.runs if r.approximate_index is None])
+    group = frame[(frame["pair"] == "toy-s-to-m") & (frame["split"] == "test")]
+    bars = recall_bars(group, "t")
+    colours = {
+        container.get_label().split(" ")[0]: container.patches[0].get_facecolor()
+        for container in bars.axes[0].containers
+        if isinstance(container, BarContainer)
+    }
+    curves = backfill_frame(found.backfills)
+    lines = backfill_curves(curves[curves["split"] == "test"], "t")
+    drawn = {h.get_label(): h.get_color() for h in lines.legends[0].legend_handles}
+    for method in ("xbt", "slerp"):
+        assert to_rgba(drawn[method]) == to_rgba(method_colour(method))
+    assert colours and all(
+        to_rgba(colour) == to_rgba(method_colour(m)) for m, colour in colours.items() if m != "new"
+    )
+    assert len({method_colour(m) for m in ("xbt", "slerp", "procrustes", "old", "linear")}) == 5
+    # the backfill legend: one entry per method, two line styles and the two references
+    assert len(lines.legends[0].legend_handles) == curves["method"].nunique() + 4

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from xbt_bench.report import publish
+from xbt_bench.report.publish import publish
 
 # Publishing renders every plot and, in Chromium, the page: the full suite only.
 pytestmark = pytest.mark.slow

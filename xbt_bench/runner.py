@@ -352,7 +352,8 @@ def report_embeddings(runner: Runner, seconds: float, results: list[RunResult]) 
     encoded = sum(distributed.all_gather_object(sum(runner.stats.encoded.values())))
     runner.console.print(
         f"embeddings: {encoded} computed, {reused} reused from the cache "
-        f"({runner.cache.root}); total {seconds:.1f} s"
+        f"({relative_to_home(runner.cache.root)}); total {seconds:.1f} s",
+        highlight=False,
     )
     busy = {
         (t.model, t.side): t for result in results[-1:] for t in result.throughputs if t.busy

@@ -30,7 +30,7 @@ from pydantic import Field, computed_field
 
 from ..data.base import ImageTextSet, TextCorpus
 from ..errors import XbtError
-from ..linalg import warn_if_underdetermined
+from ..linalg import procrustes_map, warn_if_underdetermined
 from ..record import Record
 
 if TYPE_CHECKING:
@@ -246,6 +246,19 @@ class FitContext:
         corpus = f"text corpus {getattr(self.text_corpus, 'name', '?')!r}"
         warn_if_underdetermined(len(array), array.shape[1], corpus)
         return np.array(array, dtype=np.float32)
+
+    def text_procrustes(self, *, padded: bool = False) -> np.ndarray:
+        """The orthogonal map from NEW's to OLD's text embeddings of the corpus
+        (:func:`~xbt_bench.linalg.procrustes_map`, ``padded`` as there). The corpus counts as
+        forward passes as in :meth:`embed_corpus`; the map is computed once per run and shared
+        (``shared``) by the methods that fit it: procrustes, slerp and every stage 1."""
+        new, old = self.embed_corpus("new"), self.embed_corpus("old")
+        key = ("text-procrustes", self.new.get().identity, self.old.get().identity,
+               self.text_corpus.fingerprint)  # fmt: skip
+        if key not in self.shared:
+            self.shared[key] = procrustes_map(new, old, padded=True)
+        padded_map = self.shared[key]  # the unpadded map is its first columns (procrustes_map)
+        return np.array(padded_map if padded else padded_map[:, : old.shape[1]])
 
     def gallery_embeddings(self, data: ImageTextSet, side: Side) -> np.ndarray:
         """OLD's embeddings of ``data`` as a deployed system already holds them (from the

@@ -20,7 +20,6 @@ from pydantic import Field
 
 from .. import distributed
 from ..data.base import fingerprint_of
-from ..linalg import procrustes_map
 from ..losses import cosine_loss, info_nce
 from ..models.lora import count_parameters
 from ..models.projection import Projection, add_noise, embedding_spread, noise_std
@@ -131,7 +130,7 @@ def prepare_stage1(ctx: FitContext, cfg: ProjectionConfig) -> Stage1Setup:
     )
     with seeded(ctx.seed):
         psi = Projection(d_new, d_old, hidden=cfg.proj_hidden, layers=cfg.proj_layers)
-    text_procrustes = procrustes_map(new_texts, old_texts)
+    text_procrustes = ctx.text_procrustes()  # computed once per run, shared
     psi.init_linear(text_procrustes)
     psi.linear.requires_grad_(cfg.proj_skip == "trained")
     device = torch.device(ctx.device)

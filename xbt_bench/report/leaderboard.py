@@ -625,6 +625,12 @@ def _markdown(boards: Leaderboards, results_dir: Path) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def _rounded(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with every float rounded to :data:`CSV_DECIMALS` places, in object columns
+    (numbers mixed with None) too."""
+    return frame.map(lambda x: round(x, CSV_DECIMALS) if isinstance(x, float) else x)
+
+
 def build_leaderboards(
     results_dir: str | Path, output_dir: str | Path, rank_quick: bool = False
 ) -> Leaderboards:
@@ -646,7 +652,7 @@ def build_leaderboards(
         if frame.empty:
             path.unlink(missing_ok=True)  # a stale table from an earlier build would mislead
             continue
-        write_text(path, frame.round(CSV_DECIMALS).to_csv(index=False))
+        write_text(path, _rounded(frame).to_csv(index=False))
         boards.files.append(path)
     path = output_dir / "leaderboard.md"
     write_text(path, _markdown(boards, results_dir))
