@@ -247,12 +247,20 @@ class FitContext:
         warn_if_underdetermined(len(array), array.shape[1], corpus)
         return np.array(array, dtype=np.float32)
 
-    def text_procrustes(self, *, padded: bool = False) -> np.ndarray:
+    def text_procrustes(
+        self,
+        new: np.ndarray | None = None,
+        old: np.ndarray | None = None,
+        *,
+        padded: bool = False,
+    ) -> np.ndarray:
         """The orthogonal map from NEW's to OLD's text embeddings of the corpus
-        (:func:`~xbt_bench.linalg.procrustes_map`, ``padded`` as there). The corpus counts as
-        forward passes as in :meth:`embed_corpus`; the map is computed once per run and shared
+        (:func:`~xbt_bench.linalg.procrustes_map`, ``padded`` as there), from ``new`` and
+        ``old`` when the caller has embedded the corpus already, else embedded (and counted)
+        here with :meth:`embed_corpus`. The map is computed once per run and shared
         (``shared``) by the methods that fit it: procrustes, slerp and every stage 1."""
-        new, old = self.embed_corpus("new"), self.embed_corpus("old")
+        if new is None or old is None:
+            new, old = self.embed_corpus("new"), self.embed_corpus("old")
         key = ("text-procrustes", self.new.get().identity, self.old.get().identity,
                self.text_corpus.fingerprint)  # fmt: skip
         if key not in self.shared:

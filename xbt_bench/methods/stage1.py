@@ -130,7 +130,7 @@ def prepare_stage1(ctx: FitContext, cfg: ProjectionConfig) -> Stage1Setup:
     )
     with seeded(ctx.seed):
         psi = Projection(d_new, d_old, hidden=cfg.proj_hidden, layers=cfg.proj_layers)
-    text_procrustes = ctx.text_procrustes()  # computed once per run, shared
+    text_procrustes = ctx.text_procrustes(new_texts, old_texts)  # computed once per run
     psi.init_linear(text_procrustes)
     psi.linear.requires_grad_(cfg.proj_skip == "trained")
     device = torch.device(ctx.device)
