@@ -261,8 +261,8 @@ class FitContext:
         (``shared``) by the methods that fit it: procrustes, slerp and every stage 1."""
         if new is None or old is None:
             new, old = self.embed_corpus("new"), self.embed_corpus("old")
-        key = ("text-procrustes", self.new.get().identity, self.old.get().identity,
-               self.text_corpus.fingerprint)  # fmt: skip
+        # the run's handles stand for its models (one per model reference, alive all run)
+        key = ("text-procrustes", id(self.new), id(self.old), self.text_corpus.fingerprint)
         if key not in self.shared:
             self.shared[key] = procrustes_map(new, old, padded=True)
         padded_map = self.shared[key]  # the unpadded map is its first columns (procrustes_map)

@@ -254,10 +254,11 @@ def backfill_curves(group: pd.DataFrame, title: str) -> Figure:
                 markersize=4,
                 color=method_colour(method),
                 linestyle="-" if order == "random" else "--",
+                label=method if order == "random" else f"{method} ({ORDER_LABELS.get(order)})",
             )
-        ax.axhline(first[f"old_old_{key}"], color="black", linewidth=1.5)
+        ax.axhline(first[f"old_old_{key}"], color="black", linewidth=1.5, label="old→old")
         if not ends.empty:
-            ax.axhline(float(ends[key].iloc[0]), color="gray", linestyle=":")
+            ax.axhline(float(ends[key].iloc[0]), color="gray", linestyle=":", label="new→new")
         ax.set_xlabel("gallery re-embedded with NEW (%)")
         ax.set_ylabel(f"{METRIC_LABELS[key]} (%)")
         ax.set_xticks([100 * f for f in sorted(set(group["fraction"]))])
