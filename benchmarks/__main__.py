@@ -12,7 +12,7 @@
    was meanwhile; with ``--fresh-clone`` also ``make demo`` on a fresh clone of HEAD (install
    included).
 
-    python -m benchmarks [--quick] [--only eval trim trainer demo] [--fresh-clone]
+    python -m benchmarks [--quick] [--only eval trim trainer demo] [--fresh-clone] [--threads N]
 
 ``--quick`` shrinks the evaluator to 1k x 10k and the other parts to smoke sizes. Each part's
 own output is printed as it runs; the summary at the end repeats the ratios.
@@ -102,7 +102,7 @@ def _phases(results: Path) -> list[str]:
     return lines
 
 
-def demo_phases(quick: bool) -> list[str]:
+def demo_phases(quick: bool, threads: int | None = None) -> list[str]:
     """Seconds of the toy run from an empty cache (only the shipped models present), of the
     cached rerun and of publish, measured in this one run; where the cold run's time went, per
     method; and how busy the machine was during each (other processes' share of the CPUs: a
@@ -111,6 +111,8 @@ def demo_phases(quick: bool) -> list[str]:
     out = home / "results"
     cli = [sys.executable, "-m", "xbt_bench"]
     env = {"XBT_BENCH_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+    if threads is not None:  # torch's intra-op threads (its default: one per core)
+        env["OMP_NUM_THREADS"] = str(threads)
     run = [*cli, "run", "--pair", "toy-s-to-m", "--results-dir", str(out)]
     if quick:
         run.append("--quick")
@@ -128,9 +130,10 @@ def demo_phases(quick: bool) -> list[str]:
         verdict = "quiet" if share < 0.1 else "BUSY: indicative only"
         return f"(other processes used {100 * share:.0f}% of the CPUs: {verdict})"
 
+    where = f" with OMP_NUM_THREADS={threads}" if threads is not None else ""
     return [
-        f"demo: xbt-bench run --pair toy-s-to-m{' --quick' if quick else ''}, only the shipped "
-        f"models present: {cold:.1f} s (target 90 s) {busy(cold_busy)}",
+        f"demo: xbt-bench run --pair toy-s-to-m{' --quick' if quick else ''}{where}, only the "
+        f"shipped models present: {cold:.1f} s (target 90 s) {busy(cold_busy)}",
         *phases,
         f"demo: the same run fully cached: {cached:.1f} s (target 8 s) {busy(cached_busy)}",
         f"demo: xbt-bench publish: {published:.1f} s {busy(publish_busy)}",
@@ -162,6 +165,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="smoke sizes")
     parser.add_argument("--only", nargs="+", choices=PARTS, default=list(PARTS))
     parser.add_argument("--fresh-clone", action="store_true", help="also time make demo on a clone")
+    parser.add_argument("--threads", type=int, help="the demo's torch threads (OMP_NUM_THREADS)")
     args = parser.parse_args()
     summary: list[str] = []
     if "eval" in args.only:
@@ -180,7 +184,7 @@ def main() -> None:
         summary += [f"trainer: {line.strip()}" for line in out.splitlines() if "stage" in line
                     and "│" in line]  # fmt: skip
     if "demo" in args.only:
-        summary += demo_phases(args.quick)
+        summary += demo_phases(args.quick, args.threads)
         if args.fresh_clone:
             summary.append(fresh_clone_demo())
     print("\n== summary ==")
