@@ -371,11 +371,16 @@ def run_command(
         runner = run(options, console)
         if backfill:
             run_backfill(options, DEFAULT_FRACTIONS, console, runner)
-    _say_where(options)
+        _say_where(options)
 
 
 def _say_where(options: RunOptions) -> None:
-    """Where a command's results went and how to publish them (quick runs: marked as such)."""
+    """Where a command's results went and how to publish them (quick runs: marked as such);
+    under torchrun rank 0 says it."""
+    from .distributed import is_main
+
+    if not is_main():
+        return
     where = options.output_dir
     publish = "xbt-bench publish" + (f" --results-dir {where}" if where != RESULTS_DIR else "")
     kind = "quick-run results (a smoke run, kept apart)" if options.quick else "results"
@@ -432,7 +437,7 @@ def backfill_command(
     with _torchrun_job(device) as device:
         options = _run_options(locals())
         run_backfill(options, shares, console)
-    _say_where(options)
+        _say_where(options)
 
 
 @app.command("cost")
@@ -535,7 +540,7 @@ def sweep_command(
     with _torchrun_job(device) as device:
         options = _run_options(locals())
         run_sweep(options, counts, console)
-    _say_where(options)
+        _say_where(options)
 
 
 RankQuickOption = Annotated[
