@@ -115,7 +115,10 @@ def prepare_stage1(ctx: FitContext, cfg: ProjectionConfig) -> Stage1Setup:
     old_texts = ctx.embed_corpus("old")
     n_texts, d_new = new_texts.shape
     d_old = old_texts.shape[1]
-    spread = embedding_spread(new_texts)
+    spread_key = ("text-spread", id(ctx.new), ctx.text_corpus.fingerprint)  # once per run
+    if spread_key not in ctx.shared:
+        ctx.shared[spread_key] = embedding_spread(new_texts)
+    spread = ctx.shared[spread_key]
     std = noise_std(cfg.noise, spread, d_new)
     settings = {name: getattr(cfg, name) for name in ProjectionConfig.model_fields}
     key = fingerprint_of(
