@@ -43,8 +43,8 @@ MAIN_SCORE = "rsum"
 CSV_DECIMALS = 5
 QUICK_MARK = "(quick)"  # after the method's name, wherever a --quick result is shown
 QUICK_NOTE = (
-    "quick: a --quick run (fewer training steps, image–text pairs and corpus texts; a smoke run "
-    "that checks the path, not a result), never ranked with full runs unless asked "
+    "marks a --quick run: fewer training steps, image–text pairs and corpus texts, a smoke run "
+    "that checks the path, not a result; never ranked with full runs unless asked "
     "(--rank-quick)"
 )
 FLIP_KEYS = ("t2i_nfr", "t2i_pfr", "i2t_nfr", "i2t_pfr")

@@ -142,7 +142,7 @@ def recall_bars(group: pd.DataFrame, title: str) -> Figure:
     ax.set_xticks(x, [METRIC_LABELS[k] for k in RECALL_KEYS])
     ax.set_ylabel("recall (%): mean over seeds, 95% interval")
     ax.set_ylim(0, min(104.0, 1.08 * max(top, float(old[list(RECALL_KEYS)].max())) + 4))
-    ax.set_title(f"Recall by method and setting — {title}")
+    ax.set_title(f"Recall by method and setting\n{title}")  # two lines: a long title fits
     ax.grid(axis="y", alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
     return figure

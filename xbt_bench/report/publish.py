@@ -244,15 +244,9 @@ class _Page:
                 first = group.iloc[0]
                 shown = display_frame(group, mark=_mark, escape=html.escape, tip=_tip)
                 shown["method"] = shown["method"].str.replace(f" {QUICK_MARK}", QUICK_BADGE)
-                quick = (
-                    f'<p class="quick">{QUICK_BADGE} {html.escape(QUICK_NOTE)}.</p>'
-                    if group["quick"].any()
-                    else ""
-                )
                 parts += [
                     f'<div class="group" data-group="{gid}">',
                     f'<{level} id="group-{gid}">{html.escape(group_title(key))}</{level}>',
-                    quick,
                     f'<p class="note">old <code>{html.escape(first["old"])}</code> → new '
                     f"<code>{html.escape(first['new'])}</code>{split_size(group)}</p>",
                     _table(shown, "board leaderboard", f"table-{gid}", index=False, escape=False),
