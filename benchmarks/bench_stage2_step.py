@@ -61,7 +61,7 @@ class Stage2Encoder(nn.Module):
 def stage2_loss(
     image_q: torch.Tensor, text_q: torch.Tensor, anchors: torch.Tensor, tau: float = 0.05
 ) -> torch.Tensor:
-    """XBT's stage-2 loss with surrogate anchors (SPEC §2)."""
+    """XBT's stage-2 loss with surrogate anchors (docs/methods.md, XBT: the recipe)."""
     contrastive = info_nce(image_q, anchors, tau) + info_nce(text_q, anchors, tau)
     contrastive = contrastive + info_nce(image_q, text_q, tau)
     return contrastive + cosine_loss(text_q, anchors) + cosine_loss(image_q, anchors)

@@ -95,7 +95,7 @@ def test_second_request_computes_nothing(
     assert stats.forward_passes(tiny.identity) == N_IMAGES  # unchanged: nothing computed
     assert stats.reused == {tiny.identity: N_IMAGES}
     assert [r.computed for r in stats.records] == [True, False]
-    assert "reused cached embeddings for" in capsys.readouterr().err
+    assert "reused embeddings: " in capsys.readouterr().err
     np.testing.assert_array_equal(first, second)
 
     calls = []

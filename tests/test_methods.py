@@ -1,5 +1,5 @@
 """Every registered method on tiny random models and a tiny toy world (timm-style registry loop),
-plus the properties SPEC §2–§3 promise: Procrustes recovers a rotation, SLERP's endpoints,
+plus the properties docs/methods.md promises: Procrustes recovers a rotation, SLERP's endpoints,
 identity's applicability, stage 2 without OLD, NEW untouched, resume and seeding."""
 
 from __future__ import annotations

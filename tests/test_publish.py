@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from xbt_bench.report import publish
+from xbt_bench.report.publish import publish
 
 # Publishing renders every plot and, in Chromium, the page: the full suite only.
 pytestmark = pytest.mark.slow
@@ -29,9 +29,13 @@ CHROMIUM_FLAGS = [
     "--disable-sync",
     "--virtual-time-budget=10000",
 ]
-# Appended to a copy of the page: after load, record what the browser actually rendered.
+# Appended to a copy of the page: after load, show every group (the page opens on one) and
+# record what the browser actually rendered.
 PROBE = """<script>
 window.addEventListener("load", () => {
+  const select = document.getElementById("group-select");
+  select.value = "";
+  select.dispatchEvent(new Event("change"));
   for (const img of document.images) img.dataset.naturalWidth = img.naturalWidth;
   for (const t of document.querySelectorAll("table")) t.dataset.renderedHeight = t.offsetHeight;
 });
@@ -117,8 +121,9 @@ def test_page_is_static_and_self_contained(page: Path):
     assert "AC = 0.67" in html  # the chain's heatmap section names its average compatibility
 
 
-def _render(page: Path, tmp_path: Path, probe: str) -> _Elements:
-    """``page`` with ``probe`` appended, as headless Chromium leaves its DOM after load."""
+def _render(page: Path, tmp_path: Path, probe: str, *flags: str) -> _Elements:
+    """``page`` with ``probe`` appended, as headless Chromium (with ``flags``) leaves its DOM
+    after load."""
     chromium = _chromium()
     copy = page.with_name(f"index.{tmp_path.name}.html")
     copy.write_text(page.read_text(encoding="utf-8").replace("</body>", probe + "</body>"))
@@ -126,6 +131,7 @@ def _render(page: Path, tmp_path: Path, probe: str) -> _Elements:
         [
             chromium,
             *CHROMIUM_FLAGS,
+            *flags,
             f"--user-data-dir={tmp_path / 'profile'}",
             "--dump-dom",
             copy.as_uri(),
@@ -292,6 +298,32 @@ window.addEventListener("load", () => {
 </script>"""
 
 
+# After load (in a 1,400-pixel-wide window): which group the selector opens on, which tables
+# scroll sideways, and the cost table's wall-time column after sorting it ascending.
+LAYOUT = """<script>
+window.addEventListener("load", () => {
+  const out = document.body.dataset;
+  out.opened = document.getElementById("group-select").value;
+  out.shown = [...new Set([...document.querySelectorAll("div.group")]
+    .filter(d => d.offsetParent !== null).map(d => d.dataset.group))].join(" ");
+  out.wide = [...document.querySelectorAll("div.scroll")]
+    .filter(d => d.scrollWidth > d.clientWidth + 1)
+    .map(d => d.querySelector("table").id + ":" + d.scrollWidth).join(" ");
+  const select = document.getElementById("group-select");
+  select.value = "";
+  select.dispatchEvent(new Event("change"));
+  out.wideAll = [...document.querySelectorAll("div.scroll")]
+    .filter(d => d.scrollWidth > d.clientWidth + 1)
+    .map(d => d.querySelector("table").id + ":" + d.scrollWidth).join(" ");
+  const cost = document.querySelector("table[id^='bill-']");
+  const th = [...cost.tHead.rows[0].cells].find(h => h.textContent.startsWith("wall"));
+  const column = [...th.parentNode.children].indexOf(th);
+  th.click();
+  out.walls = [...cost.tBodies[0].rows].map(r => r.cells[column].textContent.trim()).join("|");
+});
+</script>"""
+
+
 def test_chromium_draws_the_pareto_plot_for_the_horizon_picked(page: Path, tmp_path: Path):
     body = _render(page, tmp_path, PARETO).body
     # 12 ways (full backfill, xbt, slerp, procrustes, 8 partial backfills) priced on the
@@ -321,3 +353,17 @@ def test_every_string_on_the_page_is_escaped(synthetic_results: Path, tmp_path: 
     assert "<script>alert(1)" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html  # in the leaderboard and the card
     assert html.count("<script>") == 1  # the page's own
+def test_chromium_opens_on_the_demo_pair_fits_1400_px_and_sorts_durations(
+    page: Path, tmp_path: Path
+):
+    body = _render(page, tmp_path, LAYOUT, "--window-size=1400,1000").body
+    # the demo pair's first split, not "all" and not the alphabetically first pair (the chain)
+    assert body["data-opened"] == TEST
+    assert body["data-shown"] == TEST
+    assert body["data-wide"] == "" and body["data-wide-all"] == ""  # no table scrolls sideways
+    seconds = {"s": 1, "min": 60, "h": 3600, "d": 86400}
+    walls = [
+        float(value) * seconds[unit]
+        for value, unit in (cell.split() for cell in body["data-walls"].split("|"))
+    ]
+    assert walls == sorted(walls) and len(walls) >= 5, body["data-walls"]

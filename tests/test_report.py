@@ -202,7 +202,7 @@ def test_leaderboard_lists_every_method_with_marks(synthetic_results: Path, tmp_
     assert rows.loc["old", "group"] == "reference"
     assert rows.loc["xbt", "cells_held"] == 5 and not rows.loc["xbt", "held_t2i_r1"]
     assert rows.loc["slerp", "cells_held"] == 6 and rows.loc["procrustes", "cells_held"] == 0
-    assert rows.loc["xbt", "gain_share"] == pytest.approx(XBT_GAIN_SHARE)
+    assert rows.loc["xbt", "gain_share"] == round(XBT_GAIN_SHARE, 5)  # CSV: 5 decimals
     assert rows.loc["xbt", "trainable_params"] == 41_000
     assert not rows.loc["identity", "applicable"]
     assert rows.loc["old", "rsum"] == SYNTHETIC_OLD["rsum"]
@@ -214,7 +214,7 @@ def test_leaderboard_lists_every_method_with_marks(synthetic_results: Path, tmp_
     assert set(indexes["search"]) == {"ivf"}
     assert indexes[indexes["row"] == "method"]["method"].tolist() == ["xbt", "xbt"]
     chains = pd.read_csv(tmp_path / "chains.csv")
-    assert chains["AC rsum"].tolist() == [pytest.approx(2 / 3)]
+    assert chains["AC rsum"].tolist() == [0.66667]  # floats rounded to 5 decimals, as MTEB
 
     markdown = (tmp_path / "leaderboard.md").read_text()
     xbt_line = next(line for line in markdown.splitlines() if re.match(r"\| 1 +\| xbt ", line))

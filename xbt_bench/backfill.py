@@ -59,6 +59,7 @@ def method_curves(runner: Runner, method: str, fractions: Sequence[float]) -> Ba
             for split, eval_set in data.eval_sets.items()
         },
         fingerprints=runner.fingerprints(),
+        quick=runner.options.quick,
     )
 
 

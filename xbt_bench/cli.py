@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from .errors import XbtError, validation_message
+from .paths import RESULTS_DIR, default_report_dir
 
 if TYPE_CHECKING:
     from .options import RunOptions
@@ -131,7 +132,9 @@ def pairs_add(
             "writes them): the pair reads them instead of running models",
         ),
     ] = None,
-    dataset: Annotated[str, typer.Option(help="default evaluation dataset")] = "toy-shapes",
+    dataset: Annotated[
+        str, typer.Option(help="default evaluation dataset, e.g. folder:/data/photos")
+    ] = "toy-shapes",
     split: SplitOption = None,
     via: Annotated[list[str] | None, typer.Option(help="intermediate model of a chain")] = None,
     text: Annotated[str, typer.Option(help="stage-1 text corpus")] = "toy-shapes:text",
@@ -144,10 +147,15 @@ def pairs_add(
     force: Annotated[bool, typer.Option(help="overwrite an existing file")] = False,
 ) -> None:
     """Write a validated pair file from flags, or (--from-embeddings DIR) one that reads the
-    stored embeddings in DIR: its splits, text corpus and support split come from DIR."""
+    stored embeddings in DIR: its splits, text corpus and support split come from DIR. Toy
+    models named with zoo:NAME must exist; real models on the toy data are said so in one
+    line."""
+    from .data.registry import dataset_info
     from .errors import ConfigError
+    from .models.refs import parse_model_ref
     from .pairs import DataRefs, PairSpec, embeddings_pair, write_pair
     from .paths import home
+    from .toy.zoo import zoo_entry
 
     if from_embeddings is not None:
         if old or new or via:
@@ -156,23 +164,39 @@ def pairs_add(
                 "--old, --new and --via"
             )
         spec = embeddings_pair(name, from_embeddings, description)
-    elif old is None or new is None or description is None:
+        path = write_pair(spec, directory or home() / "pairs", overwrite=force)
+        console.print(f"wrote {path}", markup=False, highlight=False)
+        return
+    if old is None or new is None or description is None:
         raise ConfigError(
             "pairs add needs --old, --new and --description (or --from-embeddings DIR)"
         )
-    else:
-        spec = PairSpec(
-            name=name,
-            description=description,
-            old=old,
-            new=new,
-            via=via or [],
-            dataset=dataset,
-            splits=split or ["test"],
-            data=DataRefs(text=text, pairs=pairs, support=support),
-        )
+    spec = PairSpec(
+        name=name,
+        description=description,
+        old=old,
+        new=new,
+        via=via or [],
+        dataset=dataset,
+        splits=split or dataset_info(dataset).evaluation_splits,
+        data=DataRefs(text=text, pairs=pairs, support=support),
+    )
+    refs = [parse_model_ref(ref) for ref in spec.chain]
+    for ref in refs:
+        if ref.kind == "zoo":
+            zoo_entry(ref.name)  # NotFoundError with the closest toy model's name
     path = write_pair(spec, directory or home() / "pairs", overwrite=force)
     console.print(f"wrote {path}", markup=False, highlight=False)
+    toy_data = [ref for ref in (dataset, text, pairs, support) if ref.startswith("toy-shapes")]
+    real = [ref.text for ref in refs if ref.kind != "zoo"]
+    if real and toy_data:
+        err_console.print(
+            f"[yellow]warning: {escape(', '.join(real))} will be trained and scored on the toy "
+            f"world's synthetic shapes ({escape(', '.join(toy_data))}); give --dataset, --text, "
+            "--pairs and --support your data (README: Your own models and data)[/yellow]",
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 @pairs_app.command("diagnose")
@@ -183,9 +207,7 @@ def pairs_diagnose(
     ] = None,
     dataset: Annotated[str | None, typer.Option(help="evaluation dataset")] = None,
     data_root: DataRootOption = None,
-    results_dir: Annotated[
-        Path, typer.Option(help="results folder the JSON is written beside")
-    ] = Path("results"),
+    results_dir: ResultsDirOption = RESULTS_DIR,
 ) -> None:
     """How alike the pair's OLD and NEW are on a split, before any method runs: modality gaps,
     CKA, how well a text-fitted rotation maps NEW onto OLD (texts, and transferred to images),
@@ -300,10 +322,27 @@ ImageShareOption = Annotated[
     float, typer.Option(min=0, max=1, help="share of the queries that are image queries (both)")
 ]
 IndexOption = Annotated[str, typer.Option(help="index rebuilt after a backfill: ivf or hnsw")]
-ResultsDirOption = Annotated[
-    Path, typer.Option(help="folder of result files (<pair>/<dataset>/<method>.json)")
+AllowQuickOption = Annotated[
+    bool,
+    typer.Option(
+        "--allow-quick", help="estimate from --quick results too (a smoke run's training time "
+        "and throughputs; refused by default)"
+    ),
 ]
-ReportDirOption = Annotated[Path, typer.Option(help="folder for tables, plots and the page")]
+ResultsDirOption = Annotated[
+    Path,
+    typer.Option(
+        "--results-dir", help="folder of result files (<pair>/<dataset>/<method>.json); "
+        "default out/results (--quick runs: out/quick/results)"
+    ),
+]
+ReportDirOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--report-dir", "--output-dir", help="folder for tables, plots and the page (default: "
+        "out/leaderboards, or out/quick/leaderboards for out/quick/results)"
+    ),
+]
 
 
 def _parse_overrides(
@@ -328,7 +367,13 @@ def _parse_overrides(
 
 SplitOption = Annotated[list[str] | None, typer.Option(help="evaluation split (repeatable)")]
 DataRootOption = Annotated[Path | None, typer.Option(help="root folder of on-disk datasets")]
-ResultsOption = Annotated[Path, typer.Option(help="where result JSONs go")]
+ResultsOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--results-dir", "--output-dir", help="where result files go (default: out/results, "
+        "--quick runs out/quick/results; never the committed results/ unless named)"
+    ),
+]
 SeedOption = Annotated[int, typer.Option(help="seed of every random choice (the first seed)")]
 SeedsOption = Annotated[
     int,
@@ -405,7 +450,7 @@ def run_command(
     dataset: Annotated[str | None, typer.Option(help="evaluation dataset")] = None,
     split: SplitOption = None,
     data_root: DataRootOption = None,
-    output_dir: ResultsOption = Path("results"),
+    output_dir: ResultsOption = None,
     seed: SeedOption = 0,
     seeds: SeedsOption = 1,
     device: DeviceOption = "cpu",
@@ -447,6 +492,21 @@ def run_command(
         runner = run(options, console)
         if backfill:
             run_backfill(options, DEFAULT_FRACTIONS, console, runner)
+        _say_where(options)
+
+
+def _say_where(options: RunOptions) -> None:
+    """Where a command's results went and how to publish them (quick runs: marked as such);
+    under torchrun rank 0 says it."""
+    from .distributed import is_main
+
+    if not is_main():
+        return
+    where = options.output_dir
+    publish = "xbt-bench publish" + (f" --results-dir {where}" if where != RESULTS_DIR else "")
+    kind = "quick-run results (a smoke run, kept apart)" if options.quick else "results"
+    console.print(f"{kind} in {where}/; tables, plots and the page: {publish}", highlight=False,
+                  soft_wrap=True)  # fmt: skip
 
 
 def _percentages(text: str, option: str) -> list[float]:
@@ -477,7 +537,7 @@ def backfill_command(
     ] = "0,10,25,50,75,100",
     split: SplitOption = None,
     data_root: DataRootOption = None,
-    output_dir: ResultsOption = Path("results"),
+    output_dir: ResultsOption = None,
     seed: SeedOption = 0,
     seeds: SeedsOption = 1,
     device: DeviceOption = "cpu",
@@ -499,6 +559,7 @@ def backfill_command(
     with _torchrun_job(device) as device:
         options = _run_options(locals())
         run_backfill(options, shares, console)
+        _say_where(options)
 
 
 @app.command("cost")
@@ -516,16 +577,25 @@ def cost_command(
     fractions: Annotated[
         str, typer.Option("--fractions", help="percentages for the partial-backfill rows")
     ] = "10,25,50,75",
-    results_dir: ResultsDirOption = Path("results"),
+    results_dir: ResultsDirOption = RESULTS_DIR,
+    allow_quick: AllowQuickOption = False,
 ) -> None:
     """The whole bill of each way of upgrading a gallery of N items: what it re-embeds (gallery
     images and captions, training texts and pairs), trains, rebuilds (FAISS index), stores, and
     costs per query, from one device profile (measured on the run's device, or --hardware)."""
-    from .report.cost import bill, bill_inputs, bill_parts, bills_frame, upgrade_ways
+    from .report.cost import (
+        bill,
+        bill_inputs,
+        bill_parts,
+        bills_frame,
+        full_result_set,
+        throughput_doubts,
+        upgrade_ways,
+    )
     from .report.tables import frame_table
     from .results import load_result_set
 
-    found = load_result_set(results_dir)
+    found = full_result_set(load_result_set(results_dir), pair, allow_quick)
     inputs = bill_inputs(
         found, pair, gallery_size, hardware, direction, captions_per_item, queries_per_day,
         image_query_share, index=rebuild_index,
@@ -538,6 +608,15 @@ def cost_command(
         console.print(frame_table(frame, f"{title}: {part}"))
     for line in inputs.footer(f for item in bills for f in item.figures()):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
+    _print_doubts(inputs.profile, throughput_doubts(found.runs, pair))
+
+
+def _print_doubts(profile: Any, doubts: dict[str, str]) -> None:
+    """Say, in yellow, which measured rates of ``profile`` are doubtful and why."""
+    for key, doubt in doubts.items():
+        if profile.measured and key in profile.rates:
+            console.print(f"  [yellow]{key}: {escape(doubt)}[/yellow]", highlight=False,
+                          soft_wrap=True)  # fmt: skip
 
 
 @app.command("decide")
@@ -556,16 +635,17 @@ def decide_command(
     image_query_share: ImageShareOption = 0.5,
     rebuild_index: IndexOption = "ivf",
     top: Annotated[int, typer.Option(min=0, help="ways shown (0: all)")] = 8,
-    results_dir: ResultsDirOption = Path("results"),
+    results_dir: ResultsDirOption = RESULTS_DIR,
+    allow_quick: AllowQuickOption = False,
 ) -> None:
     """A ranked recommendation for upgrading PAIR: every way (full backfill, each method,
     partial backfills) with its recall per direction (95% interval), one-off cost, added query
     latency and cost per day, storage, whether OLD keeps running, and why it ranks there."""
-    from .report.cost import bill_inputs
+    from .report.cost import bill_inputs, full_result_set, throughput_doubts
     from .report.decide import RANK_RULE, card_lines, decide, recommendation, today_line
     from .results import load_result_set
 
-    found = load_result_set(results_dir)
+    found = full_result_set(load_result_set(results_dir), pair, allow_quick)
     inputs = bill_inputs(
         found, pair, gallery_size, hardware, direction, captions_per_item, queries_per_day,
         image_query_share, horizon_days, rebuild_index,
@@ -584,6 +664,7 @@ def decide_command(
     ]
     for line in lines:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
+    _print_doubts(inputs.profile, throughput_doubts(found.runs, pair))
 
 
 @app.command("sweep")
@@ -599,7 +680,7 @@ def sweep_command(
     ] = "0,500,2000,8000",
     split: SplitOption = None,
     data_root: DataRootOption = None,
-    output_dir: ResultsOption = Path("results"),
+    output_dir: ResultsOption = None,
     seed: SeedOption = 0,
     device: DeviceOption = "cpu",
     quick: Annotated[bool, typer.Option(help="fewer steps: a smoke run")] = False,
@@ -620,6 +701,16 @@ def sweep_command(
     with _torchrun_job(device) as device:
         options = _run_options(locals())
         run_sweep(options, counts, console)
+        _say_where(options)
+
+
+RankQuickOption = Annotated[
+    bool,
+    typer.Option(
+        "--rank-quick", help="rank --quick results together with full ones (still marked); by "
+        "default they get tables of their own"
+    ),
+]
 
 
 @app.command("tune")
@@ -639,7 +730,7 @@ def tune_command(
     ] = 3000,
     objective: Annotated[str, typer.Option(help=OBJECTIVE_HELP_TEXT)] = "rsum",
     data_root: DataRootOption = None,
-    output_dir: ResultsOption = Path("results"),
+    output_dir: ResultsOption = None,
     seed: SeedOption = 0,
     device: DeviceOption = "cpu",
     quick: Annotated[bool, typer.Option(help="fewer steps and pairs: a smoke run")] = False,
@@ -661,13 +752,15 @@ def tune_command(
 
 @app.command("leaderboard")
 def leaderboard(
-    results_dir: ResultsDirOption = Path("results"),
-    output_dir: ReportDirOption = Path("leaderboards"),
+    results_dir: ResultsDirOption = RESULTS_DIR,
+    output_dir: ReportDirOption = None,
+    rank_quick: RankQuickOption = False,
 ) -> None:
     """Build leaderboard tables (CSV and Markdown) from the result files."""
     from .report.leaderboard import build_leaderboards
 
-    boards = build_leaderboards(results_dir, output_dir)
+    output_dir = output_dir or default_report_dir(results_dir)
+    boards = build_leaderboards(results_dir, output_dir, rank_quick)
     console.print(
         f"{len(boards.results)} results -> " + ", ".join(map(str, boards.files)), markup=False
     )
@@ -675,25 +768,31 @@ def leaderboard(
 
 @app.command("plot")
 def plot(
-    results_dir: ResultsDirOption = Path("results"),
-    output_dir: ReportDirOption = Path("leaderboards"),
+    results_dir: ResultsDirOption = RESULTS_DIR,
+    output_dir: ReportDirOption = None,
+    rank_quick: RankQuickOption = False,
 ) -> None:
     """Draw recall, compatibility-matrix, gain-vs-cost, sweep and training-curve plots."""
     from .report.plots import make_plots
 
-    files = make_plots(results_dir, output_dir)
+    output_dir = output_dir or default_report_dir(results_dir)
+    files = make_plots(results_dir, output_dir, rank_quick)
     console.print(f"wrote {len(files)} plot files to {output_dir / 'plots'}", markup=False)
 
 
 @app.command("publish")
 def publish(
-    results_dir: ResultsDirOption = Path("results"),
-    output_dir: ReportDirOption = Path("leaderboards"),
+    results_dir: ResultsDirOption = RESULTS_DIR,
+    output_dir: ReportDirOption = None,
+    rank_quick: RankQuickOption = False,
 ) -> None:
     """Write a static HTML page with the leaderboards and plots (no server needed)."""
     from .report.publish import publish as publish_page
 
-    console.print(f"wrote {publish_page(results_dir, output_dir)}", markup=False)
+    path = publish_page(results_dir, output_dir or default_report_dir(results_dir), rank_quick)
+    console.print(
+        f"wrote {path}; open file://{path.resolve()} in a browser", markup=False, soft_wrap=True
+    )
 
 
 QuickOption = Annotated[
@@ -857,7 +956,7 @@ def export_command(
     dataset: Annotated[
         str | None, typer.Option(help="the result's dataset (default: the pair's)")
     ] = None,
-    results_dir: ResultsDirOption = Path("results"),
+    results_dir: ResultsDirOption = RESULTS_DIR,
     data_root: DataRootOption = None,
     device: DeviceOption = "cpu",
 ) -> None:

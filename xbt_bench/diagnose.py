@@ -17,6 +17,7 @@ from pathlib import Path
 from .data import load_dataset, load_text_corpus
 from .embed import EmbeddingCache, embed_corpus, embed_split
 from .eval import Embeddings
+from .linalg import warn_if_underdetermined
 from .models.loading import load_model
 from .pairs import PairSpec
 from .results import DiagnosticsResult
@@ -46,12 +47,16 @@ def diagnose_pair(
         which: Embeddings(*(embed_split(model, data, side, cache=cache) for side in SIDES))
         for which, model in models.items()
     }
+    fit_texts = {which: embed_corpus(model, corpus, cache=cache) for which, model in models.items()}
+    dim = max(model.embed_dim for model in models.values())
+    warn_if_underdetermined(len(fit_texts["old"]), dim, f"diagnostics' text corpus {corpus.name!r}")
+    warn_if_underdetermined(data.n_images, dim, f"diagnostics' split {data.key} (images, CKA)")
     numbers = pair_diagnostics(
         embedded["old"],
         embedded["new"],
         data.caption_image,
-        fit_texts_old=embed_corpus(models["old"], corpus, cache=cache),
-        fit_texts_new=embed_corpus(models["new"], corpus, cache=cache),
+        fit_texts_old=fit_texts["old"],
+        fit_texts_new=fit_texts["new"],
     )
     return DiagnosticsResult(
         pair=spec.name,

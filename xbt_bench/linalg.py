@@ -4,7 +4,25 @@ from __future__ import annotations
 
 import numpy as np
 
+from .console import warn
 from .errors import XbtError
+
+_WARNED: set[tuple[str, int, int]] = set()
+
+
+def warn_if_underdetermined(rows: int, dim: int, what: str) -> bool:
+    """Warn in one line (once per process and case) when a map or a statistic is fitted on
+    fewer ``rows`` than the dimension ``dim``: with n < d a map fits any n pairs exactly (R² and
+    CKA near 1 whatever the models), so its numbers say nothing. Returns whether it warned."""
+    if rows >= dim or (what, rows, dim) in _WARNED:
+        return False
+    _WARNED.add((what, rows, dim))
+    warn(
+        f"warning: {what} has {rows} rows for {dim} dimensions (n < d): a map fitted on it "
+        "fits any pairs exactly, so R², CKA and the map itself mean little; give at least "
+        f"{dim} (better 10x more) texts or items"
+    )
+    return True
 
 
 def procrustes_map(source: np.ndarray, target: np.ndarray, *, padded: bool = False) -> np.ndarray:

@@ -24,11 +24,15 @@ from .eval.indexes import INDEX_PARAMS, IndexSpec
 from .methods import MethodSpec, methods
 from .models.refs import parse_model_ref
 from .pairs import PairSpec
+from .paths import COMMITTED_RESULTS_DIR, default_results_dir
 from .results import TuneResult, tuned_settings
 
 # --quick: fewer training steps and pairs for smoke runs (keys a method's settings lack are
 # left out for that method).
 QUICK_OVERRIDES: dict[str, Any] = {"proj_steps": 300, "steps": 60, "pairs": 1000}
+# --quick also embeds and fits on the first texts of the corpus only (a real caption corpus
+# can hold 100k texts: minutes per model on a CPU).
+QUICK_CORPUS_TEXTS = 5000
 
 
 @dataclass
@@ -40,26 +44,34 @@ class RunOptions:
     dataset: str | None = None
     splits: Sequence[str] = ()
     data_root: Path | None = None
-    output_dir: Path = Path("results")
+    output_dir: Path | None = None  # default: paths.default_results_dir(quick)
     seed: int = 0
     n_seeds: int = 1  # trained methods run with seeds seed, seed + 1, ...
     device: str = "cpu"
     quick: bool = False
     num_workers: int | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
-    # Tuned settings (`xbt-bench tune`) are read from this results folder (default: output_dir)
-    # unless use_tuned is False.
+    # Tuned settings (`xbt-bench tune`) are read from this results folder (default: the output
+    # folder, then the committed results/) unless use_tuned is False.
     tuned_from: Path | None = None
     use_tuned: bool = True
+
+    def tuned_dirs(self) -> list[Path]:
+        """Where tuned settings are looked up, first match wins: ``tuned_from`` when given,
+        else the output folder, then the committed ``results/`` (the toy pairs' tuned
+        settings, so a run anywhere uses what ``make results`` tuned)."""
+        if self.tuned_from is not None:
+            return [Path(self.tuned_from)]
+        return list(dict.fromkeys([Path(self.output_dir), COMMITTED_RESULTS_DIR]))
     # production indexes scored beside exact search (issue 22, item 3): `run --index KIND`
     indexes: Sequence[IndexSpec] = ()
 
     def __post_init__(self) -> None:
-        self.output_dir = Path(self.output_dir)
-        self.tuned_from = Path(self.tuned_from or self.output_dir)
+        given = self.output_dir
+        self.output_dir = Path(given) if given is not None else default_results_dir(self.quick)
         if self.output_dir.exists() and not self.output_dir.is_dir():
             raise ConfigError(
-                f"--output-dir {self.output_dir} is a file; give a folder for the results"
+                f"--results-dir {self.output_dir} is a file; give a folder for the results"
             )
 
 
@@ -93,8 +105,11 @@ def resolve_methods(names: Sequence[str]) -> list[str]:
 def load_training_data(spec: PairSpec, options: RunOptions) -> TrainingData:
     """The text corpus, training pairs and support split of ``spec`` (no evaluation split)."""
     root = options.data_root
+    text_corpus = load_text_corpus(spec.data.text, root)
+    if options.quick:
+        text_corpus = text_corpus.head(QUICK_CORPUS_TEXTS)
     return TrainingData(
-        text_corpus=load_text_corpus(spec.data.text, root),
+        text_corpus=text_corpus,
         train_pairs=load_dataset(*split_data_ref(spec.data.pairs), root),
         support=load_dataset(*split_data_ref(spec.data.support), root),
     )
@@ -152,6 +167,7 @@ class MethodSettings:
     values: dict[str, Any]
     sources: dict[str, str]
     tuned: TuneResult | None = None
+    tuned_file: Path | None = None
 
     def source_of(self, key: str) -> str:
         """Where setting ``key`` came from (``default`` when nothing set it)."""
@@ -174,11 +190,10 @@ def method_settings(
     tuned = [
         found
         for name in names
-        if options.use_tuned
-        and (found := tuned_settings(options.tuned_from, spec.name, name)) is not None
+        if options.use_tuned and (found := first_tuned(options, spec.name, name)) is not None
     ]
     layers = [(spec.method_config(name), "pair file") for name in names]
-    layers += [(found.best, "tuned") for found in tuned]
+    layers += [(found.best, "tuned") for found, _ in tuned]
     layers += [(QUICK_OVERRIDES, "--quick")] if options.quick else []
     layers += [(options.overrides, "--set"), (extra or {}, extra_source)]
     values: dict[str, Any] = {}
@@ -188,8 +203,18 @@ def method_settings(
         for key, value in layer.items():
             if key not in unknown:
                 values[key], sources[key] = value, source
-    used = tuned[-1] if tuned and "tuned" in sources.values() else None
-    return MethodSettings(values, sources, used)
+    used, where = tuned[-1] if tuned and "tuned" in sources.values() else (None, None)
+    return MethodSettings(values, sources, used, where)
+
+
+def first_tuned(options: RunOptions, pair: str, method: str) -> tuple[TuneResult, Path] | None:
+    """The tuned settings of ``method`` on ``pair`` in the first of ``options.tuned_dirs()``
+    that has them, and that file."""
+    for folder in options.tuned_dirs():
+        found = tuned_settings(folder, pair, method)
+        if found is not None:
+            return found, found.path_in(folder)
+    return None
 
 
 def method_config(

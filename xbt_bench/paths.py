@@ -52,3 +52,28 @@ def relative_to_home(path: str | os.PathLike[str]) -> str:
         return f"$XBT_BENCH_HOME/{path.resolve().relative_to(home().resolve()).as_posix()}"
     except ValueError:
         return str(path)
+
+
+# Where the commands write when no folder is named: a folder of their own in the current
+# directory, never the committed results/ and leaderboards/ (only `make results`, which names
+# them, writes there); --quick runs go to a folder of their own again, so a smoke run never
+# replaces or joins full results.
+OUTPUT_ROOT = Path("out")
+# What `make results` writes and the repository commits (tuned settings are also read from it).
+COMMITTED_RESULTS_DIR = Path("results")
+RESULTS_DIR = OUTPUT_ROOT / "results"
+REPORT_DIR = OUTPUT_ROOT / "leaderboards"
+QUICK_RESULTS_DIR = OUTPUT_ROOT / "quick" / "results"
+QUICK_REPORT_DIR = OUTPUT_ROOT / "quick" / "leaderboards"
+
+
+def default_results_dir(quick: bool = False) -> Path:
+    """The results folder a command uses when none is given (``--quick`` runs: their own)."""
+    return QUICK_RESULTS_DIR if quick else RESULTS_DIR
+
+
+def default_report_dir(results_dir: str | os.PathLike[str]) -> Path:
+    """The folder for tables, plots and the page when none is given: ``out/quick/leaderboards``
+    for the quick runs' folder, else ``out/leaderboards``."""
+    quick = Path(results_dir).resolve() == QUICK_RESULTS_DIR.resolve()
+    return QUICK_REPORT_DIR if quick else REPORT_DIR

@@ -121,7 +121,7 @@ class Runner:
                     f"{key}={value!r}" for key, value in found.values.items()
                     if found.sources[key] == "tuned"
                 )  # fmt: skip
-                where = self.options.tuned_from / found.tuned.relative_path()
+                where = found.tuned_file
                 self.console.print(
                     f"{method}: tuned settings from {where} ({found.tuned.budget.label()}, "
                     f"support {found.tuned.objective} {found.tuned.best_value:.2f}): {tuned}",
@@ -243,6 +243,11 @@ class Runner:
             start = time.perf_counter()
             result = self.score_chain(method) if self.spec.is_chain else self.score_pair(method)
             result.cost.wall_time_s = round(time.perf_counter() - start, 3)
+            fill = result.cost.cache_fill_s
+            filled = f" (and {fill:.1f} s filling the embedding cache, not fit time)"
+            self.console.print(
+                f"  fit {result.cost.fit_time_s:.1f} s{filled if fill else ''}", highlight=False
+            )
             if distributed.is_main():  # under torchrun, one rank writes
                 saved = result.save(self.options.output_dir)
                 self.console.print(f"  wrote {saved}", markup=False, highlight=False)
@@ -429,6 +434,7 @@ class Runner:
             not_applicable_reason=fitted.reason or None,
             cost=cost,
             config={**fitted.config, "quick": self.options.quick},
+            quick=self.options.quick,
             report={
                 key: ReportValue(label=labels[key], value=value)
                 for key, value in fitted.report.items()
@@ -543,18 +549,32 @@ def run(options: RunOptions, console: Console) -> Runner:
     runner = Runner(options, console)
     started = time.perf_counter()
     results = runner.run()
-    report_embeddings(runner, time.perf_counter() - started)
+    report_embeddings(runner, time.perf_counter() - started, results)
     print_summary(results, console)
     return runner
 
 
-def report_embeddings(runner: Runner, seconds: float) -> None:
-    """Print how many embeddings ``runner`` computed and reused, and the time taken."""
+def report_embeddings(runner: Runner, seconds: float, results: list[RunResult]) -> None:
+    """Print how many embeddings ``runner`` computed and reused, and the time taken; and, one
+    line each, the throughputs measured while other processes kept the machine busy."""
     reused = sum(runner.stats.reused.values())
     # under torchrun each rank encodes its share of the rows and reads back all of them
     encoded = sum(distributed.all_gather_object(sum(runner.stats.encoded.values())))
     runner.console.print(
         f"embeddings: {encoded} computed, {reused} reused from the cache "
-        f"({runner.cache.root}); total {seconds:.1f} s",
+        f"({relative_to_home(runner.cache.root)}); total {seconds:.1f} s",
         markup=False,
+        highlight=False,
     )
+    busy = {
+        (t.model, t.side): t for result in results[-1:] for t in result.throughputs if t.busy
+    }
+    for t in busy.values():
+        runner.console.print(
+            f"[yellow]{t.model.upper()} {t.side} throughput ({t.rows_per_s:,.0f} rows/s) was "
+            f"measured while other processes used {100 * (t.other_cpu_share or 0):.0f}% of the "
+            "CPUs: `xbt-bench cost` flags it; rerun on a quiet machine for a cost "
+            "estimate[/yellow]",
+            highlight=False,
+            soft_wrap=True,
+        )

@@ -87,6 +87,7 @@ def run_sweep(options: RunOptions, counts: Sequence[int], console: Console) -> l
             references=references.metrics,
             wall_time_s=round(time.perf_counter() - started, 3),
             fingerprints=runner.fingerprints(),
+            quick=options.quick,
         )
         if distributed.is_main():  # under torchrun, one rank writes
             console.print(f"  wrote {result.save(options.output_dir)}", markup=False)

@@ -16,6 +16,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..console import warn
+
+# De-duplicating a corpus that drops more than this share of its texts says so.
+DEDUP_WARN_SHARE = 0.05
+
 
 def fingerprint_of(parts: Iterable[object]) -> str:
     """A short stable hash of ``parts`` (their ``repr``s), for cache keys."""
@@ -107,9 +112,29 @@ class TextCorpus:
 
     @classmethod
     def from_texts(cls, name: str, texts: Iterable[str], source: str = "") -> TextCorpus:
-        """A corpus of the unique, non-empty, stripped ``texts`` in first-seen order."""
-        unique = list(dict.fromkeys(t.strip() for t in texts if t and t.strip()))
+        """A corpus of the unique, non-empty, stripped ``texts`` in first-seen order; one line
+        of warning when de-duplication drops more than :data:`DEDUP_WARN_SHARE` of them."""
+        given = [t.strip() for t in texts if t and t.strip()]
+        unique = list(dict.fromkeys(given))
+        dropped = len(given) - len(unique)
+        if given and dropped > DEDUP_WARN_SHARE * len(given):
+            warn(
+                f"warning: text corpus {name!r}: {dropped} of its {len(given)} texts "
+                f"({100 * dropped / len(given):.0f}%) repeat another and were dropped; the "
+                f"methods fit on the {len(unique)} unique ones"
+            )
         return cls(name=name, texts=unique, source=source)
+
+    def head(self, n: int) -> TextCorpus:
+        """The first ``n`` texts (for quick runs); the corpus itself when it has no more."""
+        if n >= len(self.texts):
+            return self
+        return TextCorpus(
+            name=f"{self.name}[:{n}]",
+            texts=list(self.texts[:n]),
+            source=f"{self.source}, first {n}",
+            fingerprint=fingerprint_of([self.fingerprint, n]),
+        )
 
 
 def not_utf8(path: Path, error: UnicodeDecodeError) -> str:

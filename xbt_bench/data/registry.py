@@ -37,11 +37,17 @@ class DatasetInfo:
     splits: tuple[str, ...]
     needs: str
     loader: str = ""  # "module:attr" of the loader; empty for name patterns
+    eval_splits: tuple[str, ...] = ()  # what a new pair evaluates on (default: default_split)
 
     @property
     def default_split(self) -> str:
         """The split used when none is named: a single named split, else ``test``."""
         return self.splits[0] if len(self.splits) == 1 and self.splits[0] != "any" else "test"
+
+    @property
+    def evaluation_splits(self) -> list[str]:
+        """The splits a new pair on this dataset is scored on (``pairs add`` without --split)."""
+        return list(self.eval_splits or (self.default_split,))
 
 
 _CB = "xbt_bench.data.clip_benchmark"
@@ -50,6 +56,7 @@ DATASET_INFOS: tuple[DatasetInfo, ...] = (
     DatasetInfo(
         "toy-shapes", "toy world", ("pretrain", "text", "pairs", "support", "test", "test-hard"),
         "nothing (generated and cached)", "xbt_bench.toy.world:load_toy_dataset",
+        eval_splits=("test", "test-hard"),
     ),
     DatasetInfo(
         "flickr30k", "CLIP_benchmark", _KARPATHY,

@@ -83,6 +83,14 @@ class EmbeddingKey:
         """``model on split (side)``, for messages."""
         return f"{self.model} on {self.split} ({self.side}s)"
 
+    def label(self) -> str:
+        """:meth:`describe` kept short for a progress log: the model's hash cut to 8 digits, a
+        long split name (a folder dataset's path) to its last 40 characters."""
+        name, _, digest = self.model.partition("@")
+        model = f"{name}@{digest[:8]}" if digest else name
+        split = self.split if len(self.split) <= 40 else f"…{self.split[-39:]}"
+        return f"{model} on {split} ({self.side}s)"
+
 
 @dataclass(frozen=True)
 class Shard:
@@ -143,8 +151,10 @@ class EmbedStats:
 
 def entry_timing(entry_dir: str | Path) -> dict[str, object] | None:
     """How the cache entry in ``entry_dir`` was computed, from its manifest: ``rows``,
-    ``seconds`` (wall time), ``ranks`` (processes that shared it) and ``device`` (None for an
-    entry written before devices were recorded); None when there is no manifest or no time."""
+    ``seconds`` (wall time), ``ranks`` (processes that shared it), ``device`` (None for an
+    entry written before devices were recorded) and ``other_cpu_share`` (how much of the CPUs
+    other processes used meanwhile, :class:`LoadMeter`; None when not recorded); None when
+    there is no manifest or no time."""
     try:
         manifest = json.loads((Path(entry_dir) / MANIFEST).read_text())
     except (OSError, ValueError):
@@ -152,12 +162,61 @@ def entry_timing(entry_dir: str | Path) -> dict[str, object] | None:
     seconds = manifest.get("seconds")
     if not isinstance(seconds, int | float) or seconds <= 0:
         return None
+    machine = manifest.get("machine")
+    share = machine.get("other_cpu_share") if isinstance(machine, dict) else None
     return {
         "rows": int(manifest.get("n_rows", 0)),
         "seconds": float(seconds),
         "ranks": int(manifest.get("ranks", 1)),
         "device": manifest.get("device"),
+        "other_cpu_share": float(share) if isinstance(share, int | float) else None,
     }
+
+
+class LoadMeter:
+    """How busy the machine was while embeddings were computed: the share of its CPUs that
+    other processes used (system CPU time minus this process's and its children's, over wall
+    time times CPUs) and the 1-minute load average per CPU at the end. Recorded in the cache
+    entry's manifest beside the seconds it took, so a throughput measured on a busy machine can
+    be flagged where it is used."""
+
+    def __init__(self) -> None:
+        self.cpus = os.cpu_count() or 1
+        self._start = self._sample()
+
+    @staticmethod
+    def _sample() -> tuple[float, float, float]:
+        import psutil
+
+        system = psutil.cpu_times()
+        busy = sum(system) - system.idle - getattr(system, "iowait", 0.0)
+        process = psutil.Process()
+        own = process.cpu_times()
+        mine = own.user + own.system + own.children_user + own.children_system
+        for child in process.children(recursive=True):  # data-loader workers still running
+            try:
+                times = child.cpu_times()
+                mine += times.user + times.system
+            except psutil.Error:
+                continue
+        return time.monotonic(), busy, mine
+
+    def own_cpu_s(self) -> float:
+        """CPU seconds this process and its children used since creation."""
+        return self._sample()[2] - self._start[2]
+
+    def reading(self, job_cpu_s: float | None = None) -> dict[str, float]:
+        """``{"other_cpu_share": ..., "load_per_cpu": ..., "cpus": ...}`` since creation;
+        ``job_cpu_s``: the CPU seconds of every process of this job (the ranks of a torchrun
+        job are not "other" processes), default this process's."""
+        wall0, busy0, mine0 = self._start
+        wall, busy, mine = self._sample()
+        ours = mine - mine0 if job_cpu_s is None else job_cpu_s
+        span = max(wall - wall0, 1e-6) * self.cpus
+        other = min(1.0, max(0.0, ((busy - busy0) - ours) / span))
+        load = os.getloadavg()[0] / self.cpus if hasattr(os, "getloadavg") else 0.0
+        return {"other_cpu_share": round(other, 3), "load_per_cpu": round(load, 2),
+                "cpus": self.cpus}  # fmt: skip
 
 
 def _shard_file(start: int, end: int) -> str:
@@ -419,8 +478,7 @@ class EmbeddingCache:
         cached = self.load(key, mmap=mmap)
         if cached is not None:
             self.console.print(
-                f"reused cached embeddings for {key.describe()}: {cached.shape[0]}x"
-                f"{cached.shape[1]} {cached.dtype} ({self.entry_dir(key)})",
+                f"reused embeddings: {key.label()}, {cached.shape[0]}x{cached.shape[1]}",
                 markup=False,
                 highlight=False,
                 soft_wrap=True,
@@ -429,10 +487,12 @@ class EmbeddingCache:
         self.note_content(key)
         writer = self.writer(key)
         started = time.perf_counter()
+        meter = LoadMeter()
         try:
             result = compute()
             n_rows = writer.write_stream([result] if isinstance(result, np.ndarray) else result)
-            writer.commit(n_rows, seconds=round(time.perf_counter() - started, 3), **extra)
+            seconds = round(time.perf_counter() - started, 3)
+            writer.commit(n_rows, seconds=seconds, machine=meter.reading(), **extra)
         except BaseException:
             writer.abort()
             raise
@@ -443,8 +503,8 @@ class EmbeddingCache:
                 "written; is another process clearing the cache?"
             )
         self.console.print(
-            f"computed and cached embeddings for {key.describe()}: {n_rows}x{loaded.shape[1]} "
-            f"{loaded.dtype} in {time.perf_counter() - started:.1f}s",
+            f"computed embeddings: {key.label()}, {n_rows}x{loaded.shape[1]} in "
+            f"{time.perf_counter() - started:.1f} s (cached)",
             markup=False,
             highlight=False,
             soft_wrap=True,

@@ -26,16 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
+from ..console import StepProgress
 from ..data.base import ImageTextSet, TextCorpus
 from ..errors import InputError, XbtError
 from ..eval.retrieval import Embeddings
@@ -184,20 +176,6 @@ def _encode(
             module.train()
 
 
-def _progress() -> Progress:
-    console = Console(stderr=True)
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-        transient=True,
-        disable=not (console.is_terminal or console.is_jupyter),  # no bar lines in logs
-    )
-
-
 def iter_image_embeddings(
     model: Any,
     data: ImageTextSet,
@@ -219,8 +197,7 @@ def iter_image_embeddings(
         pin_memory=encoder.device.type == "cuda",
         collate_fn=_collate,
     )
-    with _progress() as progress:
-        task = progress.add_task(f"embed {data.key} images", total=len(rows))
+    with StepProgress(f"embed {data.key} images", len(rows), unit="images") as progress:
         for images in loader:
             if isinstance(images, _Unreadable):
                 raise InputError(
@@ -228,7 +205,7 @@ def iter_image_embeddings(
                     "replace the file or drop its rows from the dataset's annotations"
                 )
             yield _encode(encoder, encoder.encode_image, images, amp)
-            progress.advance(task, len(images))
+            progress.advance(len(images))
 
 
 def iter_text_embeddings(
@@ -253,8 +230,7 @@ def iter_text_embeddings(
     rows = _check_rows(rows, len(texts), desc)
     block = sort_block(batch_size)
     table = token_table(encoder.tokenizer, texts, texts_key) if texts_key else None
-    with _progress() as progress:
-        task = progress.add_task(f"embed {desc}", total=len(rows))
+    with StepProgress(f"embed {desc}", len(rows), unit="texts") as progress:
         start = rows.start
         while start < rows.stop:
             stop = min(rows.stop, (start // block + 1) * block)
@@ -271,7 +247,7 @@ def iter_text_embeddings(
                 if out is None:
                     out = np.empty((len(order), embedded.shape[1]), dtype=np.float32)
                 out[picked] = embedded
-                progress.advance(task, len(picked))
+                progress.advance(len(picked))
             yield out
             start = stop
 
@@ -477,6 +453,7 @@ def stored_embeddings(
             "seconds": recorded.seconds,
             "ranks": 1,
             "device": recorded.device,
+            "other_cpu_share": None,  # a stored pair's manifest does not record the load
         }
     if stats is not None:
         stats.add(

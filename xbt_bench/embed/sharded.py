@@ -21,7 +21,7 @@ from .. import distributed
 from ..data.base import ImageTextSet, TextCorpus
 from ..errors import XbtError
 from ..models.stored import StoredModel
-from .cache import EmbeddingCache, EmbedStats
+from .cache import EmbeddingCache, EmbedStats, LoadMeter
 from .extract import (
     Extraction,
     corpus_extraction,
@@ -43,6 +43,7 @@ def _sharded(
     rows = distributed.shard_range(n_rows, rank, world, align=extraction.align)
     # Rank 0 decides for everyone, so that no rank waits in a collective the others skip.
     computed = distributed.broadcast_object(not cache.contains(key))  # verified
+    meter = LoadMeter()
     if computed:
         if distributed.is_main():
             cache.note_content(key)
@@ -55,6 +56,7 @@ def _sharded(
         except Exception as error:  # reported on every rank below rather than hanging the others
             failure = f"rank {rank}: {type(error).__name__}: {error}"
         failures = [f for f in distributed.all_gather_object(failure) if f]
+        job_cpu_s = sum(distributed.all_gather_object(meter.own_cpu_s()))  # every rank's
         commit_failure = ""
         if not failures and distributed.is_main():
             try:
@@ -63,6 +65,7 @@ def _sharded(
                     seconds=round(time.perf_counter() - started, 3),
                     ranks=world,
                     device=extraction.device,
+                    machine=meter.reading(job_cpu_s),
                 )
             except XbtError as error:
                 commit_failure = f"rank 0 commit: {error}"
@@ -85,10 +88,10 @@ def _sharded(
     counted = len(rows) if computed else len(array)  # this rank's forward passes, or the reuse
     record_request(stats, cache, key, rows=counted, computed=computed, started=started)
     if distributed.is_main():
-        verb = f"computed on {world} ranks and cached" if computed else "reused cached"
+        verb = f"computed on {world} ranks (cached)" if computed else "reused"
         cache.console.print(
-            f"{verb} embeddings for {key.describe()}: {array.shape[0]}x{array.shape[1]} "
-            f"{array.dtype} in {time.perf_counter() - started:.1f}s",
+            f"{verb} embeddings: {key.label()}, {array.shape[0]}x{array.shape[1]} in "
+            f"{time.perf_counter() - started:.1f} s",
             markup=False,
             highlight=False,
             soft_wrap=True,

@@ -36,6 +36,7 @@ from pydantic import Field, computed_field
 
 from ..data.base import ImageTextSet, TextCorpus
 from ..errors import XbtError
+from ..linalg import procrustes_map, warn_if_underdetermined
 from ..record import Record
 
 if TYPE_CHECKING:
@@ -94,7 +95,15 @@ class Cost(Record):
     wall_time_s: float = Field(
         0.0, ge=0, description="the whole run of this method: fit, query embedding and scoring"
     )
-    fit_time_s: float = Field(0.0, ge=0, description="fitting or training the method alone")
+    fit_time_s: float = Field(
+        0.0, ge=0, description="fitting or training the method alone (cache filling excluded)"
+    )
+    cache_fill_s: float = Field(
+        0.0,
+        ge=0,
+        description="embedding what the embedding cache lacked during the fit (e.g. the text "
+        "corpus, the first time): paid once by whichever method asks first, so not fit time",
+    )
     training_time_s: float = Field(
         0.0,
         ge=0,
@@ -315,7 +324,30 @@ class FitContext:
             stats=self.embed_stats,
         )
         self.count_forward(which, "text", len(array))
+        corpus = f"text corpus {getattr(self.text_corpus, 'name', '?')!r}"
+        warn_if_underdetermined(len(array), array.shape[1], corpus)
         return np.array(array, dtype=np.float32)
+
+    def text_procrustes(
+        self,
+        new: np.ndarray | None = None,
+        old: np.ndarray | None = None,
+        *,
+        padded: bool = False,
+    ) -> np.ndarray:
+        """The orthogonal map from NEW's to OLD's text embeddings of the corpus
+        (:func:`~xbt_bench.linalg.procrustes_map`, ``padded`` as there), from ``new`` and
+        ``old`` when the caller has embedded the corpus already, else embedded (and counted)
+        here with :meth:`embed_corpus`. The map is computed once per run and shared
+        (``shared``) by the methods that fit it: procrustes, slerp and every stage 1."""
+        if new is None or old is None:
+            new, old = self.embed_corpus("new"), self.embed_corpus("old")
+        # the run's handles stand for its models (one per model reference, alive all run)
+        key = ("text-procrustes", id(self.new), id(self.old), self.text_corpus.fingerprint)
+        if key not in self.shared:
+            self.shared[key] = procrustes_map(new, old, padded=True)
+        padded_map = self.shared[key]  # the unpadded map is its first columns (procrustes_map)
+        return np.array(padded_map if padded else padded_map[:, : old.shape[1]])
 
     def gallery_embeddings(self, data: ImageTextSet, side: Side) -> np.ndarray:
         """OLD's embeddings of ``data`` as a deployed system already holds them (from the
@@ -427,15 +459,22 @@ class PeakMemory:
 
 def measured(ctx: FitContext, fit: Callable[[], FittedMethod]) -> FittedMethod:
     """Run ``fit()`` timed, with its peak memory, and fill its :class:`Cost` from the context's
-    usage counters (the counts of this fit only)."""
+    usage counters (the counts of this fit only). The time spent computing embeddings the cache
+    lacked is reported apart (``cache_fill_s``), not as fit time: whichever method asks first
+    for the corpus would otherwise pay for all of them."""
     before = Counter(ctx.usage)
+    records = len(ctx.embed_stats.records) if ctx.embed_stats is not None else 0
     started = time.perf_counter()
     with PeakMemory(ctx.device) as memory:
         fitted = fit()
+    seconds = time.perf_counter() - started
+    new = ctx.embed_stats.records[records:] if ctx.embed_stats is not None else []
+    filling = min(seconds, sum(record.seconds for record in new if record.computed))
     used = ctx.usage - before
     fitted.cost = fitted.cost.model_copy(
         update={
-            "fit_time_s": round(time.perf_counter() - started, 3),
+            "fit_time_s": round(seconds - filling, 3),
+            "cache_fill_s": round(filling, 3),
             "peak_memory_mb": round(memory.peak_mb, 1),
             "device": ctx.device,
             "forward_passes": {key: int(used.get(key, 0)) for key in FORWARD_KEYS},

@@ -40,12 +40,6 @@ def _normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
-def fit_text_procrustes(ctx: FitContext, *, padded: bool = False) -> np.ndarray:
-    """The orthogonal map from NEW's to OLD's text embeddings of the corpus (see
-    :func:`~xbt_bench.models.projection.procrustes_map` for ``padded``)."""
-    return procrustes_map(ctx.embed_corpus("new"), ctx.embed_corpus("old"), padded=padded)
-
-
 def slerp(a: np.ndarray, b: np.ndarray, alpha: float) -> np.ndarray:
     """Row-wise spherical interpolation from ``a`` (alpha 0) to ``b`` (alpha 1), unit rows out."""
     a, b = _normalize(np.asarray(a, np.float64)), _normalize(np.asarray(b, np.float64))
@@ -68,7 +62,7 @@ def slerp(a: np.ndarray, b: np.ndarray, alpha: float) -> np.ndarray:
 )
 def fit_procrustes(ctx: FitContext, settings: MethodConfig) -> FittedMethod:
     """NEW queries mapped by the text-fitted orthogonal map into OLD's space (no OLD at query)."""
-    weight = fit_text_procrustes(ctx)
+    weight = ctx.text_procrustes()
     d_new, d_old = weight.shape
 
     return FittedMethod(
@@ -121,7 +115,7 @@ def _fit_map(ctx: FitContext, settings: SlerpConfig) -> np.ndarray:
     """The NEW→OLD map fitted on the support modality (zero-padded or rectangular)."""
     padded = settings.map == "zero-padded"
     if settings.support_modality == "text":
-        return fit_text_procrustes(ctx, padded=padded)
+        return ctx.text_procrustes(padded=padded)
     new, old = (
         [ctx.embed("new", ctx.train_pairs, "image")],
         [ctx.embed("old", ctx.train_pairs, "image")],

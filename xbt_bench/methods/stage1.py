@@ -24,7 +24,6 @@ from .. import distributed
 from ..console import warn
 from ..data.base import fingerprint_of
 from ..fingerprints import KeyLedger, code_version
-from ..linalg import procrustes_map
 from ..losses import cosine_loss, info_nce
 from ..models.lora import count_parameters
 from ..models.projection import Projection, add_noise, embedding_spread, noise_std
@@ -155,7 +154,10 @@ def prepare_stage1(ctx: FitContext, cfg: ProjectionConfig) -> Stage1Setup:
     old_texts = ctx.embed_corpus("old")
     n_texts, d_new = new_texts.shape
     d_old = old_texts.shape[1]
-    spread = embedding_spread(new_texts)
+    spread_key = ("text-spread", id(ctx.new), ctx.text_corpus.fingerprint)  # once per run
+    if spread_key not in ctx.shared:
+        ctx.shared[spread_key] = embedding_spread(new_texts)
+    spread = ctx.shared[spread_key]
     std = noise_std(cfg.noise, spread, d_new)
     settings = {name: getattr(cfg, name) for name in ProjectionConfig.model_fields}
     identity = [
@@ -173,7 +175,7 @@ def prepare_stage1(ctx: FitContext, cfg: ProjectionConfig) -> Stage1Setup:
     key = training_key(ctx, "stage 1 (ψ₀)", identity, content)
     with seeded(ctx.seed):
         psi = Projection(d_new, d_old, hidden=cfg.proj_hidden, layers=cfg.proj_layers)
-    text_procrustes = procrustes_map(new_texts, old_texts)
+    text_procrustes = ctx.text_procrustes(new_texts, old_texts)  # computed once per run
     psi.init_linear(text_procrustes)
     psi.linear.requires_grad_(cfg.proj_skip == "trained")
     device = torch.device(ctx.device)

@@ -238,9 +238,10 @@ def mean_anchors(caption_anchors: np.ndarray, pairs: ImageTextSet) -> np.ndarray
 
 
 class PixelSource:
-    """Preprocessed images of ``data`` by row: a table built once per run (kept in the run's
-    ``ctx.shared`` so the methods of a run share it) when all rows fit ``budget`` bytes, else
-    preprocessed per call."""
+    """Preprocessed images of ``data`` by row: a table built once per run, on first use (kept
+    in the run's ``ctx.shared`` so the methods of a run share it, and a rerun that finds its
+    training finished never builds it) when all rows fit ``budget`` bytes, else preprocessed per
+    call."""
 
     def __init__(
         self,
@@ -250,18 +251,27 @@ class PixelSource:
         shared: dict[Any, Any],
         budget: int = PIXEL_TABLE_BYTES,
     ) -> None:
-        self.data, self.preprocess = data, preprocess
-        key = ("pixels", data.fingerprint, signature)
-        self.table: torch.Tensor | None = shared.get(key)
-        if self.table is None:
+        self.data, self.preprocess, self.shared = data, preprocess, shared
+        self.key = ("pixels", data.fingerprint, signature)
+        if self.key in shared:
+            self.in_memory = True
+        else:
             first = preprocess(data.load_image(0))
-            if first.numel() * first.element_size() * data.n_images <= budget:
-                rows = [first] + [preprocess(data.load_image(i)) for i in range(1, data.n_images)]
-                self.table = shared[key] = torch.stack(rows)
+            self.in_memory = first.numel() * first.element_size() * data.n_images <= budget
+
+    @property
+    def table(self) -> torch.Tensor | None:
+        """Every row's pixels (built on first use); None when they do not fit the budget."""
+        if not self.in_memory:
+            return None
+        if self.key not in self.shared:
+            rows = [self.preprocess(self.data.load_image(i)) for i in range(self.data.n_images)]
+            self.shared[self.key] = torch.stack(rows)
+        return self.shared[self.key]
 
     def __call__(self, rows: np.ndarray) -> torch.Tensor:
         """The preprocessed images of ``rows`` stacked into a batch."""
-        if self.table is not None:
+        if self.in_memory:
             return self.table[torch.from_numpy(rows)]
         return torch.stack([self.preprocess(self.data.load_image(int(i))) for i in rows])
 
@@ -605,7 +615,7 @@ def prepare_stage2(ctx: FitContext, name: str, cfg: Stage2Config, stage1: Stage1
         "image_queries": "ψ(N_img')" if image_map is None else "normalize(N_img' · P)",
         "trainable_in_stage2": count_parameters(encoder, trainable_only=True),
         "text_side": "fixed table ψ₀(N_txt)" if fixed_text is not None else "trained",
-        "pixels": "in-memory table" if pixels.table is not None else "per batch",
+        "pixels": "in-memory table" if pixels.in_memory else "per batch",
         "new_weights": "all trained" if lora is None else "frozen, LoRA adapters",
     }
     if lora is not None:

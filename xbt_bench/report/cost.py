@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -810,3 +810,83 @@ def bill_inputs(
         index=index,  # type: ignore[arg-type]
     )  # fmt: skip
     return BillInputs(found, profile, scale, gallery)
+
+
+# --- honest inputs (issue 25): no smoke run's numbers, and each rate's doubts said -------------
+
+
+def full_result_set(found: ResultSet, pair: str, allow_quick: bool = False) -> ResultSet:
+    """``found`` without --quick runs (and their backfill curves), what ``cost`` estimates
+    from: a smoke run's training time and throughputs are not a method's cost. ConfigError when
+    ``pair``'s results are all quick, or its ``xbt`` result is, unless ``allow_quick``."""
+    if allow_quick:
+        return found
+    mine = [r for r in found.runs if r.pair == pair]
+    quick = [r for r in mine if r.quick]
+    quick_xbt = any(r.method == "xbt" for r in quick)
+    full_xbt = any(r.method == "xbt" and not r.quick for r in mine)
+    if quick and (len(quick) == len(mine) or (quick_xbt and not full_xbt)):
+        steps = next((r.config.get("steps") for r in quick if r.method == "xbt"), None)
+        what = f"xbt's {steps}-step training" if steps else "their training"
+        raise ConfigError(
+            f"the results of pair {pair!r} in {found.root} are --quick runs: {what} and their "
+            "throughputs are a smoke run's, not a cost; rerun `xbt-bench run --pair "
+            f"{pair}` without --quick, or pass --allow-quick to estimate from them anyway"
+        )
+    kept = [(r, p) for r, p in zip(found.runs, found.run_files, strict=True) if not r.quick]
+    return replace(
+        found,
+        runs=[r for r, _ in kept],
+        run_files=[p for _, p in kept],
+        backfills=[b for b in found.backfills if not b.quick],
+        sweeps=[s for s in found.sweeps if not s.quick],
+    )
+
+
+# A measured rate this many times above or below the median of the others is flagged.
+FAR_FACTOR = 2.0
+
+
+def throughput_doubts(results: Sequence[RunResult], pair: str) -> dict[str, str]:
+    """For each rate ``cost`` takes from ``pair``'s newest result that measured it, a note
+    when it is doubtful: measured while other processes kept the machine busy (the share of the
+    CPUs they used, recorded in the embedding cache's manifests), or more than
+    :data:`FAR_FACTOR` times away from the median of the same rate in the other results here;
+    keyed like the profile's rates (``new_image_per_s``)."""
+    newest = sorted(pair_results(results, pair).values(), key=lambda r: r.date, reverse=True)
+    rest = [r for r in results if r.pair == pair and all(r is not n for n in newest)]
+    mine = [*newest, *rest]  # the newest run's measurement first, as the profile takes it
+    doubts: dict[str, str] = {}
+    for model, side in (("new", "image"), ("new", "text"), ("old", "image"), ("old", "text")):
+        found = [
+            (result, t)
+            for result in mine
+            for t in result.throughputs
+            if (t.model, t.side) == (model, side)
+        ]
+        if not found:
+            continue
+        result, chosen = found[0]
+        notes = []
+        if chosen.busy:
+            notes.append(
+                f"measured while other processes used {100 * (chosen.other_cpu_share or 0):.0f}% "
+                "of the CPUs"
+            )
+        others = [t.rows_per_s for r, t in found[1:] if t.device == chosen.device]
+        if others:
+            median = float(pd.Series(others).median())
+            ratio = chosen.rows_per_s / median if median > 0 else 1.0
+            if not 1 / FAR_FACTOR <= ratio <= FAR_FACTOR:
+                notes.append(
+                    f"{chosen.rows_per_s:,.0f} rows/s is {max(ratio, 1 / ratio):.1f}x "
+                    f"{'above' if ratio > 1 else 'below'} the median of {len(others)} other "
+                    f"measurement(s) here ({median:,.0f} rows/s)"
+                )
+        if notes:
+            doubts[f"{model}_{side}_per_s"] = (
+                f"DOUBTFUL ({result.method} run of {result.date:%Y-%m-%d %H:%M}): "
+                + "; ".join(notes)
+                + "; rerun on a quiet machine or give it in --hardware"
+            )
+    return doubts

@@ -36,7 +36,22 @@ from xbt_bench.results import (
 )
 from xbt_bench.scoring import CalibrationChoice, ChainMatrix
 
-GROUP_KEYS = ["pair", "dataset", "split", "search"]
+# A table ranks the results of one (pair, dataset, split, search, runs): ``runs`` keeps --quick
+# results apart from full ones ("quick" / "full"; "full+quick" when asked to rank them together).
+GROUP_KEYS = ["pair", "dataset", "split", "search", "runs"]
+FULL, QUICK, MIXED = "full", "quick", "full+quick"
+# MTEB's convention: each task names one main_score, the number its leaderboard ranks by. Ours,
+# for every pair, is rsum (R@1+R@5+R@10 of both directions, as in VSE++ and SCAN): it covers both
+# directions and every K, so it moves less on a small split than R@1 alone.
+MAIN_SCORE = "rsum"
+# CSV floats are rounded to 5 decimals, as MTEB rounds the scores in its result files.
+CSV_DECIMALS = 5
+QUICK_MARK = "(quick)"  # after the method's name, wherever a --quick result is shown
+QUICK_NOTE = (
+    "marks a --quick run: fewer training steps, image–text pairs and corpus texts, a smoke run "
+    "that checks the path, not a result; never ranked with full runs unless asked "
+    "(--rank-quick)"
+)
 FLIP_KEYS = ("t2i_nfr", "t2i_pfr", "i2t_nfr", "i2t_pfr")
 EXACT = "exact"
 HELD, NOT_HELD = "✓", "✗"
@@ -51,14 +66,19 @@ METRIC_LABELS = {
     "rsum": "rsum",
 }
 LEGEND = (
-    "Recall@K in percent; a setting reads query encoder → gallery encoder. A trained method's "
+    "Recall@K in percent, as CLIP_benchmark defines it: T2I R@K is its "
+    "image_retrieval_recall@K (a caption finds its image), I2T R@K its text_retrieval_recall@K "
+    "(an image finds any of its captions). A setting reads query encoder → gallery encoder. "
+    "A trained method's "
     "recall is the mean over its seeds, ± their standard deviation. "
     f"{HELD} / {NOT_HELD}: method→old beats / does not beat old→old on that metric on the mean "
     f"(the compatibility criterion); {HELD}{CONFIDENT}: it also holds with 95% confidence (the "
     "paired bootstrap interval of method→old − old→old over the split's images lies above 0). "
-    "held counts the recall cells that hold, on the mean and at 95%. On a 1,000-image split a "
-    "margin of a point is usually inside the interval: an unstarred ✓ is not a win. The "
-    "intervals themselves are in leaderboard.csv (*_lo, *_hi; margin_*_lo, margin_*_hi). "
+    "held counts the recall cells that hold, on the mean and at 95%. On a split of 1,000 images "
+    "a margin of a point is usually inside the interval, and smaller splits (each table gives "
+    "its size) need larger margins: an unstarred ✓ is not a win. The intervals themselves are "
+    "in leaderboard.csv (*_lo, *_hi; margin_*_lo, margin_*_hi). "
+    "Main score (main_score in the CSV, what the tables rank by, as MTEB's main_score): rsum. "
     "Gain share = (method→old − old→old) / (new→new − old→old) on rsum. NFR: negative flip rate "
     "at R@1 (percent of queries right under old→old, wrong under method→old). Rows are ranked "
     "within their deployment group: OLD retired (no OLD at query time: a team switching OLD off "
@@ -91,7 +111,7 @@ def _row(
     shown = result.applicable or row == "reference"
     values = data.metrics.get(setting, {}) if shown else {}
     intervals = (data.intervals or {}).get(setting, {}) if shown else {}
-    compat = data.compatibility if setting == METHOD_OLD and row == "method" else None
+    compat = data.compatibility if setting == METHOD_OLD and row == "method" and shown else None
     flips = (data.flips or {}) if compat else {}
     std = (data.seed_std or {}) if setting == METHOD_OLD and row == "method" else {}
     margins = (compat.margin_interval or {}) if compat else {}
@@ -104,6 +124,8 @@ def _row(
         "dataset": result.dataset,
         "split": split,
         "search": search,
+        "runs": QUICK if result.quick else FULL,
+        "quick": result.quick,
         "row": row,
         "method": reference_method(setting) if row == "reference" else result.method,
         "setting": setting,
@@ -124,7 +146,9 @@ def _row(
         "cells_held_95": compat.cells_held_95 if compat else None,
         "cells_total": compat.cells_total if compat else None,
         "seeds": len(result.seeds) if row == "method" and result.seeds else 1,
+        "images": data.images,
         "gain_share": compat.gain_share.get("rsum") if compat else None,
+        "main_score": values.get(MAIN_SCORE, math.nan),
         **{key: value.value for key, value in report.items()},
         "report": " · ".join(f"{v.label} {_value(v.value)}" for v in report.values()),
         **{k: flips.get(k, math.nan) for k in FLIP_KEYS},
@@ -151,6 +175,7 @@ def _row(
             "trainable_share": cost.trainable_share,
             # A fit resumed from finished checkpoints took seconds; its training did not.
             "fit_time_s": max(cost.fit_time_s, cost.training_time_s),
+            "cache_fill_s": cost.cache_fill_s,
             "wall_time_s": cost.wall_time_s,
             "peak_memory_mb": cost.peak_memory_mb,
             "device": cost.device,
@@ -215,44 +240,52 @@ def added_latency_text(row: pd.Series) -> str:
 
 
 def leaderboard_frame(
-    results: Sequence[RunResult], paths: Sequence[Path] | None = None, search: str = EXACT
+    results: Sequence[RunResult],
+    paths: Sequence[Path] | None = None,
+    search: str = EXACT,
+    rank_quick: bool = False,
 ) -> pd.DataFrame:
     """The tidy leaderboard: one row per (result, split) plus each table's reference rows;
     references first, then each deployment group (OLD retired, OLD kept at query time) ranked
-    by rsum (``rank``, best first), not-applicable rows last; ``search`` names how the results
-    searched (exact, or a production index)."""
+    by the main score (``rank``, best first), not-applicable rows last; ``search`` names how the
+    results searched (exact, or a production index). --quick results form tables of their own
+    (``runs``) unless ``rank_quick``."""
     paths = list(paths) if paths is not None else [None] * len(results)
     rows = [
-        _row(result, split, result.setting, "method", path, search)
-        for result, path in zip(results, paths, strict=True)
+        _row(result, split, result.setting, "method", path, search) | {"_result": i}
+        for i, (result, path) in enumerate(zip(results, paths, strict=True))
         for split in result.splits
     ]
     frame = pd.DataFrame(rows)
     if frame.empty:
         return frame
+    if rank_quick:
+        tables = frame.groupby(GROUP_KEYS[:-1], sort=False)["runs"].transform("nunique")
+        frame.loc[tables > 1, "runs"] = MIXED
     references = []
     for key, group in frame.groupby(GROUP_KEYS, sort=False):
         present = set(group["setting"])
-        newest = max(
-            (r for r in results if _group_key(r, key[2], search) == key), key=lambda r: r.date
-        )
+        newest = max((results[i] for i in group["_result"]), key=lambda r: r.date)
         references += [
             _row(newest, key[2], setting, "reference", None, search)
+            | {"runs": key[4], "quick": False}
             for setting in (OLD_OLD, NEW_NEW)
             if setting not in present
         ]
-    frame = pd.concat([pd.DataFrame(references), frame], ignore_index=True)
+    frame = pd.concat([pd.DataFrame(references), frame.drop(columns="_result")], ignore_index=True)
     split_order = {s: i for i, s in enumerate(dict.fromkeys(frame["split"]))}
     frame["_split"] = frame["split"].map(split_order)
+    frame["_runs"] = frame["runs"].map({FULL: 0, MIXED: 1, QUICK: 2})
     order = {group: i for i, group in enumerate(GROUP_TITLES)}  # references first
     frame["_rank"] = [
         order[group] if ok else len(order)
         for group, ok in zip(frame["group"], frame["applicable"], strict=True)
     ]
     frame["_setting"] = frame["setting"].map({OLD_OLD: 0, NEW_NEW: 1}).fillna(2)
+    order_by = ["pair", "dataset", "_split", "search", "_runs", "_rank", "_setting"]
     frame = frame.sort_values(
-        ["pair", "dataset", "_split", "search", "_rank", "_setting", "rsum", "method"],
-        ascending=[True, True, True, True, True, True, False, True],
+        [*order_by, "main_score", "method"],
+        ascending=[*(True,) * len(order_by), False, True],
         na_position="last",
         kind="stable",
     )
@@ -260,11 +293,7 @@ def leaderboard_frame(
     frame["rank"] = (
         frame[ranked].groupby([*GROUP_KEYS, "group"], sort=False).cumcount() + 1
     ).reindex(frame.index)
-    return frame.drop(columns=["_split", "_rank", "_setting"]).reset_index(drop=True)
-
-
-def _group_key(result: RunResult, split: str, search: str) -> tuple[str, str, str, str]:
-    return (result.pair, result.dataset, split, search)
+    return frame.drop(columns=["_split", "_runs", "_rank", "_setting"]).reset_index(drop=True)
 
 
 def _number(value: object, digits: int = 2) -> str:
@@ -344,7 +373,7 @@ def display_frame(
         is_method = r["row"] == "method"
         row = {
             "rank": "" if pd.isna(r["rank"]) else str(int(r["rank"])),
-            "method": escape(str(r["method"])),
+            "method": escape(str(r["method"]) + (f" {QUICK_MARK}" if r["quick"] else "")),
             "setting": escape(setting_label(r["setting"])),
             "group": escape(str(r["group"])),
         }
@@ -372,6 +401,8 @@ def display_frame(
         row["NFR T2I/I2T"] = (
             "–" if pd.isna(r["t2i_nfr"]) else f"{r['t2i_nfr']:.1f}/{r['i2t_nfr']:.1f}"
         )
+        if not r["applicable"]:  # no numbers of a method that does not apply
+            row["gain share"] = row["NFR T2I/I2T"] = "n/a"
         row["vs baseline (rsum)"] = baseline_cell(r, mark)
         needs_old = r["old_at_query"]
         row["OLD at query"] = "" if needs_old is None else "yes" if needs_old else "no"
@@ -435,10 +466,28 @@ def tuning_note(results: Sequence[RunResult]) -> str:
 
 
 def group_title(key: tuple) -> str:
-    """``pair · dataset · split`` (plus the index when the search went through one)."""
-    pair, dataset, split, search = key
+    """``pair · dataset · split`` (plus the index when the search went through one, and which
+    runs: "quick runs" for --quick ones)."""
+    pair, dataset, split, search, *runs = key
     title = f"{pair} · {dataset} · split {split}"
-    return title if search == EXACT else f"{title} · index {search}"
+    if search != EXACT:
+        title += f" · index {search}"
+    if runs and runs[0] == QUICK:
+        title += " · QUICK runs (not ranked with full runs)"
+    elif runs and runs[0] == MIXED:
+        title += " · full and QUICK runs ranked together"
+    return title
+
+
+def split_size(group: pd.DataFrame) -> str:
+    """`` · 1,000 images`` for a group whose results recorded the split's size, else ""."""
+    sizes = group["images"].dropna() if "images" in group else pd.Series(dtype=float)
+    return f" · {int(sizes.iloc[0]):,} images" if not sizes.empty else ""
+
+
+def runs_of(result: RunResult | BackfillResult) -> str:
+    """The ``runs`` group of ``result`` when quick results are kept apart: quick or full."""
+    return QUICK if result.quick else FULL
 
 
 def chain_frame(results: Sequence[RunResult]) -> pd.DataFrame:
@@ -454,6 +503,7 @@ def chain_frame(results: Sequence[RunResult]) -> pd.DataFrame:
                     "dataset": result.dataset,
                     "split": split,
                     "search": EXACT,
+                    "runs": runs_of(result),
                     "method": result.method,
                     "models": " → ".join(data.chain_matrix.models),
                     **{f"AC {k}": v for k, v in data.chain_matrix.average_compatibility.items()},
@@ -528,6 +578,7 @@ def backfill_frame(backfills: Sequence[BackfillResult]) -> pd.DataFrame:
                             "dataset": result.dataset,
                             "split": split,
                             "search": EXACT,
+                            "runs": runs_of(result),
                             "method": result.method,
                             "order": order,
                             "fraction": point.fraction,
@@ -637,7 +688,7 @@ def _loss_columns(result: IndexResult, split: str, setting: str) -> dict:
     }
 
 
-def index_frame(found: ResultSet) -> pd.DataFrame:
+def index_frame(found: ResultSet, rank_quick: bool = False) -> pd.DataFrame:
     """The production-index tables: :func:`leaderboard_frame` of each index's results (their
     recalls through the index; ``search`` is the index's name), each row with its exact
     recalls, its loss against exact search and interval, OLD's own loss, and for method rows
@@ -650,7 +701,7 @@ def index_frame(found: ResultSet) -> pd.DataFrame:
             if r.index == name
         ]  # fmt: skip
         views = [_indexed_run(r, exact.get((r.pair, r.dataset, r.method))) for r, _ in mine]
-        frame = leaderboard_frame(views, [path for _, path in mine], search=name)
+        frame = leaderboard_frame(views, [path for _, path in mine], name, rank_quick)
         by_row = {}
         for result, _ in mine:
             for split, data in result.splits.items():
@@ -750,9 +801,15 @@ class Leaderboards:
         """The run results behind the tables."""
         return self.found.runs
 
+    @property
+    def has_quick(self) -> bool:
+        """Whether any result behind the tables is a --quick run."""
+        found = self.found
+        return any(r.quick for r in (*found.runs, *found.backfills, *found.sweeps, *found.indexes))
+
     @staticmethod
     def groups(frame: pd.DataFrame) -> list[tuple[tuple, pd.DataFrame]]:
-        """``frame`` split into (pair, dataset, split, search) groups in table order."""
+        """``frame`` split into (pair, dataset, split, search, runs) groups in table order."""
         return list(frame.groupby(GROUP_KEYS, sort=False)) if not frame.empty else []
 
     def chain_matrices(self) -> list[tuple[str, pd.DataFrame]]:
@@ -799,13 +856,14 @@ def diagnostics_frame(diagnostics: Sequence[DiagnosticsResult]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def leaderboards(results_dir: str | Path) -> Leaderboards:
-    """Read every result file under ``results_dir`` and build the leaderboard tables."""
+def leaderboards(results_dir: str | Path, rank_quick: bool = False) -> Leaderboards:
+    """Read every result file under ``results_dir`` and build the leaderboard tables (--quick
+    results in tables of their own unless ``rank_quick``)."""
     found = load_result_set(results_dir)
-    frame = leaderboard_frame(found.runs, found.run_files)
+    frame = leaderboard_frame(found.runs, found.run_files, rank_quick=rank_quick)
     return Leaderboards(
         exact=frame,
-        indexes=index_frame(found),
+        indexes=index_frame(found, rank_quick),
         chains=chain_frame(found.runs),
         reported=load_reported(),
         found=found,
@@ -826,9 +884,16 @@ def _markdown(boards: Leaderboards, results_dir: Path) -> str:
         tuning_note(boards.results),
         "",
     ]
+    if boards.has_quick:
+        lines += [f"**{QUICK_MARK} {QUICK_NOTE}.**", ""]
     for key, group in boards.groups(boards.exact):
         first = group.iloc[0]
-        lines += [f"## {group_title(key)}", "", f"old `{first['old']}` → new `{first['new']}`", ""]
+        lines += [
+            f"## {group_title(key)}",
+            "",
+            f"old `{first['old']}` → new `{first['new']}`{split_size(group)}",
+            "",
+        ]
         for title, members in deployment_groups(group):
             lines += [
                 f"**{title}**",
@@ -898,12 +963,20 @@ TABLE_FILES = (
 )
 
 
-def build_leaderboards(results_dir: str | Path, output_dir: str | Path) -> Leaderboards:
+def _rounded(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with every float rounded to :data:`CSV_DECIMALS` places, in object columns
+    (numbers mixed with None) too."""
+    return frame.map(lambda x: round(x, CSV_DECIMALS) if isinstance(x, float) else x)
+
+
+def build_leaderboards(
+    results_dir: str | Path, output_dir: str | Path, rank_quick: bool = False
+) -> Leaderboards:
     """Build the leaderboards from ``results_dir`` and write ``leaderboard.csv``/``.md``,
     ``leaderboard-indexes.csv``, ``chains.csv``, ``backfill.csv`` (when there are rows) and
-    ``reported.csv`` to ``output_dir`` atomically."""
+    ``reported.csv`` to ``output_dir`` atomically (``rank_quick``: as :func:`leaderboards`)."""
     results_dir, output_dir = Path(results_dir), Path(output_dir)
-    boards = leaderboards(results_dir)
+    boards = leaderboards(results_dir, rank_quick)
     frames = (boards.exact, boards.indexes, boards.chains, boards.backfill,
               boards.diagnostics, boards.reported)  # fmt: skip
     tables = dict(zip(TABLE_FILES, frames, strict=True))
@@ -912,7 +985,7 @@ def build_leaderboards(results_dir: str | Path, output_dir: str | Path) -> Leade
         if frame.empty:
             path.unlink(missing_ok=True)  # a stale table from an earlier build would mislead
             continue
-        write_text(path, spreadsheet_csv(frame))
+        write_text(path, spreadsheet_csv(_rounded(frame)))
         boards.files.append(path)
     path = output_dir / "leaderboard.md"
     write_text(path, _markdown(boards, results_dir))

@@ -25,7 +25,15 @@ import pandas as pd
 from xbt_bench.atomic import replaced_folder, write_text
 from xbt_bench.errors import XbtError
 from xbt_bench.methods import GROUPS
-from xbt_bench.report.cost import ESTIMATE_NOTE, bill, bill_inputs, bills_frame, upgrade_ways
+from xbt_bench.report.cost import (
+    ESTIMATE_NOTE,
+    bill,
+    bill_inputs,
+    bills_frame,
+    full_result_set,
+    throughput_doubts,
+    upgrade_ways,
+)
 from xbt_bench.report.decide import (
     RANK_RULE,
     card_frame,
@@ -40,10 +48,13 @@ from xbt_bench.report.leaderboard import (
     DIAGNOSTICS_LEGEND,
     DIAGNOSTICS_TITLE,
     EXACT,
+    FULL,
     INDEX_LEGEND,
     INDEX_TITLE,
     LEGEND,
     NOT_HELD,
+    QUICK_MARK,
+    QUICK_NOTE,
     REPORTED_NOTE,
     REPORTED_TITLE,
     TABLE_FILES,
@@ -58,6 +69,8 @@ from xbt_bench.report.leaderboard import (
     matrix_frame,
     reported_display,
     reported_notes,
+    runs_of,
+    split_size,
     tuning_note,
 )
 from xbt_bench.report.plots import Plot, plot_results
@@ -67,6 +80,8 @@ from xbt_bench.report.plots import Plot, plot_results
 PAGE_GALLERY_SIZE = 100_000_000
 PAGE_QUERIES_PER_DAY = 10_000_000
 PAGE_HORIZON_DAYS = 365
+# The pair `make demo` runs: the page opens on its table when the results have it.
+DEMO_PAIR = "toy-s-to-m"
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2rem auto;
@@ -78,9 +93,14 @@ nav a { margin-right: 1rem; }
 div.controls { position: sticky; top: 0; background: #ffffffee; padding: 0.5rem 0;
                border-bottom: 1px solid #d0d7de; z-index: 1; }
 div.scroll { overflow-x: auto; }
-table.board { border-collapse: collapse; font-size: 0.86rem; margin: 0.4rem 0 1rem; }
-table.board th, table.board td { border: 1px solid #d0d7de; padding: 0.25rem 0.5rem;
-                                 white-space: nowrap; text-align: left; }
+table.board { border-collapse: collapse; font-size: 0.8rem; margin: 0.4rem 0 1rem;
+              max-width: 100%; }
+table.board th, table.board td { border: 1px solid #d0d7de; padding: 0.2rem 0.35rem;
+                                 text-align: left; vertical-align: top; }
+table.board td:first-child, table.leaderboard td:nth-child(2) { white-space: nowrap; }
+span.quick { background: #fff1e5; color: #953800; border: 1px solid #ffb77c;
+             border-radius: 0.3rem; padding: 0 0.25rem; font-weight: 600; }
+p.quick { background: #fff1e5; border: 1px solid #ffb77c; padding: 0.4rem 0.6rem; }
 table.board th { background: #f6f8fa; }
 table.sortable th { cursor: pointer; user-select: none; }
 table.sortable th[aria-sort="ascending"]::after { content: " ▲"; font-size: 0.7em; }
@@ -98,9 +118,10 @@ figcaption { font-size: 0.88rem; color: #57606a; }
 .hidden { display: none !important; }
 """
 
-# Sorting: a cell sorts by its leading number (k/M suffixes scaled), else by its text; empty,
-# "–" and "n/a" cells go last in either direction. Selecting: elements with data-group are
-# shown when the selector is on "all" or on their group. Pareto plots: each div.pareto's points
+# Sorting: a cell sorts by its leading number (k/M/G suffixes scaled, durations in s, min, h, d
+# as seconds), else by its text; empty, "–" and "n/a" cells go last in either direction.
+# Selecting: elements with data-group are shown when the selector is on "all" or on their group
+# (the page opens on the demo pair's group). Pareto plots: each div.pareto's points
 # (JSON in data-points) are drawn as SVG at the horizon its input holds, redrawn on change; a
 # free way is drawn six decades below the dearest one on the log axis.
 SCRIPT = """
@@ -109,9 +130,9 @@ SCRIPT = """
   function sortKey(cell) {
     var text = cell.textContent.trim();
     if (text === "" || text === "–" || text === "n/a") return null;
-    var m = text.match(/^([-+−]?\\d[\\d,]*\\.?\\d*(?:e[-+]?\\d+)?)\\s*([kMG])?/);
+    var m = text.match(/^([-+−]?\\d[\\d,]*\\.?\\d*(?:e[-+]?\\d+)?)\\s*(min|[kMGshd])?(?![A-Za-z])/);
     if (!m) return text.toLowerCase();
-    var scale = {k: 1e3, M: 1e6, G: 1e9}[m[2]] || 1;
+    var scale = {k: 1e3, M: 1e6, G: 1e9, s: 1, min: 60, h: 3600, d: 86400}[m[2]] || 1;
     return parseFloat(m[1].replace(/,/g, "").replace("−", "-")) * scale;
   }
   function compare(a, b) {
@@ -149,7 +170,7 @@ SCRIPT = """
       el.classList.toggle("hidden", !!select.value && groups.indexOf(select.value) < 0);
     });
   }
-  if (select) select.addEventListener("change", show);
+  if (select) { select.addEventListener("change", show); show(); }
   function columnOf(table, name) {
     var heads = Array.prototype.map.call(table.querySelectorAll("thead th"), function (th) {
       return th.textContent.trim();
@@ -164,7 +185,8 @@ SCRIPT = """
       if (!table) return;
       var column = Math.max(columnOf(table, "method"), 0);
       table.querySelectorAll("tbody tr").forEach(function (row) {
-        if (methods.indexOf(row.cells[column].textContent.trim()) >= 0) row.classList.add("hl");
+        var method = row.cells[column].textContent.trim().split(" ")[0];  // "xbt (quick)"
+        if (methods.indexOf(method) >= 0) row.classList.add("hl");
       });
     });
   });
@@ -256,8 +278,13 @@ SCRIPT = """
 
 
 def group_id(key: Sequence[str]) -> str:
-    """A safe id for a (pair, dataset, split, search) group, used by the selector and links."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "--".join(key))
+    """A safe id for a (pair, dataset, split, search, runs) group, used by the selector and
+    links (full runs' groups keep the id of their first four parts)."""
+    parts = list(key[:4]) + [part for part in key[4:] if part != FULL]
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", "--".join(parts))
+
+
+QUICK_BADGE = ' <span class="quick" title="a --quick run: a smoke run, not a result">quick</span>'
 
 
 def _mark(mark: str) -> str:
@@ -333,12 +360,14 @@ class _Page:
                 gid = group_id(key)
                 first = group.iloc[0]
                 shown = show(group, mark=_mark, escape=html.escape, tip=_tip)
+                shown["method"] = shown["method"].str.replace(f" {QUICK_MARK}", QUICK_BADGE)
                 searched = "" if frame is boards.exact else f"; {index_searches(group)}"
                 parts += [
                     f'<div class="group" data-group="{gid}">',
                     f'<{level} id="group-{gid}">{html.escape(group_title(key))}</{level}>',
                     f'<p class="note">old <code>{html.escape(first["old"])}</code> → new '
-                    f"<code>{html.escape(first['new'])}</code>{html.escape(searched)}</p>",
+                    f"<code>{html.escape(first['new'])}</code>{split_size(group)}"
+                    f"{html.escape(searched)}</p>",
                     _table(shown, "board leaderboard", f"table-{gid}", index=False, escape=False),
                     self.figures(key, ("recall", "gain"), f"table-{gid}"),
                     "</div>",
@@ -372,7 +401,7 @@ class _Page:
                 "toy-s-m-l</code> for the toy chain's compatibility matrix.</p>"
             )
         groups = " ".join(
-            group_id((r["pair"], r["dataset"], r["split"], r["search"]))
+            group_id((r["pair"], r["dataset"], r["split"], r["search"], r["runs"]))
             for _, r in boards.chains.iterrows()
         )
         parts = [
@@ -384,7 +413,7 @@ class _Page:
             for split, data in result.splits.items():
                 if data.chain_matrix is None:
                     continue
-                key = (result.pair, result.dataset, split, EXACT)
+                key = (result.pair, result.dataset, split, EXACT, runs_of(result))
                 gid = group_id(key)
                 metric = chain_metric(data.chain_matrix)
                 ac = data.chain_matrix.average_compatibility[metric]
@@ -418,7 +447,7 @@ class _Page:
     def decision(self, pair: str) -> str:
         """``pair``'s decision card, its Pareto plot (drawn by the page's script for the
         horizon the reader picks) and its whole bill."""
-        found = self.boards.found
+        found = full_result_set(self.boards.found, pair)
         inputs = bill_inputs(
             found, pair, PAGE_GALLERY_SIZE, queries_per_day=PAGE_QUERIES_PER_DAY,
             horizon_days=PAGE_HORIZON_DAYS,
@@ -428,18 +457,22 @@ class _Page:
             bill(way, inputs.scale, inputs.profile, inputs.gallery)
             for way in upgrade_ways(found, pair)
         ]
-        pair_results = [r for r in self.boards.results if r.pair == pair]
+        pair_results = [r for r in found.runs if r.pair == pair]
         groups = dict.fromkeys(
-            group_id((pair, r.dataset, s, EXACT)) for r in pair_results for s in r.splits
+            group_id((pair, r.dataset, s, EXACT, runs_of(r)))
+            for r in pair_results
+            for s in r.splits
         )
         gid = group_id((pair,))
         profile = inputs.profile
         unit = profile.currency if profile.price is not None else "device-hours"
         points = html.escape(json.dumps(pareto_points(options, profile)), quote=True)
-        footer = "".join(
-            f"<li>{html.escape(line)}</li>"
-            for line in inputs.footer(f for o in options for f in (*o.bill.figures(), o.total))
-        )
+        doubts = throughput_doubts(found.runs, pair)
+        lines = [
+            *inputs.footer(f for o in options for f in (*o.bill.figures(), o.total)),
+            *(f"{key}: {doubt}" for key, doubt in doubts.items() if key in profile.rates),
+        ]
+        footer = "".join(f"<li>{html.escape(line)}</li>" for line in lines)
         return "\n".join(
             [
                 f'<div data-group="{" ".join(groups)}">',
@@ -486,10 +519,22 @@ def _group_boxes() -> str:
     )
 
 
+def opening_group(keys: Sequence[tuple]) -> tuple | None:
+    """The group the page opens on: the demo pair's (``make demo``: :data:`DEMO_PAIR`) first
+    split of full runs with exact search when the results have it, else the first group."""
+    for key in keys:
+        if key[0] == DEMO_PAIR and key[3] == EXACT and key[4] == FULL:
+            return key
+    return keys[0] if keys else None
+
+
 def _options(boards: Leaderboards) -> str:
     keys = [key for frame in (boards.exact, boards.indexes) for key, _ in boards.groups(frame)]
-    return "".join(
-        f'<option value="{group_id(key)}">{html.escape(group_title(key))}</option>' for key in keys
+    opening = opening_group(keys)
+    return '<option value="">all</option>' + "".join(
+        f'<option value="{group_id(key)}"{" selected" if key == opening else ""}>'
+        f"{html.escape(group_title(key))}</option>"
+        for key in keys
     )
 
 
@@ -507,6 +552,9 @@ def page(boards: Leaderboards, plots: list[Plot], output_dir: Path, results_dir:
         else '<p class="note">No diagnostics: run <code>xbt-bench pairs diagnose PAIR</code>.</p>'
     )
     newest = max(r.date for r in boards.results).strftime("%Y-%m-%d %H:%M UTC")
+    quick_note = (
+        f'<p class="quick">{QUICK_BADGE} {html.escape(QUICK_NOTE)}.</p>' if boards.has_quick else ""
+    )
     return f"""<!doctype html>
 <html lang="en">
 <head>
@@ -526,7 +574,7 @@ Markdown.</p>
 <a href="#plots">More plots</a>
 <a href="#reported">{html.escape(REPORTED_TITLE)}</a></nav>
 <div class="controls"><label>Pair · dataset · split:
-<select id="group-select"><option value="">all</option>{_options(boards)}</select></label>
+<select id="group-select">{_options(boards)}</select></label>
 <span class="note">Click a column header to sort; hover a recall for its 95% intervals.</span>
 <br><span>Show: {_group_boxes()}</span>
 </div>
@@ -534,6 +582,7 @@ Markdown.</p>
 <h2>Leaderboards</h2>
 <p class="note">{html.escape(LEGEND)}</p>
 <p class="note">{html.escape(tuning_note(boards.results))}</p>
+{quick_note}
 {leaderboards}
 </section>
 <section id="backfill">
@@ -574,14 +623,15 @@ def _page_file(name: str) -> bool:
     return name in ("index.html", "leaderboard.md", "plots", *TABLE_FILES)
 
 
-def publish(results_dir: str | Path, output_dir: str | Path) -> Path:
+def publish(results_dir: str | Path, output_dir: str | Path, rank_quick: bool = False) -> Path:
     """Rebuild leaderboards and plots from ``results_dir`` and write ``<output_dir>/index.html``
-    with them: the page set is built in a new folder that then replaces ``output_dir`` as a
+    with them (--quick results in tables and plots of their own unless ``rank_quick``): the page
+    set is built in a new folder that then replaces ``output_dir`` as a
     whole (:func:`~xbt_bench.atomic.replaced_folder`), so an interrupted publish leaves the
     previous set intact and its temporary files are removed by the next one."""
     results_dir, output_dir = Path(results_dir), Path(output_dir)
     with replaced_folder(output_dir, owned=_page_file) as staged:
-        boards = build_leaderboards(results_dir, staged)
-        plots = plot_results(boards.found, staged)
+        boards = build_leaderboards(results_dir, staged, rank_quick)
+        plots = plot_results(boards.found, staged, rank_quick)
         write_text(staged / "index.html", page(boards, plots, staged, results_dir))
     return output_dir / "index.html"

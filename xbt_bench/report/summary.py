@@ -1,9 +1,11 @@
-"""The runner's end-of-run summary: one rich table per (pair, dataset, split)."""
+"""The runner's end-of-run summary: one rich table per (pair, dataset, split), and a legend
+that explains what the terminal shows (and only that)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 
+import pandas as pd
 from rich import box
 from rich.console import Console
 from rich.markup import escape
@@ -11,13 +13,17 @@ from rich.table import Table
 
 from xbt_bench.eval.compat import METHOD_OLD
 from xbt_bench.report.leaderboard import (
+    CONFIDENT,
     GROUP_KEYS,
-    LEGEND,
+    HELD,
     NOT_HELD,
+    QUICK_MARK,
+    QUICK_NOTE,
     display_frame,
     group_title,
     leaderboard_frame,
     setting_label,
+    split_size,
 )
 from xbt_bench.results import RunResult
 
@@ -40,8 +46,10 @@ def summary_tables(results: Sequence[RunResult]) -> list[Table]:
     for key, group in frame.groupby(GROUP_KEYS, sort=False) if not frame.empty else []:
         shown = display_frame(group, mark=_mark, escape=escape)
         notes = [f"{m}: {n}" for m, n in zip(shown["method"], shown["note"], strict=True) if n]
+        if group["quick"].any():
+            notes.append(escape(f"{QUICK_MARK} {QUICK_NOTE}"))
         table = Table(
-            title=escape(group_title(key)),
+            title=escape(group_title(key) + split_size(group)),
             title_justify="left",
             caption="\n".join(notes) or None,
             caption_justify="left",
@@ -73,8 +81,34 @@ def summary_tables(results: Sequence[RunResult]) -> list[Table]:
     return tables
 
 
+def summary_legend(frame: pd.DataFrame) -> str:
+    """What the summary's columns and marks mean, with how wide the margins' 95% intervals are
+    on these splits (the median half-width of the R@1 margins, when they were computed)."""
+    text = (
+        "Recall@K in percent; a setting reads query encoder → gallery encoder; a trained "
+        "method's recall is the mean over its seeds (± their std). "
+        f"{HELD} / {NOT_HELD}: method→old beats / does not beat old→old on that metric, on the "
+        f"mean; {HELD}{CONFIDENT}: also with 95% confidence (paired bootstrap over the split's "
+        "images). held: cells that hold, on the mean and at 95%. gain: (method→old − old→old) "
+        "/ (new→new − old→old) on rsum."
+    )
+    halves = [
+        (frame[f"margin_{key}_hi"] - frame[f"margin_{key}_lo"]) / 2
+        for key in ("t2i_r1", "i2t_r1")
+        if f"margin_{key}_hi" in frame
+    ]
+    widths = pd.concat(halves).dropna() if halves else pd.Series(dtype=float)
+    if not widths.empty:
+        text += (
+            f" On these splits the 95% interval of an R@1 margin is ±{widths.median():.1f} "
+            f"points (median): a smaller margin without {CONFIDENT} is not a win."
+        )
+    return text + " Intervals, flip rates and costs: `xbt-bench leaderboard`."
+
+
 def print_summary(results: Sequence[RunResult], console: Console) -> None:
     """Print the summary tables of ``results`` and the legend to ``console``."""
     for table in summary_tables(results):
         console.print(table)
-    console.print(escape(LEGEND), style="dim", highlight=False)
+    frame = leaderboard_frame(results)
+    console.print(escape(summary_legend(frame)), style="dim", highlight=False)

@@ -41,7 +41,7 @@ class MethodResult(ResultFile):
     """A file about one method on one pair and dataset: the pair's models, what was scored
     (each model's identity and each split's data fingerprint) and the method's settings."""
 
-    leading = ("pair", "old", "new", "method", "dataset")
+    leading = ("pair", "old", "new", "method", "dataset", "quick")
 
     pair: str = Field(min_length=1)
     old: str
@@ -54,11 +54,26 @@ class MethodResult(ResultFile):
         description="what the numbers were scored on: each model's identity (name and weights "
         "hash) and each evaluation split's data fingerprint",
     )
+    quick: bool = Field(
+        False,
+        description="a --quick run (fewer steps, pairs and texts: a smoke run): marked wherever "
+        "it is shown, never ranked with full runs unless asked",
+    )
 
     @field_validator("config", mode="before")
     @classmethod
     def _plain_config(cls, value: Any) -> Any:
         return jsonable(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _quick_from_config(cls, data: Any) -> Any:
+        """A file written before ``quick`` had its own field recorded it in ``config``."""
+        if isinstance(data, dict) and "quick" not in data:
+            config = data.get("config")
+            if isinstance(config, dict) and config.get("quick") is True:
+                data = {**data, "quick": True}
+        return data
 
     def folder(self) -> Path:
         """``<pair>/<dataset>``: where the method's files live under a results folder."""
@@ -112,7 +127,9 @@ class RunResult(MethodResult):
 
     kind = "run"
     command = "xbt-bench run --pair {pair} --method {method}"
-    leading = ("pair", "old", "new", "method", "dataset", "split", "setting", *DERIVED_KEYS)
+    leading = (
+        "pair", "old", "new", "method", "dataset", "quick", "split", "setting", *DERIVED_KEYS
+    )
 
     split: str = Field(min_length=1, description="the primary split, mirrored at the top level")
     setting: Setting = Field(

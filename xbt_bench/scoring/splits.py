@@ -111,7 +111,14 @@ class References:
     def split(self) -> SplitResult:
         """The references alone (a split of ``old`` or ``new``, or of a method that does not
         search OLD's gallery)."""
-        return SplitResult(metrics=self.metrics, intervals=dict(self.intervals))
+        return SplitResult(
+            metrics=self.metrics, intervals=dict(self.intervals), images=self.images
+        )
+
+    @property
+    def images(self) -> int:
+        """Images in the split (its image queries)."""
+        return len(self.old_old.i2t_hit1)
 
 
 def method_split(
@@ -146,6 +153,7 @@ def method_split(
         seed_metrics=[s.metrics for s in scored] if len(scored) > 1 else [],
         flips=mean_metrics([retrieval_flip_rates(references.old_old, s) for s in scored]),
         baseline_margin=margin,
+        images=references.images,
     )
 
 
@@ -201,4 +209,5 @@ def chain_split(
         metrics=metrics,
         flips=retrieval_flip_rates(cells[0, 0], cells[last, 0]),
         chain_matrix=ChainMatrix.from_arrays(models, matrices),
+        images=len(cells[0, 0].i2t_hit1),
     )

@@ -208,6 +208,9 @@ class SplitResult(Record):
     baseline_margin: BaselineMargin | None = Field(
         None, description="method->old minus the method's declared baseline's, paired"
     )
+    images: int | None = Field(
+        None, ge=1, description="images in the split (how wide its intervals are depends on it)"
+    )
 
 
     @field_validator("metrics")

@@ -38,18 +38,10 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from .. import distributed
 from ..atomic import checksum_path, is_intact, make_folder, write_checked, write_json
-from ..console import warn
+from ..console import StepProgress, warn
 from ..errors import ConfigError, require
 
 CHECKPOINT_NAME = "last.pt"
@@ -296,19 +288,6 @@ class _Progress:
         return True
 
 
-def _progress_bar(desc: str, enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        transient=False,
-        disable=not enabled,
-    )
-
-
 @dataclass
 class _Optimisation:
     """The optimizer and schedule of a run, and the step they take."""
@@ -509,10 +488,12 @@ def train(
     was_training = module.training
     module.train()
     started = time.perf_counter()
-    last_loss = f"{progress.log.final_loss:.4f}" if progress.log.curve else "-"
     try:
-        with _progress_bar(desc, main) as bar:
-            task = bar.add_task(desc, total=config.steps, completed=progress.step, loss=last_loss)
+        with StepProgress(
+            desc, config.steps, completed=progress.step, enabled=main, transient=False
+        ) as bar:
+            if progress.log.curve:
+                bar.fields["loss"] = f"{progress.log.final_loss:.4f}"
             while progress.step < config.steps:
                 batch = _to_device(_local_batch(batch_at(progress.step), desc), device)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast):
@@ -520,8 +501,8 @@ def train(
                 lr = optimisation.step(losses["loss"])
                 progress.step += 1
                 if progress.record(_global_scalars(losses), lr, config.log_every, config.steps):
-                    bar.update(task, loss=f"{progress.log.curve[-1]['loss']:.4f}")
-                bar.update(task, completed=progress.step)
+                    bar.fields["loss"] = f"{progress.log.curve[-1]['loss']:.4f}"
+                bar.advance()
                 if progress.step % config.checkpoint_every == 0 or progress.step == config.steps:
                     progress.log.wall_time_s += time.perf_counter() - started
                     started = time.perf_counter()
