@@ -23,17 +23,15 @@ from .data import ImageTextSet
 from .data.registry import corpus_summary
 from .embed import EmbeddingCache, EmbedStats
 from .embed.sharded import embed_split_sharded
-from .embed.throughput import measured_throughputs
 from .eval import Embeddings
 from .eval.backfill import BackfillSet
-from .eval.compat import METHOD_OLD, NEW_NEW, OLD_OLD
-from .eval.index_cost import IndexBuildRates, measure_index_build
+from .eval.compat import METHOD_OLD
 from .eval.indexes import IndexSpec, build_search_indexes
 from .eval.retrieval import RetrievalResult, SearchIndexes
+from .indexed import index_losses, score_index
+from .measured import RunMeasurements, report_embeddings
 from .methods import methods
 from .methods.base import FitContext, FittedMethod, ModelHandle
-from .methods.latency import LATENCY_BATCHES, QueryLatency, measure_query_latency
-from .models.stored import StoredModel
 from .options import (
     MethodSettings,
     PairData,
@@ -49,8 +47,8 @@ from .options import (
 )
 from .pairs import load_pair, pair_registry, shadowed_pairs
 from .paths import cache_dir, relative_to_home
-from .results import GalleryShape, IndexResult, Needs, ReportValue, RunResult
-from .scoring import References, SplitResult, chain_split, index_split, method_split, score
+from .results import Needs, ReportValue, RunResult
+from .scoring import References, SplitResult, chain_split, method_split, score
 from .toy.build import ensure_zoo_models
 
 
@@ -91,9 +89,7 @@ class Runner:
         self._fits: dict[tuple[str, int], list[FittedMethod]] = {}
         self._indexes: dict[tuple[str, str, IndexSpec], SearchIndexes] = {}
         self._scores: dict[tuple[str, str, IndexSpec | None], list[RetrievalResult]] = {}
-
-        self._latency_inputs: tuple[list[Any], list[str]] | None = None
-        self._index_build: IndexBuildRates | None = None
+        self.measured = RunMeasurements(self)  # what the upgrade bill reads from a run
 
     @property
     def training(self) -> TrainingData:
@@ -254,7 +250,7 @@ class Runner:
             results.append(result)
             # --- production indexes (issue 22, item 3): beside the exact result ---
             for index in self.options.indexes:
-                indexed = self.score_index(method, index, result)
+                indexed = score_index(self, method, index, result)
                 if indexed is not None and distributed.is_main():
                     self.console.print(f"  wrote {indexed.save(self.options.output_dir)}")
                     self.console.print(index_losses(indexed), highlight=False)
@@ -299,52 +295,6 @@ class Runner:
                 for fitted in self.fits(method)
             ]  # fmt: skip
         return self._scores[key]
-
-    def score_index(self, method: str, index: IndexSpec, exact: RunResult) -> IndexResult | None:
-        """``method`` on OLD -> NEW through production index ``index`` on every evaluation
-        split, next to ``exact`` (its exact result from the same fits): old→old and every
-        method→old search one index of OLD's gallery, new→new one of NEW's gallery
-        (:func:`~xbt_bench.scoring.index_split`). None for a method that does not apply."""
-        if not self.fits(method)[0].applicable:
-            return None
-        old, new = self.spec.old, self.spec.new
-        splits = {}
-        for split, eval_set in self.data.eval_sets.items():
-            exact_refs = self.references(split, eval_set, old, new)
-            refs = self.references(split, eval_set, old, new, index)
-            exact_scores = {OLD_OLD: [exact_refs.old_old], NEW_NEW: [exact_refs.new_new]}
-            index_scores = {OLD_OLD: [refs.old_old], NEW_NEW: [refs.new_new]}
-            if methods.get(method).deploys != METHOD_OLD:
-                indexed = refs.split()
-            else:
-                indexed = method_split(self.scores(method, split, eval_set, index), refs)
-                exact_scores[METHOD_OLD] = self.scores(method, split, eval_set)
-                index_scores[METHOD_OLD] = self.scores(method, split, eval_set, index)
-            searches = {}
-            for which, ref in (("old", old), ("new", new)):
-                built = self.search_indexes(ref, split, eval_set, index)
-                searches |= {
-                    f"{which} images": built.image_search,
-                    f"{which} captions": built.text_search,
-                }
-            splits[split] = index_split(
-                indexed, exact_scores, index_scores, searches, eval_set.caption_image
-            )
-        return IndexResult(
-            pair=exact.pair,
-            old=exact.old,
-            new=exact.new,
-            method=method,
-            dataset=exact.dataset,
-            config=exact.config,
-            fingerprints=exact.fingerprints,
-            index=index.name,
-            params=dict(index.params),
-            split=exact.split,
-            setting=exact.setting,
-            seeds=exact.seeds or [exact.seed],
-            splits=splits,
-        )
 
     def score_chain(self, method: str) -> RunResult:
         """One method on every upgrade i > j of the chain: the compatibility matrix M[i][j]."""
@@ -448,9 +398,7 @@ class Runner:
                 "checkpoints": relative_to_home(self.work_dir),
             },
             fingerprints=self.fingerprints(),
-            throughputs=measured_throughputs(
-                self.stats, self.model_roles(), str(self.options.device)
-            ),
+            throughputs=self.measured.throughputs(),
             needs=Needs(
                 group=spec.group,
                 old_at_query=spec.old_at_query,
@@ -459,72 +407,10 @@ class Runner:
             ),
             settings_source={key: configured.source_of(key) for key in fitted.config},
             tuned=configured.tuned.provenance() if configured.tuned is not None else None,
-            query_latency=self.query_latency(method, fitted),
-            index_build=self.index_build(),
-            gallery=self.gallery_shape(),
+            query_latency=self.measured.query_latency(method, fitted),
+            index_build=self.measured.index_build(),
+            gallery=self.measured.gallery_shape(),
         )
-
-    # --- issue 22: what the upgrade bill reads from a run, measured on the run's machine ---
-    def query_latency(self, method: str, fitted: FittedMethod) -> QueryLatency | None:
-        """``fitted``'s query encoder timed on raw support images and captions, next to OLD's
-        own (:func:`~xbt_bench.methods.latency.measure_query_latency`); None off rank 0, and on a
-        pair of stored embeddings (no network to time)."""
-        stored = any(isinstance(handle.get(), StoredModel) for handle in self.handles.values())
-        if not distributed.is_main() or stored:
-            return None
-        old = fitted if methods.get(method).deploys == OLD_OLD else self.fits("old")[0]
-        if self._latency_inputs is None:
-            support = self.training.support
-            count = min(support.n_images, max(LATENCY_BATCHES))
-            images = [support.load_image(i) for i in range(count)]
-            self._latency_inputs = (images, list(support.captions[: max(LATENCY_BATCHES)]))
-        images, captions = self._latency_inputs
-        self.console.print(f"  timing {method}'s query encoder", highlight=False)
-        return measure_query_latency(fitted, old, images, captions, str(self.options.device))
-
-    def index_build(self) -> IndexBuildRates | None:
-        """FAISS's index build rates on OLD's gallery of the primary split (measured once per
-        run; :func:`~xbt_bench.eval.index_cost.measure_index_build`); None off rank 0."""
-        if not distributed.is_main():
-            return None
-        if self._index_build is None:
-            split, eval_set = next(iter(self.data.eval_sets.items()))
-            gallery = self.gallery(self.spec.old, split, eval_set)
-            self._index_build = measure_index_build(np.asarray(gallery.images))
-        return self._index_build
-
-    def gallery_shape(self) -> GalleryShape:
-        """The primary split's images and captions, and OLD's and NEW's dimensions."""
-        split, eval_set = next(iter(self.data.eval_sets.items()))
-        return GalleryShape(
-            split=split,
-            images=eval_set.n_images,
-            captions=len(eval_set.captions),
-            old_dim=self.handles[self.spec.old].get().embed_dim,
-            new_dim=self.handles[self.spec.new].get().embed_dim,
-        )
-
-    def model_roles(self) -> dict[str, Any]:
-        """``{identity: "old" | "new"}`` of the pair's loaded models."""
-        return {
-            self.handles[ref].get().identity: which
-            for which, ref in (("old", self.spec.old), ("new", self.spec.new))
-            if self.handles[ref].loaded
-        }
-
-
-def index_losses(result: IndexResult) -> str:
-    """One line per split: the rsum each setting loses through ``result``'s index, and
-    method→old's loss beyond old→old's with its 95% interval."""
-    lines = []
-    for split, data in result.splits.items():
-        losses = " · ".join(f"{s} {v['rsum']:.2f}" for s, v in data.loss.items())
-        line = f"  {split} through {result.index}: rsum loss {losses}"
-        if data.extra_loss is not None and data.extra_loss_intervals is not None:
-            low, high = data.extra_loss_intervals["rsum"]
-            line += f"; beyond OLD's {data.extra_loss['rsum']:+.2f} (95% {low:+.2f} to {high:+.2f})"
-        lines.append(line)
-    return "\n".join(lines)
 
 
 def split_curves(info: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[dict]]]:
@@ -552,29 +438,3 @@ def run(options: RunOptions, console: Console) -> Runner:
     report_embeddings(runner, time.perf_counter() - started, results)
     print_summary(results, console)
     return runner
-
-
-def report_embeddings(runner: Runner, seconds: float, results: list[RunResult]) -> None:
-    """Print how many embeddings ``runner`` computed and reused, and the time taken; and, one
-    line each, the throughputs measured while other processes kept the machine busy."""
-    reused = sum(runner.stats.reused.values())
-    # under torchrun each rank encodes its share of the rows and reads back all of them
-    encoded = sum(distributed.all_gather_object(sum(runner.stats.encoded.values())))
-    runner.console.print(
-        f"embeddings: {encoded} computed, {reused} reused from the cache "
-        f"({relative_to_home(runner.cache.root)}); total {seconds:.1f} s",
-        markup=False,
-        highlight=False,
-    )
-    busy = {
-        (t.model, t.side): t for result in results[-1:] for t in result.throughputs if t.busy
-    }
-    for t in busy.values():
-        runner.console.print(
-            f"[yellow]{t.model.upper()} {t.side} throughput ({t.rows_per_s:,.0f} rows/s) was "
-            f"measured while other processes used {100 * (t.other_cpu_share or 0):.0f}% of the "
-            "CPUs: `xbt-bench cost` flags it; rerun on a quiet machine for a cost "
-            "estimate[/yellow]",
-            highlight=False,
-            soft_wrap=True,
-        )
