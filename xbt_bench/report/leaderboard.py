@@ -411,8 +411,8 @@ def display_frame(
         row["pairs"] = "" if pairs is None or pd.isna(pairs) else f"{int(pairs):,}"
         row["settings"] = escape(str(r["settings"] or ""))
         row["trainable"] = _params(r["trainable_params"], r["trainable_share"]) if is_method else ""
-        row["fit time"] = f"{r['fit_time_s']:.1f} s" if is_method else ""
-        row["device"] = escape(str(r["device"])) if is_method else ""
+        fit = f"{r['fit_time_s']:.1f} s on {escape(str(r['device']))}"
+        row["fit time"] = fit if is_method else ""
         row["added ms text / image"] = added_latency_text(r) if is_method else ""
         notes = [r["report"]] if r["applicable"] else []
         if not r["applicable"]:
@@ -724,6 +724,10 @@ def _signed(value: float) -> str:
     return "–" if pd.isna(value) else f"{value:+.2f}"
 
 
+# display_frame's columns on training (the same with or without an index)
+TRAINING_COLUMNS = ["training needs", "pairs", "settings", "trainable", "fit time"]
+
+
 def index_display(
     group: pd.DataFrame,
     mark: Callable[[str], str] = str,
@@ -733,8 +737,9 @@ def index_display(
     """One index section of :func:`index_frame` as a human table: :func:`display_frame`'s
     columns (recalls through the index, marked against old→old through the same index) and
     each row's loss against exact search (R@1 T2I/I2T, rsum with its interval), OLD's own
-    rsum loss and, for method rows, the rsum loss beyond OLD's with its interval."""
-    shown = display_frame(group, mark, escape, tip)
+    rsum loss and, for method rows, the rsum loss beyond OLD's with its interval. What a
+    method needs and costs to train is the exact table's, so left out here (it fits a page)."""
+    shown = display_frame(group, mark, escape, tip).drop(columns=TRAINING_COLUMNS)
     loss_r1, loss_rsum, beyond = [], [], []
     for _, r in group.iterrows():
         loss_r1.append("/".join(_signed(r[f"loss_{k}"]) for k in LOSS_DIRECTIONS))

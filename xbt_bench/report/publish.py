@@ -93,9 +93,9 @@ nav a { margin-right: 1rem; }
 div.controls { position: sticky; top: 0; background: #ffffffee; padding: 0.5rem 0;
                border-bottom: 1px solid #d0d7de; z-index: 1; }
 div.scroll { overflow-x: auto; }
-table.board { border-collapse: collapse; font-size: 0.8rem; margin: 0.4rem 0 1rem;
+table.board { border-collapse: collapse; font-size: 0.76rem; margin: 0.4rem 0 1rem;
               max-width: 100%; }
-table.board th, table.board td { border: 1px solid #d0d7de; padding: 0.2rem 0.35rem;
+table.board th, table.board td { border: 1px solid #d0d7de; padding: 0.15rem 0.25rem;
                                  text-align: left; vertical-align: top; }
 table.board td:first-child, table.leaderboard td:nth-child(2) { white-space: nowrap; }
 span.quick { background: #fff1e5; color: #953800; border: 1px solid #ffb77c;
