@@ -367,3 +367,14 @@ def test_chromium_opens_on_the_demo_pair_fits_1400_px_and_sorts_durations(
         for value, unit in (cell.split() for cell in body["data-walls"].split("|"))
     ]
     assert walls == sorted(walls) and len(walls) >= 5, body["data-walls"]
+
+
+def test_the_committed_page_fits_1400_px(tmp_path: Path):
+    """The page `make results` committed (real columns: tuned settings, index and bill tables)
+    opens on the demo pair and no table of it scrolls sideways at 1,400 px."""
+    committed = Path(__file__).resolve().parents[1] / "leaderboards"
+    copy = tmp_path / "leaderboards"
+    shutil.copytree(committed, copy)
+    body = _render(copy / "index.html", tmp_path, LAYOUT, "--window-size=1400,1000").body
+    assert body["data-opened"] == TEST
+    assert body["data-wide"] == "" and body["data-wide-all"] == "", body["data-wide-all"]

@@ -95,9 +95,10 @@ div.controls { position: sticky; top: 0; background: #ffffffee; padding: 0.5rem 
 div.scroll { overflow-x: auto; }
 table.board { border-collapse: collapse; font-size: 0.76rem; margin: 0.4rem 0 1rem;
               max-width: 100%; }
-table.board th, table.board td { border: 1px solid #d0d7de; padding: 0.15rem 0.25rem;
+table.board th, table.board td { border: 1px solid #d0d7de; padding: 0.15rem 0.2rem;
                                  text-align: left; vertical-align: top; }
 table.board td:first-child, table.leaderboard td:nth-child(2) { white-space: nowrap; }
+table.leaderboard td:last-child { overflow-wrap: anywhere; min-width: 6rem; }
 span.quick { background: #fff1e5; color: #953800; border: 1px solid #ffb77c;
              border-radius: 0.3rem; padding: 0 0.25rem; font-weight: 600; }
 p.quick { background: #fff1e5; border: 1px solid #ffb77c; padding: 0.4rem 0.6rem; }
