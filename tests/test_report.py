@@ -223,7 +223,7 @@ def test_leaderboard_lists_every_method_with_marks(synthetic_results: Path, tmp_
     kept = markdown.index("**OLD kept at query time:")
     first = {m: re.search(rf"\| 1 +\| {m} ", markdown).start() for m in ("xbt", "slerp")}
     assert retired < first["xbt"] < kept < first["slerp"]
-    assert "No method here was tuned" in markdown
+    assert "no method was tuned" in markdown
     assert "not applicable: embedding dims differ" in markdown
     exact_at = markdown.index("## toy-s-to-m · toy-shapes · split test\n")
     index_at = markdown.index("## Production indexes")
@@ -372,3 +372,19 @@ def test_pair_diagnostics_join_the_leaderboard(synthetic_results: Path, tmp_path
     )
     assert "Pair diagnostics" in (tmp_path / "boards" / "leaderboard.md").read_text()
     assert (tmp_path / "boards" / "diagnostics.csv").exists()
+
+
+def test_the_tuning_note_speaks_per_pair(synthetic_results: Path) -> None:
+    """A pair that was tuned and one that was not: the note names the budget for the first and
+    says the second runs defaults (one sentence for all pairs misled on the committed page)."""
+    from xbt_bench.report.leaderboard import tuning_note
+    from xbt_bench.results import RunResult
+
+    folder = synthetic_results / "toy-s-to-m" / "toy-shapes"
+    xbt = RunResult.from_json(folder / "xbt.json")
+    tuned = xbt.model_copy(update={"tuned": {"budget": "10 trials"}})
+    other = xbt.model_copy(update={"pair": "toy-m-to-l"})
+    note = tuning_note([tuned, other])
+    assert note.startswith("toy-m-to-l: no method was tuned")
+    assert "toy-s-to-m: xbt were tuned on support with the same budget (10 trials)." in note
+    assert tuning_note([tuned]).startswith("Tuning: xbt were tuned")

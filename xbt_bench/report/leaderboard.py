@@ -441,28 +441,40 @@ def deployment_groups(table: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
 
 
 def tuning_note(results: Sequence[RunResult]) -> str:
-    """What the trained methods' settings are: the tuning budget each tuned method had (one
-    sentence when it is the same for all), or that none was tuned."""
+    """What the trained methods' settings are, per pair (pairs are tuned one by one): the tuning
+    budget each tuned method had (one sentence when it is the same for all), or that none was
+    tuned."""
+    pairs = sorted({r.pair for r in results})
+    if len(pairs) > 1:
+        text = " ".join(f"{pair}: {_pair_tuning([r for r in results if r.pair == pair])}"
+                        for pair in pairs)  # fmt: skip
+    else:
+        text = f"Tuning: {_pair_tuning(results)}"
+    return text + " Settings were chosen on support only; the tables report test splits."
+
+
+def _pair_tuning(results: Sequence[RunResult]) -> str:
+    """:func:`tuning_note` of one pair's results, without its closing sentence."""
     tuned = {r.method: r.tuned["budget"] for r in results if r.tuned is not None}
     trained = sorted({r.method for r in results if r.method in methods
                       and methods.get(r.method).kind == "trained"})  # fmt: skip
     if not tuned:
         return (
-            "No method here was tuned (`xbt-bench tune`): trained methods run with their "
-            "default settings."
+            "no method was tuned (`xbt-bench tune`): trained methods run with their default "
+            "settings."
         )
     untuned = [m for m in trained if m not in tuned]
     budgets = sorted(set(tuned.values()))
     if len(budgets) == 1:
         text = (
-            f"Tuning: {', '.join(sorted(tuned))} were tuned on support with the same budget "
+            f"{', '.join(sorted(tuned))} were tuned on support with the same budget "
             f"({budgets[0]})."
         )
     else:
-        text = "Tuning budgets differ: " + "; ".join(f"{m}: {b}" for m, b in sorted(tuned.items()))
+        text = "tuning budgets differ: " + "; ".join(f"{m}: {b}" for m, b in sorted(tuned.items()))
     if untuned:
         text += f" Not tuned (defaults): {', '.join(untuned)}."
-    return text + " Settings were chosen on support only; the tables report test splits."
+    return text
 
 
 def group_title(key: tuple) -> str:
