@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export HF_HUB_OFFLINE ?= 1
 
-.PHONY: demo results test bench lint clean-venv gpu-wheels
+.PHONY: demo results test test-fast bench lint clean-venv gpu-wheels
 
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ results: $(BIN)/.installed
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
+
+# The fast tier (no end-to-end runs, subprocesses or rendering) on two pytest-xdist workers.
+test-fast: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m "not slow" -n 2
 
 # Every speed figure in one run: see benchmarks/__main__.py. On 2 CPU cores the real-size text
 # tower of bench_trim.py alone ran over 23 minutes; `python -m benchmarks --only eval trainer demo`
