@@ -411,8 +411,9 @@ def display_frame(
         row["pairs"] = "" if pairs is None or pd.isna(pairs) else f"{int(pairs):,}"
         row["settings"] = escape(str(r["settings"] or ""))
         row["trainable"] = _params(r["trainable_params"], r["trainable_share"]) if is_method else ""
-        fit = f"{r['fit_time_s']:.1f} s on {escape(str(r['device']))}"
-        row["fit time"] = fit if is_method else ""
+        row["fit time"] = (
+            f"{r['fit_time_s']:.1f} s on {escape(str(r['device']))}" if is_method else ""
+        )
         row["added ms text / image"] = added_latency_text(r) if is_method else ""
         notes = [r["report"]] if r["applicable"] else []
         if not r["applicable"]:
